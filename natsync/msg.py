@@ -1,0 +1,81 @@
+"""Received messages."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .headers import Headers, HeadersInput, decode_headers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import Client
+
+__all__ = ["Msg"]
+
+
+class Msg:
+    """A message received on a subscription.
+
+    Attributes: ``subject`` (str), ``reply`` (str or None), ``data`` (bytes),
+    ``headers`` (:class:`~natsync.Headers` or None, decoded on first access),
+    ``sid`` (the subscription id).
+    """
+
+    __slots__ = ("_client", "subject", "sid", "reply", "_hdr", "_headers", "data")
+
+    def __init__(
+        self,
+        client: Client | None,
+        subject: str,
+        sid: int,
+        reply: str | None,
+        hdr: bytes | None,
+        data: bytes,
+    ) -> None:
+        self._client = client
+        self.subject = subject
+        self.sid = sid
+        self.reply = reply
+        self._hdr = hdr
+        self._headers: Headers | None = None
+        self.data = data
+
+    @property
+    def headers(self) -> Headers | None:
+        """The message headers, or None when the message had none."""
+        if self._headers is None and self._hdr is not None:
+            self._headers = decode_headers(self._hdr)
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: Headers | None) -> None:
+        self._headers = value
+        self._hdr = None
+
+    def respond(self, data: bytes | bytearray | memoryview | str = b"", headers: HeadersInput | None = None) -> None:
+        """Publish *data* to this message's reply subject.
+
+        Raises :class:`ValueError` when the message has no reply subject, and what
+        :meth:`Client.publish` raises.
+        """
+        if not self.reply:
+            raise ValueError(f"message on {self.subject!r} has no reply subject: nothing to respond to")
+        if self._client is None:
+            raise ValueError("message is not bound to a client: publish the reply yourself")
+        self._client.publish(self.reply, data, headers=headers)
+
+    def __repr__(self) -> str:
+        data = self.data if len(self.data) <= 64 else self.data[:64] + b"..."
+        hdr = ", headers=..." if self._hdr is not None or self._headers is not None else ""
+        return f"<Msg subject={self.subject!r} sid={self.sid} reply={self.reply!r} data={data!r}{hdr}>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Msg):
+            return NotImplemented
+        return (
+            self.subject == other.subject
+            and self.reply == other.reply
+            and self.data == other.data
+            and self.headers == other.headers
+        )
+
+    __hash__ = None  # type: ignore[assignment]

@@ -1,0 +1,376 @@
+"""The NATS client protocol, sans-IO.
+
+:class:`Parser` is fed the bytes a server sent and returns events; the encoders
+build the bytes a client sends; the validators check subjects, queues and sizes
+before anything is encoded. Nothing here touches sockets, threads or clocks.
+
+Events returned by :meth:`Parser.feed`:
+
+* a message object built by the parser's ``make_msg(subject, sid, reply, hdr, data)``
+  (``hdr`` is the raw header block or ``None``),
+* :data:`PING`, :data:`PONG`, :data:`OK` (singletons),
+* :class:`Info` (the decoded INFO object),
+* :class:`Err` (the text of a ``-ERR``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any, Final
+
+from .errors import BadSubjectError, ProtocolError
+
+__all__ = [
+    "Parser",
+    "Info",
+    "Err",
+    "PING",
+    "PONG",
+    "OK",
+    "PING_CMD",
+    "PONG_CMD",
+    "encode_connect",
+    "encode_pub",
+    "encode_sub",
+    "encode_unsub",
+    "validate_subject",
+    "validate_queue",
+    "pub_prefix",
+    "MAX_CONTROL_LINE",
+    "MAX_PAYLOAD_SIZE",
+]
+
+MAX_CONTROL_LINE: Final = 1024 * 1024  # a line longer than this without CRLF is an error
+MAX_PAYLOAD_SIZE: Final = 64 * 1024 * 1024  # any size field above this is an error
+
+PING_CMD: Final = b"PING\r\n"
+PONG_CMD: Final = b"PONG\r\n"
+
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+PING: Final = _Marker("PING")
+PONG: Final = _Marker("PONG")
+OK: Final = _Marker("OK")
+
+
+class Info:
+    """An INFO from the server: ``data`` is the decoded JSON object."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Info({self.data!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Info) and other.data == self.data
+
+
+class Err:
+    """A ``-ERR`` from the server: ``text`` without the quotes."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"Err({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Err) and other.text == self.text
+
+
+MakeMsg = Callable[[str, int, "str | None", "bytes | None", bytes], Any]
+
+
+def _default_make_msg(subject: str, sid: int, reply: str | None, hdr: bytes | None, data: bytes) -> Any:
+    return (subject, sid, reply, hdr, data)
+
+
+# Each known operation with the byte that must follow its name.
+_OPS: Final = (b"MSG ", b"HMSG ", b"PING\r", b"PONG\r", b"+OK\r", b"-ERR ", b"INFO ")
+_OPS_TAB: Final = (b"MSG\t", b"HMSG\t", b"-ERR\t", b"INFO\t", b"-ERR\r")
+
+
+def _valid_prefix(head: bytes) -> bool:
+    """Could *head* (the start of an operation, maybe cut short) begin a known op?"""
+    up = head.upper()
+    for op in _OPS + _OPS_TAB:
+        n = min(len(up), len(op))
+        if up[:n] == op[:n]:
+            return True
+    return False
+
+
+class Parser:
+    """Incremental parser of the server-to-client protocol.
+
+    ``feed(data)`` takes any chunk of the byte stream and returns the events
+    completed by it; partial operations are kept until more bytes arrive. Any
+    chunking of a stream gives the same events. Malformed input raises
+    :class:`ProtocolError`; after that the parser must not be used again.
+    """
+
+    __slots__ = ("_chunks", "_have", "_need", "_make_msg")
+
+    def __init__(self, make_msg: MakeMsg | None = None) -> None:
+        self._chunks: list[bytes] = []
+        self._have = 0  # bytes held in _chunks
+        self._need = 1  # bytes needed before another parse attempt is worth it
+        self._make_msg: MakeMsg = make_msg or _default_make_msg
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet parsed."""
+        return self._have
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """Parse *data* and return the list of completed events."""
+        if not data:
+            return []
+        if type(data) is not bytes:
+            data = bytes(data)
+        if self._chunks:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            buf = b"".join(self._chunks)
+            self._chunks = []
+        else:
+            buf = data
+            if len(buf) < self._need:
+                self._chunks.append(buf)
+                self._have = len(buf)
+                return []
+        events: list[Any] = []
+        append = events.append
+        make_msg = self._make_msg
+        find = buf.find
+        n = len(buf)
+        pos = 0
+        need = 1
+        while pos < n:
+            end = find(b"\r\n", pos)
+            if end < 0:
+                self._check_partial_line(buf, pos, n)
+                need = n - pos + 1
+                break
+            if buf[pos] == 77 and buf[pos + 1 : pos + 4] == b"SG ":  # fast path: "MSG "
+                args = buf[pos + 4 : end].split()
+                nargs = len(args)
+                if nargs == 3:
+                    subj, sidb, sizeb = args
+                    reply = None
+                elif nargs == 4:
+                    subj, sidb, replyb, sizeb = args
+                    reply = replyb.decode()
+                else:
+                    raise ProtocolError(f"malformed MSG line: {_show(buf[pos:end])}")
+                if not sizeb.isdigit() or not sidb.isdigit():
+                    raise ProtocolError(f"malformed MSG line: {_show(buf[pos:end])}")
+                size = int(sizeb)
+                if size > MAX_PAYLOAD_SIZE:
+                    raise ProtocolError(f"MSG size {size} is over the {MAX_PAYLOAD_SIZE} byte limit")
+                start = end + 2
+                stop = start + size
+                if stop + 2 > n:
+                    need = stop + 2 - pos
+                    break
+                if buf[stop : stop + 2] != b"\r\n":
+                    raise ProtocolError("MSG payload is not followed by CRLF: the size field lied")
+                append(make_msg(subj.decode(), int(sidb), reply, None, buf[start:stop]))
+                pos = stop + 2
+                continue
+            if end - pos > MAX_CONTROL_LINE:
+                raise ProtocolError(f"control line longer than {MAX_CONTROL_LINE} bytes")
+            line = buf[pos:end]
+            parts = line.split(None, 1)
+            op = parts[0].upper() if parts else b""
+            if op == b"HMSG":
+                args = parts[1].split() if len(parts) > 1 else []
+                nargs = len(args)
+                if nargs == 4:
+                    subj, sidb, hsizeb, sizeb = args
+                    reply = None
+                elif nargs == 5:
+                    subj, sidb, replyb, hsizeb, sizeb = args
+                    reply = replyb.decode()
+                else:
+                    raise ProtocolError(f"malformed HMSG line: {_show(line)}")
+                if not (sizeb.isdigit() and hsizeb.isdigit() and sidb.isdigit()):
+                    raise ProtocolError(f"malformed HMSG line: {_show(line)}")
+                size = int(sizeb)
+                hsize = int(hsizeb)
+                if size > MAX_PAYLOAD_SIZE:
+                    raise ProtocolError(f"HMSG size {size} is over the {MAX_PAYLOAD_SIZE} byte limit")
+                if hsize > size:
+                    raise ProtocolError(f"HMSG header size {hsize} is larger than the total size {size}")
+                start = end + 2
+                stop = start + size
+                if stop + 2 > n:
+                    need = stop + 2 - pos
+                    break
+                if buf[stop : stop + 2] != b"\r\n":
+                    raise ProtocolError("HMSG payload is not followed by CRLF: the size field lied")
+                hdr = buf[start : start + hsize]
+                if not hdr.startswith(b"NATS/"):
+                    raise ProtocolError("HMSG header block does not start with NATS/1.0")
+                append(make_msg(subj.decode(), int(sidb), reply, hdr, buf[start + hsize : stop]))
+                pos = stop + 2
+                continue
+            if op == b"MSG":  # lower-case or tab-separated MSG: slow path
+                args = parts[1].split() if len(parts) > 1 else []
+                if len(args) not in (3, 4) or not args[-1].isdigit() or not args[1].isdigit():
+                    raise ProtocolError(f"malformed MSG line: {_show(line)}")
+                size = int(args[-1])
+                if size > MAX_PAYLOAD_SIZE:
+                    raise ProtocolError(f"MSG size {size} is over the {MAX_PAYLOAD_SIZE} byte limit")
+                start = end + 2
+                stop = start + size
+                if stop + 2 > n:
+                    need = stop + 2 - pos
+                    break
+                if buf[stop : stop + 2] != b"\r\n":
+                    raise ProtocolError("MSG payload is not followed by CRLF: the size field lied")
+                reply = args[2].decode() if len(args) == 4 else None
+                append(make_msg(args[0].decode(), int(args[1]), reply, None, buf[start:stop]))
+                pos = stop + 2
+                continue
+            pos = end + 2
+            if op == b"PING" and len(parts) == 1:
+                append(PING)
+            elif op == b"PONG" and len(parts) == 1:
+                append(PONG)
+            elif op == b"+OK" and len(parts) == 1:
+                append(OK)
+            elif op == b"-ERR":
+                text = parts[1].strip() if len(parts) > 1 else b""
+                if len(text) >= 2 and text[:1] == b"'" and text[-1:] == b"'":
+                    text = text[1:-1]
+                append(Err(text.decode("utf-8", "replace")))
+            elif op == b"INFO":
+                try:
+                    info = json.loads(parts[1]) if len(parts) > 1 else None
+                except ValueError:
+                    info = None
+                if not isinstance(info, dict):
+                    raise ProtocolError("INFO is not a JSON object")
+                append(Info(info))
+            else:
+                raise ProtocolError(f"unknown protocol operation: {_show(line)}")
+        if pos < n:
+            rest = buf[pos:]
+            self._chunks = [rest]
+            self._have = len(rest)
+            self._need = need
+        else:
+            self._have = 0
+            self._need = 1
+        return events
+
+    @staticmethod
+    def _check_partial_line(buf: bytes, pos: int, n: int) -> None:
+        if n - pos > MAX_CONTROL_LINE:
+            raise ProtocolError(f"control line longer than {MAX_CONTROL_LINE} bytes without CRLF")
+        head = buf[pos : pos + 6]
+        if not _valid_prefix(head):
+            raise ProtocolError(f"unknown protocol operation: {_show(head)}")
+
+
+def _show(b: bytes) -> str:
+    """A short printable form of protocol bytes for error messages."""
+    s = b[:80].decode("ascii", "backslashreplace")
+    return repr(s + ("..." if len(b) > 80 else ""))
+
+
+# --- validation -------------------------------------------------------------------------
+
+# whitespace and control characters (C0, DEL, C1) and any Unicode whitespace
+_BAD_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
+
+
+def validate_subject(subject: object, what: str = "subject") -> str:
+    """Return *subject* if valid, else raise :class:`BadSubjectError`.
+
+    Valid: a non-empty str without whitespace or control characters and without
+    empty tokens (``a..b``, a leading or trailing dot).
+    """
+    if type(subject) is not str:
+        raise BadSubjectError(f"{what} must be str, not {type(subject).__name__}")
+    if not subject:
+        raise BadSubjectError(f"{what} is empty: give a subject such as 'orders.new'")
+    if _BAD_CHARS.search(subject):
+        raise BadSubjectError(f"{what} {subject!r} contains whitespace or control characters: remove them")
+    if subject[0] == "." or subject[-1] == "." or ".." in subject:
+        raise BadSubjectError(f"{what} {subject!r} has an empty token: remove the extra '.'")
+    return subject
+
+
+def validate_queue(queue: object) -> str:
+    """Return *queue* if it is a valid queue group name, else raise :class:`BadSubjectError`."""
+    if type(queue) is not str:
+        raise BadSubjectError(f"queue must be str, not {type(queue).__name__}")
+    if not queue:
+        raise BadSubjectError("queue is empty: give a queue group name or None")
+    if _BAD_CHARS.search(queue):
+        raise BadSubjectError(f"queue {queue!r} contains whitespace or control characters: remove them")
+    return queue
+
+
+# --- encoders ---------------------------------------------------------------------------
+
+
+def encode_connect(options: dict[str, Any]) -> bytes:
+    """``CONNECT {json}\\r\\n``."""
+    return b"CONNECT " + json.dumps(options, separators=(",", ":")).encode() + b"\r\n"
+
+
+def pub_prefix(subject: str, reply: str | None = None) -> bytes:
+    """The validated ``PUB subject [reply] `` prefix (without the size)."""
+    validate_subject(subject)
+    if reply:
+        validate_subject(reply, "reply subject")
+        return b"PUB " + subject.encode() + b" " + reply.encode() + b" "
+    return b"PUB " + subject.encode() + b" "
+
+
+def encode_pub(subject: str, payload: bytes, reply: str | None = None, hdr: bytes | None = None) -> bytes:
+    """``PUB``/``HPUB`` for *subject*; *hdr* is an encoded header block or None.
+
+    The subject and reply are validated; the payload is taken as is.
+    """
+    validate_subject(subject)
+    tail = b" " + reply.encode() if reply and validate_subject(reply, "reply subject") else b""
+    if hdr is None:
+        return b"PUB %s%s %d\r\n%s\r\n" % (subject.encode(), tail, len(payload), payload)
+    hl = len(hdr)
+    return b"HPUB %s%s %d %d\r\n%s%s\r\n" % (subject.encode(), tail, hl, hl + len(payload), hdr, payload)
+
+
+def encode_sub(subject: str, sid: int, queue: str | None = None) -> bytes:
+    """``SUB subject [queue] sid``."""
+    if queue:
+        return b"SUB %s %s %d\r\n" % (subject.encode(), queue.encode(), sid)
+    return b"SUB %s %d\r\n" % (subject.encode(), sid)
+
+
+def encode_unsub(sid: int, max_msgs: int | None = None) -> bytes:
+    """``UNSUB sid [max]``."""
+    if max_msgs:
+        return b"UNSUB %d %d\r\n" % (sid, max_msgs)
+    return b"UNSUB %d\r\n" % sid
