@@ -1,0 +1,45 @@
+# Developer tasks. Every target works on a fresh clone: it first builds .venv.
+VENV ?= .venv
+PY = $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+COV_MIN ?= 90
+PYTEST_ARGS ?=
+
+.PHONY: all test lint demo bench fuzz soak clean distclean
+
+all: lint test
+
+$(STAMP): setup.cfg setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,lint,bench]'
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q --cov=natsync --cov-report=term-missing:skip-covered \
+		--cov-fail-under=$(COV_MIN) $(PYTEST_ARGS) tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check natsync tests $(wildcard examples bench)
+	$(PY) -m mypy --strict natsync
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+bench: $(STAMP)
+	$(PY) bench/bench.py
+
+# Long property-based run; pytest-timeout is switched off for it.
+fuzz: $(STAMP)
+	NATSYNC_FUZZ_EXAMPLES=100000 $(PY) -m pytest -q --timeout=0 tests/test_fuzz.py
+
+soak: $(STAMP)
+	$(PY) bench/soak.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis \
+		.coverage .coverage.* htmlcov
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
