@@ -139,38 +139,36 @@ class Stats:
 class _Options:
     """Validated connect() options."""
 
-    __slots__ = (
-        "name",
-        "creds",
-        "tls",
-        "tls_hostname",
-        "tls_handshake_first",
-        "connect_timeout",
-        "allow_reconnect",
-        "max_reconnect_attempts",
-        "reconnect_time_wait",
-        "reconnect_jitter",
-        "reconnect_jitter_tls",
-        "reconnect_buffer_size",
-        "retry_on_failed_connect",
-        "dont_randomize",
-        "ping_interval",
-        "max_outstanding_pings",
-        "no_echo",
-        "verbose",
-        "pedantic",
-        "inbox_prefix",
-        "pending_msgs_limit",
-        "pending_bytes_limit",
-        "drain_timeout",
-        "flush_timeout",
-        "error_cb",
-        "disconnected_cb",
-        "reconnected_cb",
-        "closed_cb",
-        "discovered_server_cb",
-        "lame_duck_mode_cb",
-    )
+    name: str | None
+    creds: Credentials
+    tls: ssl.SSLContext | None
+    tls_hostname: str | None
+    tls_handshake_first: bool
+    connect_timeout: float
+    allow_reconnect: bool
+    max_reconnect_attempts: int
+    reconnect_time_wait: float
+    reconnect_jitter: float
+    reconnect_jitter_tls: float
+    reconnect_buffer_size: int
+    retry_on_failed_connect: bool
+    dont_randomize: bool
+    ping_interval: float
+    max_outstanding_pings: int
+    no_echo: bool
+    verbose: bool
+    pedantic: bool
+    inbox_prefix: str
+    pending_msgs_limit: int | None
+    pending_bytes_limit: int | None
+    drain_timeout: float
+    flush_timeout: float | None
+    error_cb: Callable[[NatsError], Any] | None
+    disconnected_cb: Callable[[], Any] | None
+    reconnected_cb: Callable[[], Any] | None
+    closed_cb: Callable[[], Any] | None
+    discovered_server_cb: Callable[[], Any] | None
+    lame_duck_mode_cb: Callable[[], Any] | None
 
 
 def _check_number(name: str, value: Any, *, gt: float | None = None, ge: float | None = None,
@@ -190,6 +188,16 @@ def _check_number(name: str, value: Any, *, gt: float | None = None, ge: float |
 def _check_callable(name: str, value: Any) -> None:
     if value is not None and not callable(value):
         raise TypeError(f"option {name!r} must be callable or None, not {type(value).__name__}")
+
+
+class _Default:
+    """Marks an argument left at its default (the client's option applies)."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_DEFAULT: Final = _Default()
 
 
 class _Waiter:
@@ -930,17 +938,18 @@ class Client:
         """
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
+        hdr: bytes | None = None
         if reply or headers is not None:
             prefix, hdr = self._slow_prefix(subject, reply, headers)
         else:
-            prefix = self._pub_cache.get(subject)  # type: ignore[assignment]
-            if prefix is None:
-                prefix = protocol.pub_prefix(subject)
+            cached = self._pub_cache.get(subject)
+            if cached is None:
+                cached = protocol.pub_prefix(subject)
                 cache = self._pub_cache
                 if len(cache) >= _SUBJECT_CACHE_MAX:
                     cache.clear()
-                cache[subject] = prefix
-            hdr = None
+                cache[subject] = cached
+            prefix = cached
         size = len(payload)
         if hdr is None:
             if size > self._max_payload:
@@ -1065,8 +1074,8 @@ class Client:
         cb: MsgHandler | None = None,
         *,
         max_msgs: int | None = None,
-        pending_msgs_limit: int | None | type[...] = ...,  # type: ignore[valid-type]
-        pending_bytes_limit: int | None | type[...] = ...,  # type: ignore[valid-type]
+        pending_msgs_limit: int | None | _Default = _DEFAULT,
+        pending_bytes_limit: int | None | _Default = _DEFAULT,
     ) -> Subscription:
         """Subscribe to *subject* (wildcards allowed), optionally in a *queue* group.
 
@@ -1088,8 +1097,8 @@ class Client:
         o = self._opts
         if o is None:
             raise self._closed_error()
-        pm = o.pending_msgs_limit if pending_msgs_limit is ... else pending_msgs_limit
-        pb = o.pending_bytes_limit if pending_bytes_limit is ... else pending_bytes_limit
+        pm = o.pending_msgs_limit if isinstance(pending_msgs_limit, _Default) else pending_msgs_limit
+        pb = o.pending_bytes_limit if isinstance(pending_bytes_limit, _Default) else pending_bytes_limit
         _check_number("pending_msgs_limit", pm, gt=0, allow_none=True, integer=True)
         _check_number("pending_bytes_limit", pb, gt=0, allow_none=True, integer=True)
         with self._lock:
@@ -1099,7 +1108,7 @@ class Client:
             if st in (DRAINING_SUBS, DRAINING_PUBS):
                 raise ConnectionDrainingError("connection is draining: subscribe refused")
             sid = next(self._sid_counter)
-            sub = Subscription(self, sid, subject, queue, cb, pm, pb)  # type: ignore[arg-type]
+            sub = Subscription(self, sid, subject, queue, cb, pm, pb)
             if max_msgs is not None:
                 sub._max = max_msgs
             self._subs[sid] = sub

@@ -73,7 +73,7 @@ class Headers(MutableMapping[str, str]):
                 else:
                     self._items.append((name, _validate_value(name, value)))
             return
-        if isinstance(data, (str, bytes)):
+        if isinstance(data, (str, bytes)):  # type: ignore[unreachable]  # a runtime guard for untyped callers
             raise BadHeaderError("headers must be a Headers, a mapping or (name, value) pairs, not a string")
         for pair in data:
             try:
