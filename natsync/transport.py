@@ -1,7 +1,31 @@
-"""A blocking TCP socket with timeouts; nothing NATS-specific.
+"""A blocking TCP socket with timeouts, optionally upgraded to TLS; nothing NATS-specific.
 
 One thread reads (``recv_into``), one thread at a time writes (``sendall``, serialised
 by the client), and any thread may call :meth:`shutdown` to wake both at once.
+
+Plain TCP: ``recv_into`` and ``sendall`` *are* the socket's own bound methods, so the
+plain path costs nothing over a bare socket.
+
+TLS: CPython's ``SSLSocket`` must not be used by a reader and a writer thread at once
+(OpenSSL's ``SSL`` object is not thread-safe, and ``SSL_read``/``SSL_write`` on one
+object from two threads can corrupt its state).  So the transport keeps the raw TCP
+socket and drives an :class:`ssl.SSLObject` over two :class:`ssl.MemoryBIO`\\ s:
+
+* every call on the ``SSLObject`` and its BIOs (encrypt, decrypt, handshake step) runs
+  under ``_ssl_lock``, which is held only for in-memory work, never across a socket
+  call;
+* raw socket I/O runs outside that lock: the reader blocks in ``recv`` on the raw socket
+  while the writer blocks in ``send`` on it, which the OS allows;
+* ciphertext leaves the outgoing BIO in FIFO order, and whoever takes it out sends it
+  before anyone else may take more (``_send_lock``), so TLS records reach the wire in
+  the order they were made.  The reader only *tries* that lock (for the rare records a
+  read produces, such as a TLS 1.3 KeyUpdate answer): a reader never waits behind a
+  writer that is stuck on a peer that stopped reading.
+* large writes are encrypted in chunks, so the reader is never kept from decrypting
+  for long and the ciphertext in memory stays small.
+
+:meth:`shutdown` shuts the raw socket down, which wakes a thread blocked in ``recv``
+or ``send`` on it in either mode.
 """
 
 from __future__ import annotations
@@ -9,18 +33,59 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
+from collections.abc import Callable
+from typing import Final
 
-__all__ = ["Transport"]
+__all__ = ["Transport", "TLSHandshakeEOFError", "TLSPlaintextError", "tls_error_hint"]
+
+# Plaintext handed to SSLObject.write per lock hold (a few 16 KiB TLS records).
+_TLS_WRITE_CHUNK: Final = 64 * 1024
+# Ciphertext read from the raw socket per recv.
+_TLS_RAW_READ: Final = 128 * 1024
+
+Buffer = bytes | bytearray | memoryview
+
+
+class TLSPlaintextError(ssl.SSLError):
+    """The peer answered the TLS handshake with plaintext."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "plaintext answer to the TLS handshake"
+
+
+class TLSHandshakeEOFError(ssl.SSLEOFError):
+    """The peer closed the connection during the TLS handshake without a word."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "EOF during the TLS handshake"
 
 
 class Transport:
-    """A connected stream socket (TCP, optionally upgraded to TLS)."""
+    """A connected stream socket (TCP, optionally upgraded to TLS).
+
+    Attributes:
+        recv_into: ``recv_into(buf) -> int`` reads (decrypted) bytes into *buf*;
+            0 means the peer closed the connection.
+        sendall: ``sendall(data)`` sends (encrypts) all of *data*.
+        tls: True once :meth:`start_tls` has succeeded.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._closed = False
         self._lock = threading.Lock()
         self.tls = False
+        self.recv_into: Callable[[bytearray | memoryview], int] = sock.recv_into
+        self.sendall: Callable[[Buffer], None] = sock.sendall
+        # TLS state (set by start_tls)
+        self._ssl: ssl.SSLObject | None = None
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._ssl_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._raw = bytearray(0)
+        self._eof = False
 
     @classmethod
     def connect(cls, host: str, port: int, timeout: float) -> Transport:
@@ -33,20 +98,175 @@ class Transport:
         return cls(sock)
 
     def settimeout(self, timeout: float | None) -> None:
+        """Set the timeout of every later blocking call (send and receive)."""
         self._sock.settimeout(timeout)
+
+    # --- TLS -----------------------------------------------------------------------------
 
     def start_tls(self, context: ssl.SSLContext, server_hostname: str | None, timeout: float) -> None:
-        """Upgrade the connection to TLS (handshake within *timeout*)."""
-        self._sock.settimeout(timeout)
-        self._sock = context.wrap_socket(self._sock, server_hostname=server_hostname)
+        """Upgrade the connection to TLS: run the client handshake within *timeout* s.
+
+        *server_hostname* is the name (or IP address) the certificate is checked
+        against when *context* checks host names, and the SNI sent.  Call it before
+        any other thread uses the transport.
+
+        Raises:
+            ssl.SSLError: the handshake failed (certificate not trusted, wrong host
+                name, alert from the server, the server answered in plaintext, ...).
+            TimeoutError: the handshake did not finish within *timeout*.
+            OSError: the connection broke.
+        """
+        if self.tls:
+            raise ValueError("TLS is already started on this transport")
+        deadline = time.monotonic() + timeout
+        incoming = ssl.MemoryBIO()
+        outgoing = ssl.MemoryBIO()
+        obj = context.wrap_bio(incoming, outgoing, server_side=False, server_hostname=server_hostname)
+        sock = self._sock
+        first: bytes | None = None
+        while True:
+            try:
+                obj.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            except ssl.SSLError as e:
+                # Send the alert OpenSSL made (so the server logs why), then fail.
+                self._send_best_effort(outgoing.read())
+                if first is not None and _looks_like_plaintext(first):
+                    raise TLSPlaintextError(
+                        f"the server answered the TLS handshake in plaintext ({_show(first)}): "
+                        "it expects TLS to start after its greeting, not first"
+                    ) from None
+                raise e from None
+            out = outgoing.read()
+            if out:
+                sock.settimeout(_left(deadline))
+                sock.sendall(out)
+            if done:
+                break
+            sock.settimeout(_left(deadline))
+            data = sock.recv(_TLS_RAW_READ)
+            if first is None:
+                first = data
+            if data:
+                incoming.write(data)
+            else:
+                incoming.write_eof()
+                if first == b"":
+                    raise TLSHandshakeEOFError(
+                        "the server closed the connection during the TLS handshake without answering"
+                    )
+        self._ssl = obj
+        self._in = incoming
+        self._out = outgoing
+        self._raw = bytearray(_TLS_RAW_READ)
+        self._eof = False
+        self.recv_into = self._tls_recv_into
+        self.sendall = self._tls_sendall
         self.tls = True
 
-    def recv_into(self, buf: bytearray | memoryview) -> int:
-        """Read into *buf*; 0 means the peer closed the connection."""
-        return self._sock.recv_into(buf)
+    def _send_best_effort(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            self._sock.settimeout(0.5)
+            self._sock.sendall(data)
+        except OSError:
+            pass
 
-    def sendall(self, data: bytes | bytearray | memoryview) -> None:
-        self._sock.sendall(data)
+    def _tls_recv_into(self, buf: bytearray | memoryview) -> int:
+        obj = self._ssl
+        assert obj is not None
+        # typeshed says SSLObject.read returns bytes; with a buffer it returns the count
+        read_into: Callable[[int, memoryview], int] = obj.read  # type: ignore[assignment]
+        view = buf if isinstance(buf, memoryview) else memoryview(buf)
+        size = len(view)
+        if size == 0:
+            return 0
+        raw = self._raw
+        raw_view = memoryview(raw)
+        while True:
+            with self._ssl_lock:
+                n = 0
+                while n < size:
+                    try:
+                        k = read_into(size - n, view[n:])
+                    except ssl.SSLWantReadError:
+                        break
+                    except ssl.SSLZeroReturnError:
+                        self._eof = True
+                        break
+                    except ssl.SSLEOFError:
+                        if not self._in.eof:
+                            raise
+                        self._eof = True  # EOF without close_notify: the peer is gone all the same
+                        break
+                    if k == 0:
+                        self._eof = True
+                        break
+                    n += k
+                pending_out = self._out.pending
+            if pending_out:
+                self._flush_out(blocking=False)
+            if n or self._eof:
+                return n
+            got = self._sock.recv_into(raw)
+            with self._ssl_lock:
+                if got:
+                    self._in.write(raw_view[:got])
+                else:
+                    self._in.write_eof()
+
+    def _tls_sendall(self, data: Buffer) -> None:
+        obj = self._ssl
+        assert obj is not None
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        total = len(view)
+        sock = self._sock
+        with self._send_lock:
+            off = 0
+            while off < total:
+                with self._ssl_lock:
+                    obj.write(view[off:off + _TLS_WRITE_CHUNK])
+                    out = self._out.read()
+                sock.sendall(out)
+                off += _TLS_WRITE_CHUNK
+            self._drain_out()
+        self._recheck_out()
+
+    def _drain_out(self) -> None:
+        """Send whatever ciphertext is waiting (called with _send_lock held)."""
+        while True:
+            with self._ssl_lock:
+                out = self._out.read()
+            if not out:
+                return
+            self._sock.sendall(out)
+
+    def _recheck_out(self) -> None:
+        # Ciphertext a reader produced while we held _send_lock (its try failed then).
+        with self._ssl_lock:
+            pending = self._out.pending
+        if pending:
+            self._flush_out(blocking=True)
+
+    def _flush_out(self, blocking: bool) -> None:
+        """Send waiting ciphertext; without *blocking*, leave it to the current sender."""
+        while True:
+            if not self._send_lock.acquire(blocking):
+                return  # the holder checks again after releasing
+            try:
+                self._drain_out()
+            finally:
+                self._send_lock.release()
+            with self._ssl_lock:
+                if not self._out.pending:
+                    return
+
+    # --- closing -------------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """Wake any thread blocked in recv or send on this socket; idempotent."""
@@ -74,3 +294,50 @@ class Transport:
         """Forget the socket without touching the connection (used in a forked child)."""
         with self._lock:
             self._closed = True
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("TLS handshake timed out")
+    return left
+
+
+def _looks_like_plaintext(data: bytes) -> bool:
+    # A TLS record starts with a content type byte of 20..24; text starts with a letter.
+    return bool(data) and (data[:1].isalpha() or data[:1] in (b"+", b"-"))
+
+
+def _show(data: bytes) -> str:
+    text = data[:24].decode("ascii", "backslashreplace")
+    return repr(text + ("..." if len(data) > 24 else ""))
+
+
+def tls_error_hint(err: BaseException) -> str:
+    """A short hint (starting with ``": "``) on how to fix a TLS failure, or ``""``."""
+    text = str(err).lower()
+    if isinstance(err, ssl.SSLCertVerificationError) or "certificate verify failed" in text:
+        if "hostname mismatch" in text or "ip address mismatch" in text:
+            return (
+                ": the server's certificate is not valid for the name checked; connect with the "
+                "name the certificate was issued for, or set tls_hostname"
+            )
+        return (
+            ": the server's certificate is not trusted; pass tls=ssl.create_default_context(cafile=...) "
+            "with the CA that signed it"
+        )
+    if "certificate required" in text or "certificate_required" in text:
+        return (
+            ": the server requires a client certificate (mutual TLS); load one with "
+            "ctx.load_cert_chain(certfile, keyfile) and pass tls=ctx"
+        )
+    if "bad certificate" in text or "unknown ca" in text or "certificate unknown" in text:
+        return ": the server rejected the client certificate; use one signed by a CA the server trusts"
+    if "plaintext" in text or "wrong version number" in text or "record layer failure" in text:
+        return ""
+    if "eof" in text or "handshake failure" in text:
+        return (
+            ": the server ended the TLS handshake; it may require a client certificate "
+            "or not accept the TLS version or ciphers offered"
+        )
+    return ""
