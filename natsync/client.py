@@ -72,7 +72,7 @@ from .nuid import next_nuid
 from .protocol import OK, PING, PONG, Err, Info, Parser
 from .servers import Server, ServerPool, parse_servers
 from .subscription import MsgHandler, Subscription
-from .transport import Transport
+from .transport import Transport, tls_error_hint
 
 __all__ = ["Client", "NATS", "Stats", "connect"]
 
@@ -251,6 +251,7 @@ class Client:
         self._opts: _Options | None = None
         self._pool: ServerPool | None = None
         self._transport: Transport | None = None
+        self._dialing: Transport | None = None  # a connection attempt's transport, for close()
         self._parser: Parser | None = None
         self._server_info: dict[str, Any] = {}
         self._max_payload = 1024 * 1024
@@ -275,6 +276,9 @@ class Client:
         self._pid = os.getpid()
         self._fork_error: str | None = None
         self._initial_connect = True
+        # Once a server required TLS, every later connection requires it too (as nats.go):
+        # no downgrade to plaintext on a reconnect or to a discovered server.
+        self._secure = False
         # stats: each counter has a single writer thread (reader: in_*; publishers under _lock: out_*)
         self._in_msgs = 0
         self._in_bytes = 0
@@ -410,7 +414,8 @@ class Client:
 
         server_list = parse_servers(servers)
         extra = None
-        if any(v is not None for v in (nkeys_seed, nkeys_seed_str, user_credentials, signature_cb, user_jwt_cb)):
+        nkey_options = (nkeys_seed, nkeys_seed_str, user_credentials, signature_cb, user_jwt_cb)
+        if any(v is not None for v in nkey_options):
             from .nkeys import make_signer
 
             extra = make_signer(
@@ -438,6 +443,9 @@ class Client:
                 errors.append((srv, e))
                 log.debug("connect to %s failed: %s", srv.redacted(), e)
                 continue
+            except BaseException:  # user code (a token callable, a signer) failed: no thread left
+                self._shutdown_threads_after_failed_connect()
+                raise
             self._start_threads(leftover)
             self._initial_connect = False
             return self
@@ -487,12 +495,26 @@ class Client:
         deadline = time.monotonic() + o.connect_timeout
         self._pool_current(srv)
         transport = Transport.connect(srv.host, srv.port, o.connect_timeout)
+        with self._lock:
+            # close() shuts down a handshake in progress instead of waiting for it
+            self._dialing = transport
+            closing = self._state == CLOSED
         try:
+            if closing:
+                raise ConnectionClosedError()
             parser = Parser(functools.partial(Msg, self))
-            want_tls = srv.tls_required or o.tls is not None
+            want_tls = srv.tls_required or o.tls is not None or self._secure
             if o.tls_handshake_first:
                 self._start_tls(transport, srv, deadline)
-            events = self._read_events(transport, parser, deadline)
+            try:
+                events = self._read_events(transport, parser, deadline, srv.redacted())
+            except (TimeoutError, ConnectionResetError) as e:
+                if transport.tls:
+                    raise
+                raise type(e)(
+                    f"{e}: no INFO from {srv.redacted()}; if the server's tls block sets handshake_first, "
+                    "connect with tls_handshake_first=True"
+                ) from None
             first = events.pop(0)
             if not isinstance(first, Info):
                 raise ProtocolError(f"expected INFO from {srv.redacted()}, got {first!r}")
@@ -504,7 +526,15 @@ class Client:
                             f"{srv.redacted()} does not offer TLS but TLS was asked for "
                             "(tls:// URL or tls= option): enable TLS on the server or connect without it"
                         )
+                    if events or parser.buffered:
+                        # plaintext after INFO would be taken as if it came over TLS
+                        raise SecureConnectionError(
+                            f"{srv.redacted()} sent data after INFO, before the TLS handshake: "
+                            "refusing the connection (a server waits for the handshake there)"
+                        )
                     self._start_tls(transport, srv, deadline)
+                    if info.get("tls_required"):
+                        self._secure = True
             auth = resolve_connect_auth(srv, o.creds, info.get("nonce"))
             headers = bool(info.get("headers", False))
             connect = {
@@ -542,10 +572,12 @@ class Client:
                         pass
                     else:
                         raise ProtocolError(f"unexpected {ev!r} from {srv.redacted()} before PONG")
-                rest = self._read_events(transport, parser, deadline)
+                rest = self._read_events(transport, parser, deadline, srv.redacted())
         except BaseException:
             transport.close()
             raise
+        finally:
+            self._dialing = None
 
     def _pool_current(self, srv: Server) -> None:
         assert self._pool is not None
@@ -559,7 +591,14 @@ class Client:
         try:
             transport.start_tls(ctx, name, max(deadline - time.monotonic(), 0.001))
         except ssl.SSLError as e:
-            raise SecureConnectionError(f"TLS handshake with {srv.redacted()} failed: {e}") from None
+            hint = tls_error_hint(e)
+            if "plaintext" in str(e) or "wrong version number" in str(e).lower():
+                hint = (
+                    ": connect without tls_handshake_first, or set handshake_first in the server's tls block"
+                    if o.tls_handshake_first
+                    else ": the server did not speak TLS"
+                )
+            raise SecureConnectionError(f"TLS handshake with {srv.redacted()} failed: {e}{hint}") from None
 
     def _handshake_error(self, srv: Server, text: str) -> NatsError:
         low = text.lower()
@@ -575,7 +614,9 @@ class Client:
         return NatsError(f"{srv.redacted()} refused the connection: {text}")
 
     @staticmethod
-    def _read_events(transport: Transport, parser: Parser, deadline: float) -> list[Any]:
+    def _read_events(
+        transport: Transport, parser: Parser, deadline: float, where: str = "server"
+    ) -> list[Any]:
         buf = bytearray(65536)
         while True:
             left = deadline - time.monotonic()
@@ -586,7 +627,7 @@ class Client:
                 n = transport.recv_into(buf)
             except OSError as e:
                 if isinstance(e, (ssl.SSLError,)):
-                    raise SecureConnectionError(f"TLS error: {e}") from None
+                    raise SecureConnectionError(f"TLS error from {where}: {e}{tls_error_hint(e)}") from None
                 if isinstance(e, builtins_timeout):
                     raise TimeoutError("handshake timed out (connect_timeout)") from None
                 raise
@@ -607,6 +648,7 @@ class Client:
                 if self._state == CLOSED:
                     raise ConnectionClosedError()
                 was_reconnect = not self._initial_connect
+                self._initial_connect = False  # also after a retry_on_failed_connect success
                 self._apply_info(info, initial=True)
                 out = bytearray()
                 for sub in self._subs.values():
@@ -656,7 +698,7 @@ class Client:
         assert o is not None and pool is not None
         urls = info.get("connect_urls")
         if isinstance(urls, list) and all(isinstance(u, str) for u in urls):
-            scheme = "tls" if (pool.current is not None and pool.current.tls_required) or o.tls else "nats"
+            scheme = "tls" if self._secure or (pool.current is not None and pool.current.tls_required) or o.tls else "nats"
             added = pool.add_discovered(urls, scheme=scheme, learned_from=pool.current)
             if added and not initial and not self._initial_connect:
                 self._post_cb(o.discovered_server_cb)
@@ -750,7 +792,7 @@ class Client:
         if low.startswith(_STALE):
             err = StaleConnectionError(f"{where} said the connection is stale ({text}); reconnecting")
         elif low.startswith(_AUTH_ERRORS):
-            err = AuthorizationError(f"{where} rejected the credentials ({text})")
+            err = self._handshake_error(srv, text) if srv is not None else AuthorizationError(text)
             if srv is not None:
                 srv.last_error = err
         else:
@@ -805,7 +847,6 @@ class Client:
         assert o is not None and pool is not None
         self._leftover: list[Any] = []
         tries_in_pass = 0
-        auth_failures: dict[int, str] = {}
         while not self._close_event.is_set():
             srv = pool.select_next(o.max_reconnect_attempts)
             if srv is None:
@@ -813,7 +854,7 @@ class Client:
                 return False
             if tries_in_pass >= len(pool):
                 tries_in_pass = 0
-                jitter = o.reconnect_jitter_tls if (o.tls or srv.tls_required) else o.reconnect_jitter
+                jitter = o.reconnect_jitter_tls if (o.tls or srv.tls_required or self._secure) else o.reconnect_jitter
                 wait = o.reconnect_time_wait + (random.random() * jitter if jitter else 0.0)
                 if self._close_event.wait(wait):
                     return False
@@ -826,16 +867,19 @@ class Client:
                 return False
             except AuthorizationError as e:
                 self._report_error(e)
-                prev = auth_failures.get(id(srv))
-                auth_failures[id(srv)] = str(e)
-                if prev is not None:
+                # the same auth error twice in a row from this server (its last_error
+                # survives reconnects elsewhere; a successful connect clears it)
+                prev = srv.last_error
+                if isinstance(prev, AuthorizationError) and str(prev) == str(e):
                     log.info("%s rejected the credentials twice: removing it from the pool", srv.redacted())
                     pool.remove(srv)
                 srv.last_error = e
             except (OSError, NatsError) as e:
-                auth_failures.pop(id(srv), None)
                 srv.last_error = e
                 log.debug("reconnect to %s failed: %s", srv.redacted(), _describe(e))
+            except Exception as e:  # user code (a token callable, a signer): report, keep trying
+                srv.last_error = e
+                self._report_error(e)
         return False
 
     def _flusher_main(self) -> None:
@@ -1062,6 +1106,12 @@ class Client:
                     raise w.error
                 if w.value:
                     return
+                # The connection broke before the PONG: what was published before this
+                # flush may be lost, so do not report success after the reconnect.
+                raise NatsError(
+                    "the connection was lost before the server confirmed the flush; the client is "
+                    "reconnecting: messages published before it may be lost, publish them again if needed"
+                )
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"flush timed out after {timeout} s (not connected)")
 
@@ -1137,8 +1187,12 @@ class Client:
             if limit is not None and sub._received < limit:
                 sub._max = limit
                 if st in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS):
-                    self._wbuf += protocol.encode_unsub(sub.sid, limit - sub._received)
-                end_now = False
+                    # the server counts max against every message it delivered on the sub
+                    self._wbuf += protocol.encode_unsub(sub.sid, limit)
+                # the reader may have counted the last message before it saw _max
+                end_now = sub._received >= limit
+                if end_now:
+                    self._subs.pop(sub.sid, None)
             else:
                 self._subs.pop(sub.sid, None)
                 if st in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS):
@@ -1175,7 +1229,9 @@ class Client:
         # every message sent before the server processed UNSUB arrives before its PONG
         try:
             self.flush(max(deadline - time.monotonic(), 0.001))
-        except TimeoutError:
+        except ConnectionClosedError:
+            raise
+        except NatsError:  # timed out or reconnecting: deliver what did arrive
             pass
         self._subs.pop(sub.sid, None)
         sub._end(BadSubscriptionError(f"subscription {sub.sid} was drained"))
@@ -1280,7 +1336,7 @@ class Client:
         try:
             try:
                 self.flush(max(deadline - time.monotonic(), 0.001))
-            except (TimeoutError, ConnectionClosedError):
+            except NatsError:  # timed out, reconnecting or closed: drain what did arrive
                 pass
             for s in subs:
                 self._subs.pop(s.sid, None)
@@ -1298,7 +1354,7 @@ class Client:
                     self.flush(max(deadline - time.monotonic(), 0.001))
                 except TimeoutError:
                     timed_out = True
-                except ConnectionClosedError:
+                except NatsError:
                     pass
         finally:
             self.close()
@@ -1325,7 +1381,10 @@ class Client:
             self._state = CLOSED
             self._closed_reason = reason
             transport = self._transport
+            dialing = self._dialing
             self._state_cond.notify_all()
+        if dialing is not None and dialing is not transport:
+            dialing.shutdown()  # a reconnect in its handshake: stop it now
         _live_clients.discard(self)
         # Final flush of what is buffered, bounded in time.
         if was_connected and transport is not None:
@@ -1351,7 +1410,11 @@ class Client:
         me = threading.current_thread()
         for t in self._threads:
             if t is not me:
-                t.join()
+                # each wakes on the closed socket or _close_event; a handshake in progress
+                # is bounded by connect_timeout
+                t.join((o.connect_timeout if o is not None else 2.0) + _USER_THREAD_JOIN)
+                if t.is_alive():  # pragma: no cover - would be a bug
+                    log.warning("thread %s did not stop on close", t.name)
         for s in subs:
             self._join_sub(s)
         if reason is not None and not isinstance(reason, NoServersError):
@@ -1414,14 +1477,25 @@ class Client:
         self._send_lock = threading.Lock()
         self._state_cond = threading.Condition(self._lock)
         self._state = CLOSED
-        t = self._transport
-        if t is not None:
-            t.detach_without_shutdown()
+        for t in (self._transport, self._dialing):
+            if t is not None:
+                t.detach_without_shutdown()
         self._transport = None
+        self._dialing = None
         self._threads = []
         self._wbuf = bytearray()
         self._events = EventDispatcherProxy()
+        # locks copied from the parent may be held by threads that do not exist here
+        self._close_event = threading.Event()
         self._close_event.set()
+        closed = ConnectionClosedError(self._fork_error)
+        for sub in list(self._subs.values()):
+            sub._cond = threading.Condition(threading.Lock())
+            sub._thread = None
+            sub._end(closed, discard=True)  # what is pending belongs to the parent
+        self._subs.clear()
+        self._pongs.clear()
+        self._resp_map.clear()
 
     def __enter__(self) -> Client:
         return self
