@@ -203,21 +203,21 @@ _DEFAULT: Final = _Default()
 class _Waiter:
     """A one-shot slot that a thread waits on and another fills (flush, request)."""
 
-    __slots__ = ("_lock", "value", "error")
+    __slots__ = ("_lock", "_once", "value", "error")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
+        self._once = itertools.count()  # next() is atomic: only the first setter wins
         self.value: Any = None
         self.error: BaseException | None = None
 
     def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        if next(self._once):
+            return
         self.value = value
         self.error = error
-        try:
-            self._lock.release()
-        except RuntimeError:  # already set
-            pass
+        self._lock.release()
 
     def wait(self, timeout: float | None) -> bool:
         if timeout is None:

@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Subscription"]
 
 log = logging.getLogger("natsync")
+# a library prints nothing by default: without this, logging's lastResort writes to stderr
+log.addHandler(logging.NullHandler())
 
 _NO_LIMIT = sys.maxsize
 
