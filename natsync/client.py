@@ -983,7 +983,7 @@ class Client:
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
         hdr: bytes | None = None
-        if reply or headers is not None:
+        if reply is not None or headers is not None:
             prefix, hdr = self._slow_prefix(subject, reply, headers)
         else:
             cached = self._pub_cache.get(subject)
