@@ -649,7 +649,7 @@ class Client:
                     raise ConnectionClosedError()
                 was_reconnect = not self._initial_connect
                 self._initial_connect = False  # also after a retry_on_failed_connect success
-                self._apply_info(info, initial=True)
+                self._apply_info(info, initial=not was_reconnect)
                 out = bytearray()
                 for sub in self._subs.values():
                     out += protocol.encode_sub(sub.subject, sub.sid, sub.queue)
@@ -664,7 +664,8 @@ class Client:
                 self._pings_out = 0
                 self._disconnect_reason = None
                 self._reason_reported = False
-                self._state = CONNECTED
+                if self._state not in (DRAINING_SUBS, DRAINING_PUBS):  # drain() began while reconnecting
+                    self._state = CONNECTED
                 self._state_cond.notify_all()
             srv.reconnects = 0
             srv.did_connect = True
@@ -698,9 +699,10 @@ class Client:
         assert o is not None and pool is not None
         urls = info.get("connect_urls")
         if isinstance(urls, list) and all(isinstance(u, str) for u in urls):
-            scheme = "tls" if self._secure or (pool.current is not None and pool.current.tls_required) or o.tls else "nats"
+            cur = pool.current
+            scheme = "tls" if self._secure or (cur is not None and cur.tls_required) or o.tls else "nats"
             added = pool.add_discovered(urls, scheme=scheme, learned_from=pool.current)
-            if added and not initial and not self._initial_connect:
+            if added and not initial:
                 self._post_cb(o.discovered_server_cb)
         if info.get("ldm") and not initial:
             self._post_cb(o.lame_duck_mode_cb)
