@@ -107,6 +107,8 @@ _FLUSH_DEFAULT: Final = 10.0
 _USER_THREAD_JOIN: Final = 5.0
 
 _SUBJECT_CACHE_MAX: Final = 4096
+# "<size>\r\n" of PUB lines for payloads under 64 KiB: a lookup costs less than formatting
+_SIZE_LINES: dict[int, bytes] = {}
 
 # -ERR texts, compared in lower case after stripping quotes
 _STALE = "stale connection"
@@ -974,6 +976,8 @@ class Client:
         payload: PayloadType = b"",
         reply: str | None = None,
         headers: HeadersInput | None = None,
+        *,
+        _kick: bool = True,
     ) -> None:
         """Publish *payload* to *subject*; returns once buffered (see :meth:`flush`).
 
@@ -1008,7 +1012,12 @@ class Client:
                     self._check_publish_state(len(prefix) + size + 16)
                 buf = self._wbuf
                 buf += prefix
-                buf += b"%d\r\n" % size
+                line = _SIZE_LINES.get(size)
+                if line is None:
+                    line = b"%d\r\n" % size
+                    if size < 65536:
+                        _SIZE_LINES[size] = line
+                buf += line
                 buf += payload
                 buf += b"\r\n"
                 self._out_msgs += 1
@@ -1035,7 +1044,10 @@ class Client:
                 big = len(buf) > _FLUSH_THRESHOLD
         if big:
             self._send_buffer()
-        elif not self._flush_kicked:
+        elif _kick and not self._flush_kicked:
+            # _kick=False: the caller sends the buffer itself right after (request(), a
+            # delivery thread before it sleeps), so waking the flusher would only cost a
+            # thread switch on the latency path.
             self._flush_kicked = True
             self._flush_event.set()
 
@@ -1272,7 +1284,7 @@ class Client:
         w = _Waiter()
         self._resp_map[token] = w
         try:
-            self.publish(subject, payload, reply=self._resp_prefix + token, headers=headers)
+            self.publish(subject, payload, reply=self._resp_prefix + token, headers=headers, _kick=False)
             self._send_buffer()
             if not w.wait(timeout):
                 raise TimeoutError(f"no reply to request on {subject!r} within {timeout} s")
@@ -1449,6 +1461,11 @@ class Client:
             with self._lock:
                 self._wbuf = bytearray()
             return
+        if not self._wbuf and self._send_lock.acquire(blocking=False):
+            # nothing buffered and no send in flight: no thread needed
+            self._send_lock.release()
+            if not self._wbuf:
+                return
         t = threading.Thread(target=send, name="natsync-close-flush", daemon=True)
         t.start()
         if not done.wait(limit):

@@ -29,9 +29,7 @@ class EventDispatcher:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
+        """Nothing to do: the thread starts with the first post()."""
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)``; never blocks."""
@@ -39,6 +37,11 @@ class EventDispatcher:
             if self._stopping:
                 return
             self._queue.append((fn, args))
+            if self._thread is None:
+                # started lazily: most clients never post an event; started under the
+                # lock so that stop() never sees a thread that was not started
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
             self._cond.notify()
 
     def _run(self) -> None:
