@@ -36,7 +36,14 @@ def _validate_value(name: str, value: object) -> str:
     if type(value) is not str:
         raise BadHeaderError(f"header {name!r} value must be str, not {type(value).__name__}")
     if "\r" in value or "\n" in value:
-        raise BadHeaderError(f"header {name!r} value contains CR or LF: remove line breaks from header values")
+        raise BadHeaderError(
+            f"header {name!r} value contains CR or LF: remove line breaks from header values"
+        )
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise BadHeaderError(f"header {name!r} value has a lone surrogate: it cannot be sent") from None
     return value
 
 
@@ -75,8 +82,16 @@ class Headers(MutableMapping[str, str]):
             return
         if isinstance(data, (str, bytes)):  # type: ignore[unreachable]  # a runtime guard for untyped callers
             raise BadHeaderError("headers must be a Headers, a mapping or (name, value) pairs, not a string")
-        for pair in data:
+        try:
+            pairs = iter(data)
+        except TypeError:
+            raise BadHeaderError(
+                f"headers must be a Headers, a mapping or (name, value) pairs, not {type(data).__name__}"
+            ) from None
+        for pair in pairs:
             try:
+                if isinstance(pair, (str, bytes)):  # "Kv" would unpack as ("K", "v")
+                    raise TypeError
                 name, value = pair
             except (TypeError, ValueError):
                 raise BadHeaderError("headers given as pairs must be (name, value) tuples") from None
@@ -84,6 +99,8 @@ class Headers(MutableMapping[str, str]):
             self._items.append((name, _validate_value(name, value)))
 
     def _matches(self, key: str) -> list[int]:
+        if type(key) is not str:
+            return []
         items = self._items
         exact = [i for i, (n, _) in enumerate(items) if n == key]
         if exact:
@@ -114,6 +131,8 @@ class Headers(MutableMapping[str, str]):
             del self._items[i]
 
     def __delitem__(self, key: str) -> None:
+        if type(key) is not str:
+            raise KeyError(key)
         low = key.lower()
         before = len(self._items)
         self._items = [(n, v) for n, v in self._items if n.lower() != low]
@@ -216,7 +235,8 @@ def decode_headers(block: bytes) -> Headers:
         name, sep, value = line.partition(":")
         if not sep:
             continue
-        name = name.strip()
+        # only blanks are insignificant: str.strip() would also eat e.g. \x1f, \x85, \xa0
+        name = name.strip(" \t")
         if name:
-            items.append((name, value.strip()))
+            items.append((name, value.strip(" \t")))
     return h

@@ -104,12 +104,15 @@ def _default_make_msg(subject: str, sid: int, reply: str | None, hdr: bytes | No
 # Each known operation with the byte that must follow its name.
 _OPS: Final = (b"MSG ", b"HMSG ", b"PING\r", b"PONG\r", b"+OK\r", b"-ERR ", b"INFO ")
 _OPS_TAB: Final = (b"MSG\t", b"HMSG\t", b"-ERR\t", b"INFO\t", b"-ERR\r")
+# PING/PONG/+OK followed by blanks before CRLF are accepted by the full-line path, so a
+# cut-short line must not be rejected for them (chunking must not change the outcome).
+_OPS_BLANK: Final = (b"PING ", b"PING\t", b"PONG ", b"PONG\t", b"+OK ", b"+OK\t")
 
 
 def _valid_prefix(head: bytes) -> bool:
     """Could *head* (the start of an operation, maybe cut short) begin a known op?"""
     up = head.upper()
-    for op in _OPS + _OPS_TAB:
+    for op in _OPS + _OPS_TAB + _OPS_BLANK:
         n = min(len(up), len(op))
         if up[:n] == op[:n]:
             return True
@@ -125,13 +128,20 @@ class Parser:
     :class:`ProtocolError`; after that the parser must not be used again.
     """
 
-    __slots__ = ("_chunks", "_have", "_need", "_make_msg")
+    __slots__ = ("_chunks", "_have", "_need", "_in_line", "_make_msg", "_heads")
 
     def __init__(self, make_msg: MakeMsg | None = None) -> None:
         self._chunks: list[bytes] = []
         self._have = 0  # bytes held in _chunks
         self._need = 1  # bytes needed before another parse attempt is worth it
+        # True while _chunks hold an unfinished control line whose operation was already
+        # checked: more bytes without a line end need no re-join and re-scan (which would
+        # make a slowly arriving line quadratic).
+        self._in_line = False
         self._make_msg: MakeMsg = make_msg or _default_make_msg
+        # MSG arguments without reply ("<subject> <sid> <size>") already validated, with
+        # their parsed values: a stream repeats them, and a lookup costs less than a parse.
+        self._heads: dict[bytes, tuple[str, int, int]] = {}
 
     @property
     def buffered(self) -> int:
@@ -149,6 +159,10 @@ class Parser:
             self._have += len(data)
             if self._have < self._need:
                 return []
+            if self._in_line and b"\r\n" not in data and not (data[0] == 10 and self._chunks[-2][-1] == 13):
+                if self._have - (data[-1] == 13) > MAX_CONTROL_LINE:
+                    raise ProtocolError(f"control line longer than {MAX_CONTROL_LINE} bytes without CRLF")
+                return []
             buf = b"".join(self._chunks)
             self._chunks = []
         else:
@@ -160,30 +174,56 @@ class Parser:
         events: list[Any] = []
         append = events.append
         make_msg = self._make_msg
+        heads = self._heads
         find = buf.find
         n = len(buf)
         pos = 0
         need = 1
+        in_line = False
         while pos < n:
             end = find(b"\r\n", pos)
             if end < 0:
                 self._check_partial_line(buf, pos, n)
                 need = n - pos + 1
+                in_line = need > 6  # the operation was checked on its first 6 bytes
                 break
-            if buf[pos] == 77 and buf[pos + 1 : pos + 4] == b"SG ":  # fast path: "MSG "
-                args = buf[pos + 4 : end].split()
+            if buf.startswith(b"MSG ", pos):  # fast path (one call, no slice)
+                head = buf[pos + 4 : end]
+                known = heads.get(head)
+                if known is not None:
+                    subject, sid, size = known
+                    start = end + 2
+                    stop = start + size
+                    if stop + 2 > n:
+                        need = stop + 2 - pos
+                        break
+                    if buf[stop] != 13 or buf[stop + 1] != 10:
+                        raise ProtocolError("MSG payload is not followed by CRLF: the size field lied")
+                    append(make_msg(subject, sid, None, None, buf[start:stop]))
+                    pos = stop + 2
+                    continue
+                if end - pos > MAX_CONTROL_LINE:
+                    raise ProtocolError(f"control line longer than {MAX_CONTROL_LINE} bytes")
+                args = head.split()
                 nargs = len(args)
                 if nargs == 3:
                     subj, sidb, sizeb = args
                     reply = None
                 elif nargs == 4:
                     subj, sidb, replyb, sizeb = args
-                    reply = replyb.decode()
+                    try:
+                        reply = replyb.decode()
+                    except UnicodeDecodeError:  # another client's non-UTF-8 bytes: kept readable
+                        reply = replyb.decode("utf-8", "replace")
                 else:
                     raise ProtocolError(f"malformed MSG line: {_show(buf[pos:end])}")
                 if not sizeb.isdigit() or not sidb.isdigit():
                     raise ProtocolError(f"malformed MSG line: {_show(buf[pos:end])}")
-                size = int(sizeb)
+                try:
+                    size = int(sizeb)
+                    sid = int(sidb)
+                except ValueError:  # more digits than int() accepts
+                    raise ProtocolError(f"malformed MSG line: {_show(buf[pos:end])}") from None
                 if size > MAX_PAYLOAD_SIZE:
                     raise ProtocolError(f"MSG size {size} is over the {MAX_PAYLOAD_SIZE} byte limit")
                 start = end + 2
@@ -191,9 +231,17 @@ class Parser:
                 if stop + 2 > n:
                     need = stop + 2 - pos
                     break
-                if buf[stop : stop + 2] != b"\r\n":
+                if buf[stop] != 13 or buf[stop + 1] != 10:  # CRLF (indexing: no slice object)
                     raise ProtocolError("MSG payload is not followed by CRLF: the size field lied")
-                append(make_msg(subj.decode(), int(sidb), reply, None, buf[start:stop]))
+                try:
+                    subject = subj.decode()
+                except UnicodeDecodeError:
+                    subject = subj.decode("utf-8", "replace")
+                if reply is None:
+                    if len(heads) >= 256:
+                        heads.clear()
+                    heads[head] = (subject, sid, size)
+                append(make_msg(subject, sid, reply, None, buf[start:stop]))
                 pos = stop + 2
                 continue
             if end - pos > MAX_CONTROL_LINE:
@@ -201,6 +249,10 @@ class Parser:
             line = buf[pos:end]
             parts = line.split(None, 1)
             op = parts[0].upper() if parts else b""
+            # The operation starts the line and ends at a space, a tab or the line end (as
+            # the cut-short check in _valid_prefix assumes): " PING", "PING\n" are unknown.
+            if not line[:1].strip() or line[len(op) : len(op) + 1] not in (b"", b" ", b"\t"):
+                raise ProtocolError(f"unknown protocol operation: {_show(line)}")
             if op == b"HMSG":
                 args = parts[1].split() if len(parts) > 1 else []
                 nargs = len(args)
@@ -209,10 +261,13 @@ class Parser:
                     reply = None
                 elif nargs == 5:
                     subj, sidb, replyb, hsizeb, sizeb = args
-                    reply = replyb.decode()
+                    reply = replyb.decode("utf-8", "replace")
                 else:
                     raise ProtocolError(f"malformed HMSG line: {_show(line)}")
-                if not (sizeb.isdigit() and hsizeb.isdigit() and sidb.isdigit()):
+                if (
+                    not (sizeb.isdigit() and hsizeb.isdigit() and sidb.isdigit())
+                    or max(len(sizeb), len(hsizeb), len(sidb)) > 20
+                ):
                     raise ProtocolError(f"malformed HMSG line: {_show(line)}")
                 size = int(sizeb)
                 hsize = int(hsizeb)
@@ -230,12 +285,22 @@ class Parser:
                 hdr = buf[start : start + hsize]
                 if not hdr.startswith(b"NATS/"):
                     raise ProtocolError("HMSG header block does not start with NATS/1.0")
-                append(make_msg(subj.decode(), int(sidb), reply, hdr, buf[start + hsize : stop]))
+                append(
+                    make_msg(
+                        subj.decode("utf-8", "replace"), int(sidb), reply, hdr, buf[start + hsize : stop]
+                    )
+                )
                 pos = stop + 2
                 continue
             if op == b"MSG":  # lower-case or tab-separated MSG: slow path
                 args = parts[1].split() if len(parts) > 1 else []
-                if len(args) not in (3, 4) or not args[-1].isdigit() or not args[1].isdigit():
+                if (
+                    len(args) not in (3, 4)
+                    or not args[-1].isdigit()
+                    or not args[1].isdigit()
+                    or len(args[-1]) > 20
+                    or len(args[1]) > 20
+                ):
                     raise ProtocolError(f"malformed MSG line: {_show(line)}")
                 size = int(args[-1])
                 if size > MAX_PAYLOAD_SIZE:
@@ -247,8 +312,10 @@ class Parser:
                     break
                 if buf[stop : stop + 2] != b"\r\n":
                     raise ProtocolError("MSG payload is not followed by CRLF: the size field lied")
-                reply = args[2].decode() if len(args) == 4 else None
-                append(make_msg(args[0].decode(), int(args[1]), reply, None, buf[start:stop]))
+                reply = args[2].decode("utf-8", "replace") if len(args) == 4 else None
+                append(
+                    make_msg(args[0].decode("utf-8", "replace"), int(args[1]), reply, None, buf[start:stop])
+                )
                 pos = stop + 2
                 continue
             pos = end + 2
@@ -266,7 +333,7 @@ class Parser:
             elif op == b"INFO":
                 try:
                     info = json.loads(parts[1]) if len(parts) > 1 else None
-                except ValueError:
+                except (ValueError, RecursionError):
                     info = None
                 if not isinstance(info, dict):
                     raise ProtocolError("INFO is not a JSON object")
@@ -278,14 +345,16 @@ class Parser:
             self._chunks = [rest]
             self._have = len(rest)
             self._need = need
+            self._in_line = in_line
         else:
             self._have = 0
             self._need = 1
+            self._in_line = False
         return events
 
     @staticmethod
     def _check_partial_line(buf: bytes, pos: int, n: int) -> None:
-        if n - pos > MAX_CONTROL_LINE:
+        if n - pos - (buf[n - 1] == 13) > MAX_CONTROL_LINE:  # a final CR may be the line's own
             raise ProtocolError(f"control line longer than {MAX_CONTROL_LINE} bytes without CRLF")
         head = buf[pos : pos + 6]
         if not _valid_prefix(head):
@@ -301,7 +370,8 @@ def _show(b: bytes) -> str:
 # --- validation -------------------------------------------------------------------------
 
 # whitespace and control characters (C0, DEL, C1) and any Unicode whitespace
-_BAD_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
+# and lone surrogates (which cannot be encoded as UTF-8)
+_BAD_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f\s\ud800-\udfff]")
 
 
 def validate_subject(subject: object, what: str = "subject") -> str:

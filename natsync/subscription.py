@@ -144,6 +144,9 @@ class Subscription:
             self._client._remove_sub(self)
             self._end(BadSubscriptionError(f"subscription {self.sid} reached its limit of {self._max} messages"))
         elif self._sleeping:
+            # One wake-up per sleep: until the consumer sleeps again it will find the queue
+            # non-empty, so the messages that follow need no notify (a Condition in Python).
+            self._sleeping = False
             with self._cond:
                 self._cond.notify()
 
@@ -177,6 +180,7 @@ class Subscription:
                         if left <= 0:
                             return False
                         self._cond.wait(min(left, 1.0))
+                    self._sleeping = True  # re-arm (the reader clears it) before checking again
             finally:
                 self._sleeping = False
         return True
