@@ -173,8 +173,15 @@ class _Options:
     lame_duck_mode_cb: Callable[[], Any] | None
 
 
-def _check_number(name: str, value: Any, *, gt: float | None = None, ge: float | None = None,
-                  allow_none: bool = False, integer: bool = False) -> None:
+def _check_number(
+    name: str,
+    value: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    allow_none: bool = False,
+    integer: bool = False,
+) -> None:
     if value is None and allow_none:
         return
     ok_type = (int,) if integer else (int, float)
@@ -478,11 +485,15 @@ class Client:
     def _start_threads(self, leftover: list[Any] | None) -> None:
         o = self._opts
         assert o is not None
-        reader = threading.Thread(target=self._reader_main, args=(leftover,), name="natsync-reader", daemon=True)
+        reader = threading.Thread(
+            target=self._reader_main, args=(leftover,), name="natsync-reader", daemon=True
+        )
         flusher = threading.Thread(target=self._flusher_main, name="natsync-flusher", daemon=True)
         self._threads = [reader, flusher]
         if o.ping_interval > 0:
-            self._threads.append(threading.Thread(target=self._pinger_main, name="natsync-pinger", daemon=True))
+            self._threads.append(
+                threading.Thread(target=self._pinger_main, name="natsync-pinger", daemon=True)
+            )
         for t in self._threads:
             t.start()
 
@@ -657,7 +668,11 @@ class Client:
                     out += protocol.encode_sub(sub.subject, sub.sid, sub.queue)
                     if sub._max is not None:
                         left = sub._max - sub._received
-                        out += protocol.encode_unsub(sub.sid, max(left, 1)) if left > 0 else protocol.encode_unsub(sub.sid)
+                        out += (
+                            protocol.encode_unsub(sub.sid, max(left, 1))
+                            if left > 0
+                            else protocol.encode_unsub(sub.sid)
+                        )
                 out += self._wbuf
                 self._wbuf = bytearray()
                 self._pending_size = 0
@@ -858,7 +873,11 @@ class Client:
                 return False
             if tries_in_pass >= len(pool):
                 tries_in_pass = 0
-                jitter = o.reconnect_jitter_tls if (o.tls or srv.tls_required or self._secure) else o.reconnect_jitter
+                jitter = (
+                    o.reconnect_jitter_tls
+                    if (o.tls or srv.tls_required or self._secure)
+                    else o.reconnect_jitter
+                )
                 wait = o.reconnect_time_wait + (random.random() * jitter if jitter else 0.0)
                 if self._close_event.wait(wait):
                     return False
@@ -1051,7 +1070,9 @@ class Client:
             self._flush_kicked = True
             self._flush_event.set()
 
-    def _slow_prefix(self, subject: str, reply: str | None, headers: HeadersInput | None) -> tuple[bytes, bytes | None]:
+    def _slow_prefix(
+        self, subject: str, reply: str | None, headers: HeadersInput | None
+    ) -> tuple[bytes, bytes | None]:
         protocol.validate_subject(subject)
         if reply is not None and type(reply) is not str:
             raise BadSubjectError(f"reply subject must be str or None, not {type(reply).__name__}")
@@ -1061,7 +1082,9 @@ class Client:
         if headers is not None:
             hdr = encode_headers(headers)
             if not self._headers_ok and self._state == CONNECTED:
-                raise NatsError("the server does not support headers (INFO has no 'headers'): upgrade nats-server")
+                raise NatsError(
+                    "the server does not support headers (INFO has no 'headers'): upgrade nats-server"
+                )
         op = b"HPUB " if hdr is not None else b"PUB "
         mid = b" " + reply.encode() if reply else b""
         return op + subject.encode() + mid + b" ", hdr
@@ -1314,7 +1337,7 @@ class Client:
                 self._wbuf += protocol.encode_sub(sub.subject, sid, None)
 
     def _on_response(self, msg: Msg) -> None:
-        token = msg.subject[len(self._resp_prefix):]
+        token = msg.subject[len(self._resp_prefix) :]
         w = self._resp_map.pop(token, None)
         if w is not None:
             w.set(msg)
@@ -1479,7 +1502,9 @@ class Client:
         if self._state == DISCONNECTED:
             return ConnectionClosedError("not connected: call connect() first")
         if reason is not None:
-            return ConnectionClosedError(f"connection closed ({reason}): create a new client with natsync.connect()")
+            return ConnectionClosedError(
+                f"connection closed ({reason}): create a new client with natsync.connect()"
+            )
         return ConnectionClosedError()
 
     def _check_fork(self) -> None:
@@ -1630,17 +1655,21 @@ class EventDispatcherProxy:
 
 def _permissions_error(text: str) -> PermissionsError:
     low = text.lower()
-    op = "publish" if " publish " in low or "for publish" in low else ("subscribe" if "subscription" in low else "")
+    op = (
+        "publish"
+        if " publish " in low or "for publish" in low
+        else ("subscribe" if "subscription" in low else "")
+    )
     subject = ""
     queue = None
     q1 = text.find('"')
     if q1 >= 0:
         q2 = text.find('"', q1 + 1)
         if q2 > q1:
-            subject = text[q1 + 1:q2]
+            subject = text[q1 + 1 : q2]
     qi = low.find('using queue "')
     if qi >= 0:
-        rest = text[qi + len('using queue "'):]
+        rest = text[qi + len('using queue "') :]
         queue = rest.split('"', 1)[0]
     return PermissionsError(f"permissions violation: {text}", operation=op, subject=subject, queue=queue)
 

@@ -40,7 +40,9 @@ class NatsError(Exception):
 class ConnectionClosedError(NatsError):
     """The client is closed (or was created in another process); connect again."""
 
-    def __init__(self, message: str = "connection closed: create a new client with natsync.connect()") -> None:
+    def __init__(
+        self, message: str = "connection closed: create a new client with natsync.connect()"
+    ) -> None:
         super().__init__(message)
 
 
@@ -134,7 +136,9 @@ class PermissionsError(NatsError):
     the subject named by the server, ``queue`` the queue group if any.
     """
 
-    def __init__(self, message: str, operation: str = "", subject: str = "", queue: str | None = None) -> None:
+    def __init__(
+        self, message: str, operation: str = "", subject: str = "", queue: str | None = None
+    ) -> None:
         self.operation = operation
         self.subject = subject
         self.queue = queue

@@ -51,7 +51,9 @@ class Msg:
         self._headers = value
         self._hdr = None
 
-    def respond(self, data: bytes | bytearray | memoryview | str = b"", headers: HeadersInput | None = None) -> None:
+    def respond(
+        self, data: bytes | bytearray | memoryview | str = b"", headers: HeadersInput | None = None
+    ) -> None:
         """Publish *data* to this message's reply subject.
 
         Raises :class:`ValueError` when the message has no reply subject, and what

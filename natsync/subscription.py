@@ -142,7 +142,9 @@ class Subscription:
         self._received += 1
         if self._max is not None and self._received >= self._max:
             self._client._remove_sub(self)
-            self._end(BadSubscriptionError(f"subscription {self.sid} reached its limit of {self._max} messages"))
+            self._end(
+                BadSubscriptionError(f"subscription {self.sid} reached its limit of {self._max} messages")
+            )
         elif self._sleeping:
             # One wake-up per sleep: until the consumer sleeps again it will find the queue
             # non-empty, so the messages that follow need no notify (a Condition in Python).
