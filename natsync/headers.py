@@ -190,7 +190,11 @@ def encode_headers(headers: HeadersInput) -> bytes:
     (or lists of str) values, for invalid names and for CR/LF in values.
     """
     if isinstance(headers, Headers):
+        # checked again: a Headers decoded from a received message is built leniently
         items = headers._items
+        for name, value in items:
+            validate_header_name(name)
+            _validate_value(name, value)
     elif isinstance(headers, Mapping):
         items = []
         for name, value in headers.items():

@@ -400,3 +400,14 @@ def test_decode_only_trims_blanks() -> None:
 def test_decoded_values_with_colons() -> None:
     h = decode_headers(b"NATS/1.0\r\nUrl: http://x:1/a\r\n\r\n")
     assert h["Url"] == "http://x:1/a"
+
+
+def test_received_headers_are_checked_again_before_sending() -> None:
+    # decode_headers is lenient (a lone LF stays in a value); sending them back must not pass it on
+    from natsync.errors import BadHeaderError
+    from natsync.headers import decode_headers, encode_headers
+
+    received = decode_headers(b"NATS/1.0\r\nX-Bad: a\nb\r\n\r\n")
+    assert received["X-Bad"] == "a\nb"
+    with pytest.raises(BadHeaderError):
+        encode_headers(received)
