@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from proxy import TCPProxy
+from recorder import Recorder, wait_until
 
 import natsync
 from natsync.testing import NATSServer
@@ -24,57 +25,6 @@ FAST: dict[str, Any] = {
     "connect_timeout": 1.0,
     "max_reconnect_attempts": -1,
 }
-
-
-class Recorder:
-    """Event callbacks that record what happened and let a test wait for it."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.errors: list[natsync.NatsError] = []
-        self.counts = {"disconnected": 0, "reconnected": 0, "closed": 0}
-        self.threads: set[str] = set()
-
-    def _note(self, what: str) -> None:
-        with self.cond:
-            self.counts[what] += 1
-            self.threads.add(threading.current_thread().name)
-            self.cond.notify_all()
-
-    def error_cb(self, err: natsync.NatsError) -> None:
-        with self.cond:
-            self.errors.append(err)
-            self.threads.add(threading.current_thread().name)
-            self.cond.notify_all()
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "error_cb": self.error_cb,
-            "disconnected_cb": lambda: self._note("disconnected"),
-            "reconnected_cb": lambda: self._note("reconnected"),
-            "closed_cb": lambda: self._note("closed"),
-        }
-
-    def wait(self, pred: Callable[[], bool], timeout: float = WAIT) -> bool:
-        with self.cond:
-            return self.cond.wait_for(pred, timeout)
-
-    def wait_count(self, what: str, n: int = 1, timeout: float = WAIT) -> bool:
-        return self.wait(lambda: self.counts[what] >= n, timeout)
-
-    def errors_of(self, kind: type[BaseException]) -> list[natsync.NatsError]:
-        with self.cond:
-            return [e for e in self.errors if isinstance(e, kind)]
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll a condition no callback reports (e.g. a proxy's connection count)."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from recorder import Recorder
 
 import natsync
 from natsync.testing import NATSServer
@@ -23,50 +24,6 @@ WAIT = 5.0  # upper bound for anything that should happen "soon"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class Recorder:
-    """Event callbacks that record what happened and let a test wait for it."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.errors: list[natsync.NatsError] = []
-        self.counts = {"disconnected": 0, "reconnected": 0, "closed": 0}
-        self.threads: set[str] = set()
-
-    def _note(self, what: str) -> None:
-        with self.cond:
-            self.counts[what] += 1
-            self.threads.add(threading.current_thread().name)
-            self.cond.notify_all()
-
-    def error_cb(self, err: natsync.NatsError) -> None:
-        with self.cond:
-            self.errors.append(err)
-            self.threads.add(threading.current_thread().name)
-            self.cond.notify_all()
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "error_cb": self.error_cb,
-            "disconnected_cb": lambda: self._note("disconnected"),
-            "reconnected_cb": lambda: self._note("reconnected"),
-            "closed_cb": lambda: self._note("closed"),
-        }
-
-    def wait(self, pred: Callable[[], bool], timeout: float = WAIT) -> bool:
-        with self.cond:
-            return self.cond.wait_for(pred, timeout)
-
-    def wait_count(self, what: str, n: int = 1, timeout: float = WAIT) -> bool:
-        return self.wait(lambda: self.counts[what] >= n, timeout)
-
-    def wait_errors(self, n: int, timeout: float = WAIT) -> bool:
-        return self.wait(lambda: len(self.errors) >= n, timeout)
-
-    def errors_of(self, kind: type[BaseException]) -> list[natsync.NatsError]:
-        with self.cond:
-            return [e for e in self.errors if isinstance(e, kind)]
 
 
 class FakeConn:
