@@ -192,9 +192,9 @@ def encode_headers(headers: HeadersInput) -> bytes:
     if isinstance(headers, Headers):
         # checked again: a Headers decoded from a received message is built leniently
         items = headers._items
-        for name, value in items:
-            validate_header_name(name)
-            _validate_value(name, value)
+        for hname, hvalue in items:
+            validate_header_name(hname)
+            _validate_value(hname, hvalue)
     elif isinstance(headers, Mapping):
         items = []
         for name, value in headers.items():

@@ -253,69 +253,21 @@ class Parser:
             # the cut-short check in _valid_prefix assumes): " PING", "PING\n" are unknown.
             if not line[:1].strip() or line[len(op) : len(op) + 1] not in (b"", b" ", b"\t"):
                 raise ProtocolError(f"unknown protocol operation: {_show(line)}")
-            if op == b"HMSG":
-                args = parts[1].split() if len(parts) > 1 else []
-                nargs = len(args)
-                if nargs == 4:
-                    subj, sidb, hsizeb, sizeb = args
-                    reply = None
-                elif nargs == 5:
-                    subj, sidb, replyb, hsizeb, sizeb = args
-                    reply = replyb.decode("utf-8", "replace")
-                else:
-                    raise ProtocolError(f"malformed HMSG line: {_show(line)}")
-                if (
-                    not (sizeb.isdigit() and hsizeb.isdigit() and sidb.isdigit())
-                    or max(len(sizeb), len(hsizeb), len(sidb)) > 20
-                ):
-                    raise ProtocolError(f"malformed HMSG line: {_show(line)}")
-                size = int(sizeb)
-                hsize = int(hsizeb)
-                if size > MAX_PAYLOAD_SIZE:
-                    raise ProtocolError(f"HMSG size {size} is over the {MAX_PAYLOAD_SIZE} byte limit")
-                if hsize > size:
-                    raise ProtocolError(f"HMSG header size {hsize} is larger than the total size {size}")
+            if op == b"MSG" or op == b"HMSG":  # HMSG, and MSG in lower case or with tabs
+                subject, sid, reply, hsize, size = _msg_line(op, parts, line)
                 start = end + 2
                 stop = start + size
                 if stop + 2 > n:
                     need = stop + 2 - pos
                     break
                 if buf[stop : stop + 2] != b"\r\n":
-                    raise ProtocolError("HMSG payload is not followed by CRLF: the size field lied")
-                hdr = buf[start : start + hsize]
-                if not hdr.startswith(b"NATS/"):
-                    raise ProtocolError("HMSG header block does not start with NATS/1.0")
-                append(
-                    make_msg(
-                        subj.decode("utf-8", "replace"), int(sidb), reply, hdr, buf[start + hsize : stop]
-                    )
-                )
-                pos = stop + 2
-                continue
-            if op == b"MSG":  # lower-case or tab-separated MSG: slow path
-                args = parts[1].split() if len(parts) > 1 else []
-                if (
-                    len(args) not in (3, 4)
-                    or not args[-1].isdigit()
-                    or not args[1].isdigit()
-                    or len(args[-1]) > 20
-                    or len(args[1]) > 20
-                ):
-                    raise ProtocolError(f"malformed MSG line: {_show(line)}")
-                size = int(args[-1])
-                if size > MAX_PAYLOAD_SIZE:
-                    raise ProtocolError(f"MSG size {size} is over the {MAX_PAYLOAD_SIZE} byte limit")
-                start = end + 2
-                stop = start + size
-                if stop + 2 > n:
-                    need = stop + 2 - pos
-                    break
-                if buf[stop : stop + 2] != b"\r\n":
-                    raise ProtocolError("MSG payload is not followed by CRLF: the size field lied")
-                reply = args[2].decode("utf-8", "replace") if len(args) == 4 else None
-                append(
-                    make_msg(args[0].decode("utf-8", "replace"), int(args[1]), reply, None, buf[start:stop])
-                )
+                    raise ProtocolError(f"{op.decode()} payload is not followed by CRLF: the size field lied")
+                hdr = None
+                if op == b"HMSG":
+                    hdr = buf[start : start + hsize]
+                    if not hdr.startswith(b"NATS/"):
+                        raise ProtocolError("HMSG header block does not start with NATS/1.0")
+                append(make_msg(subject, sid, reply, hdr, buf[start + hsize : stop]))
                 pos = stop + 2
                 continue
             pos = end + 2
@@ -359,6 +311,25 @@ class Parser:
         head = buf[pos : pos + 6]
         if not _valid_prefix(head):
             raise ProtocolError(f"unknown protocol operation: {_show(head)}")
+
+
+def _msg_line(op: bytes, parts: list[bytes], line: bytes) -> tuple[str, int, str | None, int, int]:
+    """Check the arguments of a MSG or HMSG line: ``(subject, sid, reply, hdr size, total size)``."""
+    args = parts[1].split() if len(parts) > 1 else []
+    hmsg = op == b"HMSG"
+    nums = args[-2:] if hmsg else args[-1:]
+    if len(args) - hmsg not in (3, 4) or not args[1].isdigit() or len(args[1]) > 20:
+        raise ProtocolError(f"malformed {op.decode()} line: {_show(line)}")
+    if any(not x.isdigit() or len(x) > 20 for x in nums):
+        raise ProtocolError(f"malformed {op.decode()} line: {_show(line)}")
+    size = int(nums[-1])
+    hsize = int(nums[0]) if hmsg else 0
+    if size > MAX_PAYLOAD_SIZE:
+        raise ProtocolError(f"{op.decode()} size {size} is over the {MAX_PAYLOAD_SIZE} byte limit")
+    if hsize > size:
+        raise ProtocolError(f"HMSG header size {hsize} is larger than the total size {size}")
+    reply = args[2].decode("utf-8", "replace") if len(args) - hmsg == 4 else None
+    return args[0].decode("utf-8", "replace"), int(args[1]), reply, hsize, size
 
 
 def _show(b: bytes) -> str:
