@@ -221,7 +221,8 @@ class Soak:
                     f"  {now - started:5.0f} s: sent {self.count['sent']}, "
                     f"received {self.count['received']}, requests ok {self.count['req_ok']}, "
                     f"cuts {self.count['cuts']}, "
-                    f"blackholes {self.count['blackholes']}",
+                    f"blackholes {self.count['blackholes']}, "
+                    f"threads {threading.active_count()}, RSS {rss_mib():.1f} MiB",
                     flush=True,
                 )
         self.stop.set()

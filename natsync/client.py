@@ -852,7 +852,7 @@ class Client:
         transport.close()
         for w in pongs:
             if w is not None:
-                w.set(False)  # flush() retries after the reconnect
+                w.set(False)  # flush() raises: what it covered may be lost
         self._post_cb(o.disconnected_cb)
         if not o.allow_reconnect or draining:
             self._close(reason if isinstance(reason, NatsError) else None, from_reader=True)
