@@ -20,6 +20,7 @@ from .errors import (
     ConnectionDrainingError,
     MaxPayloadError,
     NatsError,
+    NkeysNotSupportedError,
     NoRespondersError,
     NoServersError,
     OutboundBufferFullError,
@@ -61,4 +62,5 @@ __all__ = [
     "ProtocolError",
     "PermissionsError",
     "SecureConnectionError",
+    "NkeysNotSupportedError",
 ]

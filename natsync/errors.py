@@ -30,6 +30,7 @@ __all__ = [
     "ProtocolError",
     "PermissionsError",
     "SecureConnectionError",
+    "NkeysNotSupportedError",
 ]
 
 
@@ -147,3 +148,8 @@ class PermissionsError(NatsError):
 
 class SecureConnectionError(NatsError):
     """TLS was required by one side and refused or failed on the other."""
+
+
+class NkeysNotSupportedError(NatsError):
+    """An NKEY is configured but the server sent no nonce to sign: it has no NKEY or JWT
+    users (nats.go ``ErrNkeysNotSupported``)."""

@@ -37,7 +37,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .errors import NatsError
+from .errors import NatsError, NkeysNotSupportedError
 
 __all__ = ["NkeysNotSupportedError", "make_signer", "NKEYS_IMPORT_ERROR"]
 
@@ -54,11 +54,6 @@ _BLOCK_RE = re.compile(rb"\s*(?:(?:-{3,}[^\n]*-{3,}\r?\n)([\w\-.=]+)(?:\r?\n-{3,
 _JWT_RE = re.compile(r"^[\w\-]+\.[\w\-]+\.[\w\-]+$")
 _SEED_PREFIXES = (b"SO", b"SA", b"SU")
 _SIG_LEN = 64  # Ed25519
-
-
-class NkeysNotSupportedError(NatsError):
-    """An NKEY is configured but the server sent no nonce to sign: it has no NKEY or JWT
-    users (nats.go ``ErrNkeysNotSupported``)."""
 
 
 def _import_nkeys() -> Any:
