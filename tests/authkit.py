@@ -15,6 +15,8 @@ import hashlib
 import json
 import os
 import ssl
+import subprocess
+import sys
 import time
 import traceback
 import urllib.request
@@ -307,3 +309,24 @@ def wait_until(pred: Any, timeout: float = 10.0, what: str = "condition") -> Non
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         tick.wait(0.005)
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(
+    name: str, env_extra: dict[str, str], argv: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``examples/<name>`` in a subprocess with *env_extra*; bounded to 60 s."""
+    root = EXAMPLES.parent
+    env = dict(os.environ)
+    env.update(env_extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *(argv or [])],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

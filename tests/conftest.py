@@ -8,6 +8,7 @@ pytest-cov starts, and every module-level line of natsync would count as not cov
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -44,3 +45,15 @@ def _no_leftover_natsync_threads() -> Iterator[None]:
             names = ", ".join(sorted(t.name for t in left))
             pytest.fail(f"natsync threads still running {THREAD_GRACE} s after the test: {names}")
         time.sleep(0.01)
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A loopback listener that a client must never connect to (bad options fail first)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    try:
+        yield sock
+    finally:
+        sock.close()

@@ -6,9 +6,7 @@ here), and against a fake server that shows exactly what went into CONNECT.
 from __future__ import annotations
 
 import base64
-import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -27,6 +25,7 @@ from authkit import (
     exception_texts,
     make_operator_setup,
     new_key,
+    run_example,
     user_jwt,
     verify_sig,
 )
@@ -214,14 +213,14 @@ def test_example_nkey_connect(nkey_server: NATSServer, user_key: Key, tmp_path: 
         "NATS_URL_HOSTPORT": f"127.0.0.1:{nkey_server.port}",
         "NATS_NKEY_SEED_FILE": _seed_file(tmp_path, user_key),
     }
-    proc = _run_example("nkey_connect.py", env)
+    proc = run_example("nkey_connect.py", env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"connected to nats://127.0.0.1:{nkey_server.port}" in proc.stdout
     assert "received: b'hello with an NKEY'" in proc.stdout
     assert user_key.seed not in proc.stdout + proc.stderr
     # a wrong key: the example fails, without printing the seed
     other = new_key()
-    proc = _run_example(
+    proc = run_example(
         "nkey_connect.py", {}, [f"127.0.0.1:{nkey_server.port}", _seed_file(tmp_path, other, name="o.nk")]
     )
     assert proc.returncode != 0 and "AuthorizationError" in proc.stderr
@@ -230,7 +229,7 @@ def test_example_nkey_connect(nkey_server: NATSServer, user_key: Key, tmp_path: 
 
 def test_example_creds_connect(op_server: NATSServer, op: OperatorSetup) -> None:
     env = {"NATS_URL_HOSTPORT": f"127.0.0.1:{op_server.port}", "NATS_CREDS_FILE": op.creds_file}
-    proc = _run_example("creds_connect.py", env)
+    proc = run_example("creds_connect.py", env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "received: b'hello with a JWT'" in proc.stdout
     assert op.user.seed not in proc.stdout + proc.stderr and op.user_jwt not in proc.stdout + proc.stderr
@@ -509,19 +508,3 @@ def test_account_seed_in_a_creds_file_is_accepted_like_nats_go(op: OperatorSetup
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def _run_example(
-    name: str, env_extra: dict[str, str], argv: list[str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.update(env_extra)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return subprocess.run(
-        [sys.executable, str(ROOT / "examples" / name), *(argv or [])],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )

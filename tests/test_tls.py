@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from authkit import (
     connz,
     exception_texts,
     make_pki,
+    run_example,
     tls_block,
     wait_until,
 )
@@ -395,7 +394,7 @@ def test_example_tls_connect(pki: Pki, tls_server: NATSServer) -> None:
     assert f"connected to tls://localhost:{tls_server.port}" in out
     assert "received: b'hello over TLS'" in out
     # argv form, and the example fails (non-zero) against an untrusted CA
-    proc = _run_example_proc("tls_connect.py", {}, [f"localhost:{tls_server.port}", pki.other_ca_file])
+    proc = run_example("tls_connect.py", {}, [f"localhost:{tls_server.port}", pki.other_ca_file])
     assert proc.returncode != 0 and "SecureConnectionError" in proc.stderr
 
 
@@ -523,24 +522,8 @@ def test_tls_required_in_info_is_honoured_by_a_plaintext_looking_url(pki: Pki) -
 # ------------------------------------------------------------------------------ helpers
 
 
-def _run_example_proc(
-    name: str, env_extra: dict[str, str], argv: list[str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.update(env_extra)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return subprocess.run(
-        [sys.executable, str(ROOT / "examples" / name), *(argv or [])],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def _run_example(name: str, env_extra: dict[str, str]) -> str:
-    proc = _run_example_proc(name, env_extra)
+    proc = run_example(name, env_extra)
     assert proc.returncode == 0, (
         f"{name} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     )

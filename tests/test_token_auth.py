@@ -54,20 +54,6 @@ def user_server() -> Iterator[NATSServer]:
         yield srv
 
 
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
-# --------------------------------------------------------------------------- helpers
-
-
 def round_trip(nc: natsync.Client, subject: str = "auth.rt") -> None:
     sub = nc.subscribe(subject)
     nc.publish(subject, b"hello")

@@ -72,18 +72,6 @@ def nc(server: NATSServer) -> Iterator[natsync.Client]:
         yield client
 
 
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    """A loopback listener that a client must never connect to."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
 def assert_never_connected(sock: socket.socket) -> None:
     sock.settimeout(0.2)
     try:
