@@ -30,9 +30,9 @@ Locks and rules:
 
 from __future__ import annotations
 
+import builtins
 import functools
 import itertools
-import json
 import logging
 import os
 import random
@@ -48,6 +48,7 @@ from typing import Any, Final
 
 from . import protocol
 from .auth import Credentials, check_credentials, resolve_connect_auth
+from .dispatch import EventDispatcher
 from .errors import (
     AuthorizationError,
     BadSubjectError,
@@ -277,7 +278,7 @@ class Client:
         self._resp_prefix = ""
         self._resp_map: dict[str, _Waiter] = {}
         self._resp_counter = itertools.count(1)
-        self._events = EventDispatcherProxy()
+        self._events = EventDispatcher("natsync-events")
         self._threads: list[threading.Thread] = []
         self._close_event = threading.Event()
         self._disconnect_reason: BaseException | None = None
@@ -442,7 +443,6 @@ class Client:
         self._resp_prefix = f"{inbox_prefix}.{next_nuid()}."
 
         self._state = CONNECTING
-        self._events.start(self)
         errors: list[tuple[Server, BaseException]] = []
         for srv in self._pool.first_pass():
             try:
@@ -479,7 +479,7 @@ class Client:
             self._state = CLOSED
             self._state_cond.notify_all()
         self._close_event.set()
-        self._events.stop()
+        self._events.stop(_USER_THREAD_JOIN)
         _live_clients.discard(self)
 
     def _start_threads(self, leftover: list[Any] | None) -> None:
@@ -641,7 +641,7 @@ class Client:
             except OSError as e:
                 if isinstance(e, (ssl.SSLError,)):
                     raise SecureConnectionError(f"TLS error from {where}: {e}{tls_error_hint(e)}") from None
-                if isinstance(e, builtins_timeout):
+                if isinstance(e, builtins.TimeoutError):
                     raise TimeoutError("handshake timed out (connect_timeout)") from None
                 raise
             if n == 0:
@@ -1460,7 +1460,7 @@ class Client:
             self._report_error(reason)
         if o is not None:
             self._post_cb(o.closed_cb)
-        self._events.stop()
+        self._events.stop(_USER_THREAD_JOIN)
 
     def _final_flush(self, transport: Transport, limit: float) -> None:
         # Run the send on a bounded clock: a server that stopped reading must not hang close().
@@ -1528,7 +1528,7 @@ class Client:
         self._dialing = None
         self._threads = []
         self._wbuf = bytearray()
-        self._events = EventDispatcherProxy()
+        self._events = EventDispatcher("natsync-events")
         # locks copied from the parent may be held by threads that do not exist here
         self._close_event = threading.Event()
         self._close_event.set()
@@ -1551,9 +1551,6 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        pass
 
     # --- introspection -------------------------------------------------------------------
 
@@ -1635,24 +1632,6 @@ class Client:
         return f"<natsync.Client {_STATE_NAMES.get(self._state, '?')}{where}>"
 
 
-class EventDispatcherProxy:
-    """Starts the event thread lazily, owned by one client."""
-
-    def __init__(self) -> None:
-        from .dispatch import EventDispatcher
-
-        self._d = EventDispatcher("natsync-events")
-
-    def start(self, client: Client) -> None:
-        self._d.start()
-
-    def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._d.post(fn, *args)
-
-    def stop(self) -> None:
-        self._d.stop(_USER_THREAD_JOIN)
-
-
 def _permissions_error(text: str) -> PermissionsError:
     low = text.lower()
     op = (
@@ -1679,7 +1658,7 @@ def _describe(e: BaseException) -> str:
         return str(e)
     if isinstance(e, ConnectionRefusedError):
         return "connection refused"
-    if isinstance(e, OSError) and isinstance(e, builtins_timeout):
+    if isinstance(e, OSError) and isinstance(e, builtins.TimeoutError):
         return "timed out"
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
@@ -1694,16 +1673,9 @@ def _as_bytes(payload: object) -> bytes:
     raise TypeError(f"payload must be bytes, bytearray, memoryview or str, not {type(payload).__name__}")
 
 
-import builtins as _builtins  # noqa: E402
-
-builtins_timeout = _builtins.TimeoutError
-
 NATS = Client
 
 
 def connect(servers: str | Sequence[str] | None = None, **options: Any) -> Client:
     """Create a :class:`Client` and connect it; see :meth:`Client.connect`."""
     return Client().connect(servers, **options)
-
-
-json_dumps = json.dumps

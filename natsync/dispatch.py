@@ -28,9 +28,6 @@ class EventDispatcher:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Nothing to do: the thread starts with the first post()."""
-
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)``; never blocks."""
         with self._cond:
@@ -67,7 +64,3 @@ class EventDispatcher:
             t.join(timeout)
             if t.is_alive():
                 log.warning("event callback still running after %s s; not waiting for it", timeout)
-
-    @property
-    def is_current(self) -> bool:
-        return self._thread is threading.current_thread()
