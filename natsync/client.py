@@ -764,6 +764,8 @@ class Client:
     def _process(self, events: list[Any]) -> None:
         """Route parsed events (reader thread)."""
         subs = self._subs
+        # hoisted: the inbox subscription cannot receive in the batch in which it is created
+        resp_sub = self._resp_sub
         for ev in events:
             if ev.__class__ is Msg:
                 self._in_msgs += 1
@@ -771,7 +773,7 @@ class Client:
                 sub = subs.get(ev.sid)
                 if sub is None:
                     continue
-                if sub is self._resp_sub:
+                if sub is resp_sub:
                     self._on_response(ev)
                 else:
                     sub._enqueue(ev)
@@ -1493,7 +1495,7 @@ class Client:
         t.start()
         if not done.wait(limit):
             transport.shutdown()
-        t.join()
+        t.join(limit)  # the shutdown above woke the send; bounded all the same
 
     def _closed_error(self) -> ConnectionClosedError:
         if self._fork_error is not None:
