@@ -266,7 +266,13 @@ HAS_ANY: list[tuple[dict[str, Any], bool]] = [
 ]
 
 
-@pytest.mark.parametrize(("options", "expected"), HAS_ANY, ids=[repr(sorted(o.items())) for o, _ in HAS_ANY])
+def _options_id(options: dict[str, Any]) -> str:
+    # stable across processes (pytest-xdist compares ids): no function addresses
+    parts = (f"{k}={'callable' if callable(v) else repr(v)}" for k, v in sorted(options.items()))
+    return ",".join(parts) or "none"
+
+
+@pytest.mark.parametrize(("options", "expected"), HAS_ANY, ids=[_options_id(o) for o, _ in HAS_ANY])
 def test_has_any(options: dict[str, Any], expected: bool) -> None:
     assert Credentials(**options).has_any is expected
 
