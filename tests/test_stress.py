@@ -192,7 +192,9 @@ class Stress:
     # --- clients --------------------------------------------------------------------------
 
     def new_client(self) -> Tracked | None:
-        ok, nc = self.call("connect", lambda: natsync.connect(self.proxy.url, **CLIENT_OPTIONS), 1.0 + 1.0)
+        # half of them without pings: nothing but the writer's deadline notices a stall
+        opts = {**CLIENT_OPTIONS, "ping_interval": random.choice([0, CLIENT_OPTIONS["ping_interval"]])}
+        ok, nc = self.call("connect", lambda: natsync.connect(self.proxy.url, **opts), 1.0 + 1.0)
         if not ok:
             return None
         t = Tracked(nc)
@@ -269,7 +271,7 @@ class Stress:
         subject = rnd.choice(SUBJECTS)
         if op < 0.05:
             # large: while a connection is stalled these fill the socket buffers
-            self.call("publish", lambda: nc.publish("stress.big", b"b" * 256 * 1024))
+            self.call("publish", lambda: nc.publish("stress.big", b"b" * 900_000))
         elif op < 0.30:
             for _ in range(rnd.randint(1, 50)):
                 self.call("publish", lambda: nc.publish(subject, b"x" * rnd.randint(0, 200)))
@@ -354,7 +356,7 @@ def test_stress_lifecycle_under_random_connection_cuts(
 
     threading.excepthook = hook
     caplog.set_level(logging.WARNING, logger="natsync")
-    with TCPProxy("127.0.0.1", server.port) as proxy:
+    with TCPProxy("127.0.0.1", server.port, client_rcvbuf=64 * 1024) as proxy:
         stress = Stress(server, proxy, findings)
         stable = natsync.connect(server.url)  # the service, never cut
         try:
