@@ -207,22 +207,25 @@ class Stress:
             return rnd.choice(self.pool)
 
     def replace(self, old: Tracked, rnd: random.Random) -> None:
-        """Close (or drain) a pool client while others may be using it; put a new one in."""
+        """Close (or drain) a pool client while others may be using it; put a new one in
+        (again later if connecting failed)."""
         with self.pool_lock:
-            if old not in self.pool or old.closed_at is not None:
-                return
-            old.closed_at = float("inf")  # closing: claimed by this thread
-        if rnd.random() < 0.5:
-            self.call("close", old.nc.close, CLOSE_BOUND)
-        else:
-            self.call("drain", lambda: old.nc.drain(timeout=2.0), 2.0)
-        with self.pool_lock:
-            old.closed_at = time.monotonic()
+            if old not in self.pool or old.closed_at == float("inf"):
+                return  # replaced already, or another thread is closing it
+            claim = old.closed_at is None
+            if claim:
+                old.closed_at = float("inf")  # closing: claimed by this thread
+        if claim:
+            if rnd.random() < 0.5:
+                self.call("close", old.nc.close, CLOSE_BOUND)
+            else:
+                self.call("drain", lambda: old.nc.drain(timeout=2.0), 2.0)
+            with self.pool_lock:
+                old.closed_at = time.monotonic()
         new = self.new_client()
         with self.pool_lock:
-            i = self.pool.index(old)
-            if new is not None:
-                self.pool[i] = new
+            if new is not None and old in self.pool:
+                self.pool[self.pool.index(old)] = new
 
     # --- subscriptions --------------------------------------------------------------------
 
