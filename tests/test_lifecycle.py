@@ -553,6 +553,46 @@ def test_nc_drain_during_a_reconnect_leaves_no_interest(
     assert nc.is_closed
 
 
+def test_connection_lost_during_nc_drain_resends_no_draining_subscription(
+    server: NATSServer, proxy: TCPProxy, clients: Clients
+) -> None:
+    """Why #3: the reconnect resent SUB for draining subscriptions and no UNSUB
+    followed.  nc.drain() starts while connected (a busy callback holds it open), then
+    the connection is cut: the client either closes, or reconnects without renewing
+    any interest of the drained subscriptions.  (A guard for the new state machine:
+    the old code closed here, so this one passes on it too.)"""
+    rec = Recorder()
+    nc = clients.connect(proxy.url, **FAST, **rec.options())
+    observer = clients.connect(server.url)
+    release = threading.Event()
+    entered = threading.Event()
+
+    def busy(msg: natsync.Msg) -> None:
+        entered.set()
+        release.wait(WAIT)
+
+    nc.subscribe("lifecycle.cdrain", cb=busy)
+    nc.subscribe("lifecycle.cdrain.sync")
+    nc.publish("lifecycle.cdrain", b"hold")
+    nc.flush(timeout=WAIT)
+    assert entered.wait(WAIT)
+    drain = threading.Thread(target=_quiet(lambda: nc.drain(timeout=WAIT)), name="test-drain", daemon=True)
+    try:
+        drain.start()
+        assert wait_until(lambda: nc.is_draining)
+        proxy.cut()
+        assert rec.wait_count("disconnected")
+        assert wait_until(lambda: nc.is_closed or rec.counts["reconnected"] > 0)
+        if not nc.is_closed:
+            for subject in ("lifecycle.cdrain", "lifecycle.cdrain.sync"):
+                with pytest.raises(natsync.NoRespondersError):
+                    observer.request(subject, b"", timeout=2.0)  # interest renewed: a timeout
+    finally:
+        release.set()
+        drain.join(WAIT)
+    assert nc.is_closed
+
+
 def test_nc_drain_waits_for_a_subscription_that_reached_its_limit(
     server: NATSServer, clients: Clients
 ) -> None:
