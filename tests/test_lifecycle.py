@@ -143,7 +143,7 @@ def jam(nc: natsync.Client, total: int = 12 * MiB, chunk: int = 1000 * 1000) -> 
     """Publish *total* bytes from a thread to a peer that reads none of them: more than
     the kernel buffers hold (client send buffer up to 4 MiB, the proxy's 32 KiB), so the
     socket stays full.  Whatever the publishes raise is ignored; the thread ends when the
-    client closes.  Returns once the thread has finished or has been at it for 1 s."""
+    client closes.  Returns once the thread has finished or has been at it for 0.5 s."""
     payload = b"j" * chunk
     done = threading.Event()
 
@@ -158,7 +158,7 @@ def jam(nc: natsync.Client, total: int = 12 * MiB, chunk: int = 1000 * 1000) -> 
 
     t = threading.Thread(target=run, name="test-jam", daemon=True)
     t.start()
-    done.wait(1.0)
+    done.wait(0.5)
     return t
 
 
@@ -171,7 +171,7 @@ def test_request_returns_by_its_timeout_when_the_peer_stops_reading(
 ) -> None:
     """Why #1: request(timeout=0.5) stayed blocked for minutes (forever with
     ping_interval=0) behind another thread's sendall when the peer stopped reading."""
-    nc = clients.connect(proxy.url, ping_interval=ping_interval)
+    nc = clients.connect(proxy.url, ping_interval=ping_interval, flush_timeout=0.5)  # bounds close()
     nc.flush(timeout=WAIT)
     assert proxy.stall_client() == 1
     jam(nc)
@@ -186,7 +186,7 @@ def test_flush_returns_by_its_timeout_when_the_peer_stops_reading(
 ) -> None:
     """Why #1: flush(timeout=0.5) stayed blocked for minutes (forever with
     ping_interval=0) when the peer stopped reading."""
-    nc = clients.connect(proxy.url, ping_interval=ping_interval)
+    nc = clients.connect(proxy.url, ping_interval=ping_interval, flush_timeout=0.5)  # bounds close()
     nc.flush(timeout=WAIT)
     proxy.stall_client()
     jam(nc)
