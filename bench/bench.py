@@ -9,7 +9,10 @@ Scenarios (identical message counts for both clients):
   message is FAILED;
 * request/reply: sequential requests after a warm-up, p50/p99 in µs; the responder is
   a callback subscription on a second connection;
-* connect+flush+close: mean ms.
+* connect+flush+close: mean ms;
+* memory: resident memory (RSS) per open connection, and per 1,000 subscriptions on one
+  connection (with and without a callback), each measured in a fresh subprocess as the
+  growth of RSS over a warmed-up baseline.
 
 Each scenario runs ``--repeat`` times, natsync and nats-py alternating; the table shows
 the median of the repeats (``--stat best``: the best one).  ``--write-readme`` replaces the results section of
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import datetime
 import gc
+import json
 import math
 import os
 import platform
@@ -150,6 +154,48 @@ def ns_connect(url: str, count: int) -> dict[str, Any]:
     return {"ms": (time.perf_counter() - t0) / count * 1e3}
 
 
+def _rss() -> int:
+    """Resident set size of this process in bytes (Linux)."""
+    gc.collect()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _noop(msg: Any) -> None:
+    pass
+
+
+def ns_memory(url: str, what: str, count: int) -> dict[str, Any]:
+    """KiB of RSS per connection (*what* = "conn") or per 1,000 subscriptions ("subs_cb",
+    "subs_sync"); run in a fresh process by :func:`memory_in_subprocess`."""
+    warm = natsync.connect(url)  # first use: lazy imports, caches, one thread of each kind
+    warm.subscribe("warm", cb=_noop)
+    warm.subscribe("warm")
+    warm.flush()
+    warm.close()
+    if what == "conn":
+        before = _rss()
+        conns = [natsync.connect(url) for _ in range(count)]
+        for nc in conns:
+            nc.flush()
+        after = _rss()
+        for nc in conns:
+            nc.close()
+        return {"kib": (after - before) / count / 1024}
+    nc = natsync.connect(url)
+    try:
+        nc.flush()
+        before = _rss()
+        cb = _noop if what == "subs_cb" else None
+        subs = [nc.subscribe(f"bench.mem.{i}", cb=cb) for i in range(count)]
+        nc.flush()
+        after = _rss()
+        del subs
+    finally:
+        nc.close()
+    return {"kib": (after - before) / count * 1000 / 1024}
+
+
 # --- nats-py (asyncio) -----------------------------------------------------------------
 
 
@@ -245,6 +291,49 @@ async def _py_connect(url: str, count: int) -> dict[str, Any]:
     return {"ms": (time.perf_counter() - t0) / count * 1e3}
 
 
+async def _py_memory(url: str, what: str, count: int) -> dict[str, Any]:
+    async def noop(msg: Any) -> None:
+        pass
+
+    warm = await nats.connect(url)
+    await warm.subscribe("warm", cb=noop)
+    await warm.subscribe("warm")
+    await warm.flush()
+    await warm.close()
+    if what == "conn":
+        before = _rss()
+        conns = [await nats.connect(url) for _ in range(count)]
+        for nc in conns:
+            await nc.flush()
+        after = _rss()
+        for nc in conns:
+            await nc.close()
+        return {"kib": (after - before) / count / 1024}
+    nc = await nats.connect(url)
+    try:
+        await nc.flush()
+        before = _rss()
+        cb = noop if what == "subs_cb" else None
+        subs = [await nc.subscribe(f"bench.mem.{i}", cb=cb) for i in range(count)]
+        await nc.flush()
+        after = _rss()
+        del subs
+    finally:
+        await nc.close()
+    return {"kib": (after - before) / count * 1000 / 1024}
+
+
+def memory_in_subprocess(client: str, url: str, what: str, count: int) -> dict[str, Any]:
+    """Run one memory measurement in a fresh interpreter (a long-lived benchmark process
+    keeps freed memory, which would hide or inflate the growth)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", client, what, str(count), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory child failed: {out.stderr.strip()[-300:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
 def _sync(coro_fn: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
     def run(*args: Any) -> dict[str, Any]:
         result: dict[str, Any] = asyncio.run(coro_fn(*args))
@@ -257,6 +346,7 @@ py_publish = _sync(_py_publish)
 py_pubsub = _sync(_py_pubsub)
 py_request = _sync(_py_request)
 py_connect = _sync(_py_connect)
+py_memory = _sync(_py_memory)
 
 
 # --- running and reporting -------------------------------------------------------------
@@ -274,6 +364,7 @@ class Scenario:
         py: Callable[[], dict[str, Any]],
         target: float | None = None,
         count: int | None = None,
+        abs_target: float | None = None,
     ) -> None:
         self.key = key
         self.label = label
@@ -284,6 +375,7 @@ class Scenario:
         self.py = py
         self.target = target  # ratio natsync/nats-py to reach (>= if higher_better else <=)
         self.count = count  # messages that must be received (pub+sub)
+        self.abs_target = abs_target  # natsync's own value to reach, in *unit* (same direction)
         self.results: dict[str, list[dict[str, Any]]] = {"natsync": [], "nats-py": []}
 
 
@@ -300,6 +392,8 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:,.0f} msgs/s"
     if unit == "µs":
         return f"{value:,.0f} µs"
+    if unit == "KiB":
+        return f"{value:,.0f} KiB"
     return f"{value:.2f} ms"
 
 
@@ -339,7 +433,15 @@ def build_table(scenarios: list[Scenario], repeat: int, stat: str = "median") ->
         py_v, py_txt, py_failed = _summarise(sc, "nats-py", stat)
         ratio = ns_v / py_v if ns_v and py_v else None
         ratio_txt = f"{ratio:.2f}×" if ratio is not None else "—"
-        if sc.target is None:
+        if sc.abs_target is not None:
+            op = "≥" if sc.higher_better else "≤"
+            target_txt = f"natsync {op} {_fmt(sc.abs_target, sc.unit)}"
+            if ns_v is None:
+                met = "no (FAILED)"
+            else:
+                ok = ns_v >= sc.abs_target if sc.higher_better else ns_v <= sc.abs_target
+                met = "yes" if ok else "no"
+        elif sc.target is None:
             target_txt, met = "—", "—"
         else:
             op = "≥" if sc.higher_better else "≤"
@@ -409,15 +511,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sub-count", type=int, default=100_000, help="messages per pub+sub run (default 100k)")
     ap.add_argument("--requests", type=int, default=5000, help="sequential requests (default 5000)")
     ap.add_argument("--connects", type=int, default=200, help="connect+flush+close cycles (default 200)")
+    ap.add_argument("--conns", type=int, default=100, help="connections open for the RSS (default 100)")
+    ap.add_argument("--subs", type=int, default=1000, help="subscriptions for the RSS figures (default 1000)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each scenario (default 3)")
     ap.add_argument("--stat", choices=("median", "best"), default="median", help="how repeats are summarised")
     ap.add_argument("--quick", action="store_true", help="a small smoke run")
-    ap.add_argument("--only", default="", help="comma-separated keys: pub16,pub1k,pubsub,req,connect")
+    ap.add_argument(
+        "--only", default="", help="comma-separated keys: pub16,pub1k,pubsub,req,connect,mem_conn,mem_subs"
+    )
     ap.add_argument("--write-readme", action="store_true", help="update the results in bench/README.md")
+    ap.add_argument(
+        "--memory-child", nargs=4, metavar=("CLIENT", "WHAT", "COUNT", "URL"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args(argv)
+    if args.memory_child:
+        client, what, count, url = args.memory_child
+        fn = ns_memory if client == "natsync" else py_memory
+        print(json.dumps(fn(url, what, int(count))))
+        return 0
     if args.quick:
         args.count, args.sub_count, args.requests, args.connects, args.repeat = 20_000, 10_000, 500, 20, 1
-    for name in ("count", "sub_count", "requests", "connects", "repeat"):
+        args.conns, args.subs = 20, 200
+    for name in ("count", "sub_count", "requests", "connects", "repeat", "conns", "subs"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be > 0")
 
@@ -426,23 +541,36 @@ def main(argv: list[str] | None = None) -> int:
     with NATSServer() as server:
         url = server.url
         n, ns_, nr, nconn = args.count, args.sub_count, args.requests, args.connects
+        nk, nsub = args.conns, args.subs
+
+        def mem(client: str, what: str, count: int) -> Callable[[], dict[str, Any]]:
+            return lambda: memory_in_subprocess(client, url, what, count)
+
         scenarios = [
             Scenario("pub16", f"publish 16 B ×{n:,}", "rate", "msgs/s", True,
-                     lambda: ns_publish(url, n, 16), lambda: py_publish(url, n, 16), target=2.0),
+                     lambda: ns_publish(url, n, 16), lambda: py_publish(url, n, 16), target=4.0),
             Scenario("pub1k", f"publish 1 KiB ×{n:,}", "rate", "msgs/s", True,
                      lambda: ns_publish(url, n, 1024), lambda: py_publish(url, n, 1024)),
             Scenario("pubsub", f"pub+sub 16 B ×{ns_:,}", "rate", "msgs/s", True,
-                     lambda: ns_pubsub(url, ns_, 16), lambda: py_pubsub(url, ns_, 16), target=2.0, count=ns_),
+                     lambda: ns_pubsub(url, ns_, 16), lambda: py_pubsub(url, ns_, 16), target=4.0, count=ns_),
             Scenario("req_p50", f"request/reply p50 ×{nr:,}", "p50", "µs", False,
-                     lambda: ns_request(url, nr), lambda: py_request(url, nr), target=1.0),
+                     lambda: ns_request(url, nr), lambda: py_request(url, nr), target=0.8),
             Scenario("req_p99", f"request/reply p99 ×{nr:,}", "p99", "µs", False,
                      lambda: {}, lambda: {}),
             Scenario("connect", f"connect+flush+close ×{nconn:,}", "ms", "ms", False,
-                     lambda: ns_connect(url, nconn), lambda: py_connect(url, nconn)),
+                     lambda: ns_connect(url, nconn), lambda: py_connect(url, nconn), target=0.8),
+            Scenario("mem_conn", f"RSS per connection (×{nk:,} open)", "kib", "KiB", False,
+                     mem("natsync", "conn", nk), mem("nats-py", "conn", nk), abs_target=128),
+            Scenario("mem_subs_cb", f"RSS per 1,000 callback subscriptions (×{nsub:,})", "kib", "KiB", False,
+                     mem("natsync", "subs_cb", nsub), mem("nats-py", "subs_cb", nsub)),
+            Scenario("mem_subs_sync", f"RSS per 1,000 subscriptions without callback (×{nsub:,})", "kib",
+                     "KiB", False, mem("natsync", "subs_sync", nsub), mem("nats-py", "subs_sync", nsub)),
         ]
         only = {k.strip() for k in args.only.split(",") if k.strip()}
         if "req" in only:
             only |= {"req_p50", "req_p99"}
+        if "mem_subs" in only:
+            only |= {"mem_subs_cb", "mem_subs_sync"}
         if only:
             scenarios = [s for s in scenarios if s.key in only]
         p99 = next((s for s in scenarios if s.key == "req_p99"), None)

@@ -1,35 +1,51 @@
-"""The natsync client: connection state machine, threads, reconnect, request mux.
+"""The natsync client: the façade that wires the jobs of a connection together.
 
-Threads of one client (all named ``natsync-...``, all daemon, all joined by ``close()``):
+Modules, one job each (each readable alone):
 
-* **reader** — the only thread that reads the socket. It parses (``protocol.Parser``)
-  and routes events: MSG to its subscription's queue, PONG to flush waiters, INFO to
-  the server pool, -ERR to error handling. When the connection breaks it runs the
-  reconnect loop itself, so there is never more than one connection attempt at a time.
-* **flusher** — sends the write buffer soon after a publish; a publisher that finds the
-  buffer large sends it itself (back-pressure).
-* **pinger** — every ``ping_interval`` queues a PING; too many unanswered means the
-  connection is stale, and it shuts the socket down so that the reader reconnects.
-* **events** — runs event callbacks (``error_cb``, ``disconnected_cb``, ...) in order.
+* ``_options``: the validated ``connect()`` options.
+* ``_handshake``: dialling one server (TCP, TLS, INFO/CONNECT/PONG); no locks, no threads.
+* ``_writer``: the one writer of the socket, with a deadline (``flusher_timeout``).
+* ``_requests``: the request mux (one wildcard inbox subscription, a waiter per request).
+* ``subscription``: one subscription's state (ACTIVE -> DRAINING -> ENDED) and queue.
+* ``dispatch``: the event thread (``error_cb`` and the other event callbacks), bounded.
+* this module: the connection state machine, the reader, reconnect, the subscription
+  table, drain and close, fork and exit.
+
+Threads of one client (all named ``natsync-...``, all daemon, all joined by ``close()``
+against one shared deadline):
+
+* **reader** — the only thread that reads the socket. It parses, routes MSG to its
+  subscription's queue, PONG to flush waiters, INFO to the server pool, -ERR to error
+  handling. The socket has a receive timeout (at most 1 s, at most ``ping_interval``):
+  on a timeout the reader sends a PING when one is due and detects a stale connection,
+  so there is no pinger thread. When the connection breaks it runs the reconnect loop
+  itself, so there is never more than one connection attempt at a time.
+* **writer** — started on the first publish, not on connect; see ``_writer``.
+* **events** — started on the first event; runs event callbacks in order.
 * **sub-N** — one per callback subscription: runs its callback, one message at a time.
 
 Locks and rules:
 
-* ``_lock`` guards the state, the write buffer and the subscription table. It is held
-  only for short, non-blocking work: never across a socket call, never while user code
-  runs. A message's bytes are appended to the buffer in one critical section, so
-  concurrent publishers never interleave.
-* ``_send_lock`` serialises writers of the socket (flusher, a publisher flushing
-  itself, the reconnect's resend). Order: ``_send_lock`` before ``_lock``.
-* User code (callbacks) never runs on the reader, flusher or pinger thread, nor under a
-  library lock.
-* Every blocking call has a timeout and wakes when the client closes; ``close()`` shuts
-  the socket down first, which wakes a reader blocked in ``recv`` and a writer blocked
-  in ``send``.
+* ``_lock`` guards the state, the write buffer, the subscription table and every
+  subscription's state. It is held only for short, non-blocking work: never across a
+  socket call, never while user code runs. A message's bytes are appended to the buffer
+  in one critical section, so concurrent publishers never interleave.
+* The writer's send lock is taken before ``_lock``; a subscription's ``_cond`` after it.
+* ``_lazy_lock`` serialises the first connect of a lazy client (taken before ``_lock``).
+* User code (callbacks) never runs on the reader or writer thread, nor under a lock.
+* Every call with a timeout waits on its own deadline, never on the socket; every
+  blocking call wakes when the client closes.
+
+Who calls whom: the façade calls the writer (append, ``send_soon``, ``kick``), the
+handshake and the request mux; the writer calls back ``_writable``/``_write_failed``;
+subscriptions call back through ``SubOwner`` (``_unsubscribe``, ``_drain_sub``,
+``_report_error``...); messages through ``Responder`` (``_respond``). Neither
+``subscription`` nor ``msg`` imports this module.
 """
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import functools
 import itertools
@@ -47,7 +63,12 @@ from types import TracebackType
 from typing import Any, Final
 
 from . import protocol
-from .auth import Credentials, check_credentials, resolve_connect_auth
+from ._handshake import AUTH_ERRORS as _AUTH_ERRORS
+from ._handshake import VERSION, Connection, handshake, handshake_error
+from ._options import DEFAULT as _DEFAULT
+from ._options import Options, _Default, build_options, check_number
+from ._requests import RequestMux, Waiter
+from ._writer import Writer
 from .dispatch import EventDispatcher
 from .errors import (
     AuthorizationError,
@@ -61,7 +82,6 @@ from .errors import (
     NoServersError,
     OutboundBufferFullError,
     PermissionsError,
-    ProtocolError,
     SecureConnectionError,
     SlowConsumerError,
     StaleConnectionError,
@@ -69,17 +89,17 @@ from .errors import (
 )
 from .headers import HeadersInput, encode_headers
 from .msg import Msg
-from .nuid import next_nuid
+from .nuid import next_nuid, reseed_nuid
 from .protocol import OK, PING, PONG, Err, Info, Parser
-from .servers import Server, ServerPool, parse_servers
-from .subscription import MsgHandler, Subscription
-from .transport import Transport, tls_error_hint
+from .servers import Server, ServerPool
+from .subscription import ACTIVE, DRAINING, ENDED, MsgHandler, Subscription
+from .transport import Transport
 
 __all__ = ["Client", "NATS", "Stats", "connect"]
 
 log = logging.getLogger("natsync")
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 # connection states
 DISCONNECTED: Final = 0
@@ -89,6 +109,7 @@ RECONNECTING: Final = 3
 DRAINING_SUBS: Final = 4
 DRAINING_PUBS: Final = 5
 CLOSED: Final = 6
+LAZY: Final = 7  # connect(lazy=True) and not used yet: the first use connects
 
 _STATE_NAMES = {
     DISCONNECTED: "disconnected",
@@ -98,31 +119,28 @@ _STATE_NAMES = {
     DRAINING_SUBS: "draining",
     DRAINING_PUBS: "draining",
     CLOSED: "closed",
+    LAZY: "lazy",
 }
 
-_READ_SIZE: Final = 256 * 1024
-# A publisher that finds this much buffered sends it itself instead of waiting for the flusher.
+_READ_SIZE: Final = 64 * 1024
+# More than this waiting for the writer makes a publisher wait for room (back-pressure).
 _FLUSH_THRESHOLD: Final = 1024 * 1024
 _CLOSE_FLUSH_DEFAULT: Final = 2.0
 _FLUSH_DEFAULT: Final = 10.0
-_USER_THREAD_JOIN: Final = 5.0
+_JOIN_GRACE: Final = 5.0  # close(): threads (a running callback) get this long in all
+_EXIT_FLUSH: Final = 2.0  # flush_on_exit: every client together, at most this long
+_MAX_TICK: Final = 1.0  # the reader's receive timeout at most
 
 _SUBJECT_CACHE_MAX: Final = 4096
 # "<size>\r\n" of PUB lines for payloads under 64 KiB: a lookup costs less than formatting
 _SIZE_LINES: dict[int, bytes] = {}
 
-# -ERR texts, compared in lower case after stripping quotes
 _STALE = "stale connection"
 _PERMISSIONS = "permissions violation"
-_AUTH_ERRORS = (
-    "authorization violation",
-    "user authentication expired",
-    "user authentication revoked",
-    "account authentication expired",
-    "authentication timeout",
-)
 # -ERRs after which the server keeps the connection open
 _NON_FATAL = ("invalid subject", "invalid publish subject", "maximum subscriptions exceeded")
+
+_CONNECTED_STATES: Final = (CONNECTED, DRAINING_SUBS, DRAINING_PUBS)
 
 PayloadType = bytes | bytearray | memoryview | str
 
@@ -139,113 +157,29 @@ class Stats:
     errors_received: int = 0
 
 
-class _Options:
-    """Validated connect() options."""
-
-    name: str | None
-    creds: Credentials
-    tls: ssl.SSLContext | None
-    tls_hostname: str | None
-    tls_handshake_first: bool
-    connect_timeout: float
-    allow_reconnect: bool
-    max_reconnect_attempts: int
-    reconnect_time_wait: float
-    reconnect_jitter: float
-    reconnect_jitter_tls: float
-    reconnect_buffer_size: int
-    retry_on_failed_connect: bool
-    dont_randomize: bool
-    ping_interval: float
-    max_outstanding_pings: int
-    no_echo: bool
-    verbose: bool
-    pedantic: bool
-    inbox_prefix: str
-    pending_msgs_limit: int | None
-    pending_bytes_limit: int | None
-    drain_timeout: float
-    flush_timeout: float | None
-    error_cb: Callable[[NatsError], Any] | None
-    disconnected_cb: Callable[[], Any] | None
-    reconnected_cb: Callable[[], Any] | None
-    closed_cb: Callable[[], Any] | None
-    discovered_server_cb: Callable[[], Any] | None
-    lame_duck_mode_cb: Callable[[], Any] | None
-
-
-def _check_number(
-    name: str,
-    value: Any,
-    *,
-    gt: float | None = None,
-    ge: float | None = None,
-    allow_none: bool = False,
-    integer: bool = False,
-) -> None:
-    if value is None and allow_none:
-        return
-    ok_type = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_type):
-        kind = "an int" if integer else "a number"
-        raise TypeError(f"option {name!r} must be {kind}{' or None' if allow_none else ''}, not {value!r}")
-    if gt is not None and not value > gt:
-        raise ValueError(f"option {name!r} must be > {gt:g}, not {value!r}")
-    if ge is not None and not value >= ge:
-        raise ValueError(f"option {name!r} must be >= {ge:g}, not {value!r}")
-
-
-def _check_callable(name: str, value: Any) -> None:
-    if value is not None and not callable(value):
-        raise TypeError(f"option {name!r} must be callable or None, not {type(value).__name__}")
-
-
-class _Default:
-    """Marks an argument left at its default (the client's option applies)."""
-
-    def __repr__(self) -> str:
-        return "<default>"
-
-
-_DEFAULT: Final = _Default()
-
-
-class _Waiter:
-    """A one-shot slot that a thread waits on and another fills (flush, request)."""
-
-    __slots__ = ("_lock", "_once", "value", "error")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self._once = itertools.count()  # next() is atomic: only the first setter wins
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def set(self, value: Any = None, error: BaseException | None = None) -> None:
-        if next(self._once):
-            return
-        self.value = value
-        self.error = error
-        self._lock.release()
-
-    def wait(self, timeout: float | None) -> bool:
-        if timeout is None:
-            return self._lock.acquire()
-        return self._lock.acquire(timeout=max(timeout, 0.0))
-
-
-# Clients alive in this process, to disable them in a forked child.
+# Clients alive in this process: to disable (or reset, when lazy) them in a forked
+# child, and to flush them at interpreter exit.
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    reseed_nuid()  # before any client makes a new inbox prefix
     for c in list(_live_clients):
         c._forked()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _flush_at_exit() -> None:
+    """atexit: send what live clients buffered, all of them within _EXIT_FLUSH seconds."""
+    deadline = time.monotonic() + _EXIT_FLUSH
+    for c in list(_live_clients):
+        c._exit_flush(deadline)
+
+
+atexit.register(_flush_at_exit)
 
 
 class Client:
@@ -256,9 +190,11 @@ class Client:
     def __init__(self) -> None:
         self._state = DISCONNECTED
         self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
         self._state_cond = threading.Condition(self._lock)  # notified on state changes
-        self._opts: _Options | None = None
+        self._lazy = False
+        self._lazy_lock = threading.Lock()  # one first-use connect at a time
+        self._opts: Options | None = None
+        self._server_list: list[Server] = []
         self._pool: ServerPool | None = None
         self._transport: Transport | None = None
         self._dialing: Transport | None = None  # a connection attempt's transport, for close()
@@ -266,23 +202,27 @@ class Client:
         self._server_info: dict[str, Any] = {}
         self._max_payload = 1024 * 1024
         self._headers_ok = True
-        self._wbuf = bytearray()
-        self._flush_kicked = False
-        self._flush_event = threading.Event()
-        self._pongs: deque[_Waiter | None] = deque()
+        self._w = Writer(self, self._lock, 10.0, "natsync-writer")
+        self._pongs: deque[Waiter | None] = deque()
         self._pings_out = 0
-        self._subs: dict[int, Subscription] = {}
+        self._next_ping = 0.0
+        self._tick: float | None = None
+        self._subs: dict[int, Subscription] = {}  # routing table: ACTIVE and DRAINING subs
+        self._cb_subs: dict[int, Subscription] = {}  # callback subs whose thread runs
         self._sid_counter = itertools.count(1)
         self._pub_cache: dict[str, bytes] = {}
         self._resp_sub: Subscription | None = None
-        self._resp_prefix = ""
-        self._resp_map: dict[str, _Waiter] = {}
-        self._resp_counter = itertools.count(1)
+        self._mux = RequestMux("")
         self._events = EventDispatcher("natsync-events")
-        self._threads: list[threading.Thread] = []
+        self._reader: threading.Thread | None = None
+        self._leftover: list[Any] = []
         self._close_event = threading.Event()
+        self._close_done = threading.Event()
+        self._closing_flush = False  # close() is sending what was buffered
         self._disconnect_reason: BaseException | None = None
         self._reason_reported = False
+        self._closed_reason: NatsError | None = None
+        self._last_error: NatsError | None = None
         self._pid = os.getpid()
         self._fork_error: str | None = None
         self._initial_connect = True
@@ -296,7 +236,7 @@ class Client:
         self._out_bytes = 0
         self._reconnects = 0
         self._errors_received = 0
-        self._pending_size = 0  # bytes buffered while not connected
+        self._pending_size = 0  # wire bytes buffered while not connected
         self._client_id: int | None = None
         _live_clients.add(self)
 
@@ -337,12 +277,15 @@ class Client:
         pending_bytes_limit: int | None = 64 * 1024 * 1024,
         drain_timeout: float = 30.0,
         flush_timeout: float | None = None,
+        flusher_timeout: float = 10.0,
+        flush_on_exit: bool = True,
         error_cb: Callable[[NatsError], Any] | None = None,
         disconnected_cb: Callable[[], Any] | None = None,
         reconnected_cb: Callable[[], Any] | None = None,
         closed_cb: Callable[[], Any] | None = None,
         discovered_server_cb: Callable[[], Any] | None = None,
         lame_duck_mode_cb: Callable[[], Any] | None = None,
+        lazy: bool = False,
     ) -> Client:
         """Connect to the first reachable server of *servers*; return this client.
 
@@ -350,98 +293,46 @@ class Client:
         socket is opened), :class:`AuthorizationError` when a server rejects the
         credentials, :class:`NoServersError` when no server could be reached (unless
         ``retry_on_failed_connect``).
+
+        With ``lazy=True`` the options are checked now but nothing is opened: the first
+        call that needs the connection (``publish``, ``subscribe``, ``request``,
+        ``flush``, ``rtt``, ``drain``) connects, once, however many threads make it at
+        the same time, and raises what ``connect()`` would raise. In a forked child the
+        first use opens the child's own connection. See the README, "Lazy client".
         """
+        kw = dict(locals())
+        del kw["self"], kw["servers"], kw["lazy"]
         self._check_fork()
         if self._state != DISCONNECTED:
             raise NatsError("connect() was already called on this client: create a new Client")
-        o = _Options()
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"option 'name' must be str or None, not {type(name).__name__}")
-        o.name = name
-        _check_number("connect_timeout", connect_timeout, gt=0)
-        _check_number("drain_timeout", drain_timeout, gt=0)
-        _check_number("flush_timeout", flush_timeout, gt=0, allow_none=True)
-        _check_number("reconnect_time_wait", reconnect_time_wait, ge=0)
-        _check_number("reconnect_jitter", reconnect_jitter, ge=0)
-        _check_number("reconnect_jitter_tls", reconnect_jitter_tls, ge=0)
-        _check_number("ping_interval", ping_interval, ge=0)
-        _check_number("max_outstanding_pings", max_outstanding_pings, ge=1, integer=True)
-        _check_number("max_reconnect_attempts", max_reconnect_attempts, ge=-1, integer=True)
-        _check_number("reconnect_buffer_size", reconnect_buffer_size, ge=0, integer=True)
-        _check_number("pending_msgs_limit", pending_msgs_limit, gt=0, allow_none=True, integer=True)
-        _check_number("pending_bytes_limit", pending_bytes_limit, gt=0, allow_none=True, integer=True)
-        for cb_name, cb in (
-            ("error_cb", error_cb),
-            ("disconnected_cb", disconnected_cb),
-            ("reconnected_cb", reconnected_cb),
-            ("closed_cb", closed_cb),
-            ("discovered_server_cb", discovered_server_cb),
-            ("lame_duck_mode_cb", lame_duck_mode_cb),
-            ("signature_cb", signature_cb),
-            ("user_jwt_cb", user_jwt_cb),
-        ):
-            _check_callable(cb_name, cb)
-        if tls is not None and not isinstance(tls, ssl.SSLContext):
-            raise TypeError(f"option 'tls' must be an ssl.SSLContext or None, not {type(tls).__name__}")
-        if tls_hostname is not None and not isinstance(tls_hostname, str):
-            raise TypeError("option 'tls_hostname' must be str or None")
-        if not isinstance(inbox_prefix, str):
-            raise TypeError("option 'inbox_prefix' must be str")
-        try:
-            protocol.validate_subject(inbox_prefix, "inbox_prefix")
-        except BadSubjectError as e:
-            raise ValueError(f"option 'inbox_prefix' is invalid: {e}") from None
-        if any(t in ("*", ">") for t in inbox_prefix.split(".")):
-            raise ValueError("option 'inbox_prefix' must not contain wildcards")
-        o.tls = tls
-        o.tls_hostname = tls_hostname
-        o.tls_handshake_first = bool(tls_handshake_first)
-        o.connect_timeout = float(connect_timeout)
-        o.allow_reconnect = bool(allow_reconnect)
-        o.max_reconnect_attempts = max_reconnect_attempts
-        o.reconnect_time_wait = float(reconnect_time_wait)
-        o.reconnect_jitter = float(reconnect_jitter)
-        o.reconnect_jitter_tls = float(reconnect_jitter_tls)
-        o.reconnect_buffer_size = reconnect_buffer_size
-        o.retry_on_failed_connect = bool(retry_on_failed_connect)
-        o.dont_randomize = bool(dont_randomize)
-        o.ping_interval = float(ping_interval)
-        o.max_outstanding_pings = max_outstanding_pings
-        o.no_echo = bool(no_echo)
-        o.verbose = bool(verbose)
-        o.pedantic = bool(pedantic)
-        o.inbox_prefix = inbox_prefix
-        o.pending_msgs_limit = pending_msgs_limit
-        o.pending_bytes_limit = pending_bytes_limit
-        o.drain_timeout = float(drain_timeout)
-        o.flush_timeout = None if flush_timeout is None else float(flush_timeout)
-        o.error_cb = error_cb
-        o.disconnected_cb = disconnected_cb
-        o.reconnected_cb = reconnected_cb
-        o.closed_cb = closed_cb
-        o.discovered_server_cb = discovered_server_cb
-        o.lame_duck_mode_cb = lame_duck_mode_cb
-
-        server_list = parse_servers(servers)
-        extra = None
-        nkey_options = (nkeys_seed, nkeys_seed_str, user_credentials, signature_cb, user_jwt_cb)
-        if any(v is not None for v in nkey_options):
-            from .nkeys import make_signer
-
-            extra = make_signer(
-                nkeys_seed=nkeys_seed,
-                nkeys_seed_str=nkeys_seed_str,
-                user_credentials=user_credentials,
-                signature_cb=signature_cb,
-                user_jwt_cb=user_jwt_cb,
-            )
-        creds = Credentials(token=token, user=user, password=password, extra=extra)
-        check_credentials(creds, server_list)
-        o.creds = creds
+        o, server_list = build_options(servers, kw)
         self._opts = o
+        self._server_list = server_list
         self._pool = ServerPool(server_list, randomize=not o.dont_randomize)
-        self._resp_prefix = f"{inbox_prefix}.{next_nuid()}."
+        self._mux = RequestMux(f"{o.inbox_prefix}.{next_nuid()}.")
+        self._w.stall = o.flusher_timeout
+        tick = min(_MAX_TICK, o.flusher_timeout)
+        if o.ping_interval > 0:
+            tick = min(tick, o.ping_interval)
+        self._tick = tick
+        if lazy:
+            self._lazy = True
+            with self._lock:
+                self._state = LAZY
+            return self
+        return self._connect_now()
 
+    def _ensure_connected(self) -> None:
+        """First use of a lazy client: connect now, exactly once across threads."""
+        self._check_fork()
+        with self._lazy_lock:
+            if self._state == LAZY:
+                self._connect_now()
+
+    def _connect_now(self) -> Client:
+        """Try every server once; start the reader on success (the body of connect())."""
+        o = self._opts
+        assert o is not None and self._pool is not None
         self._state = CONNECTING
         errors: list[tuple[Server, BaseException]] = []
         for srv in self._pool.first_pass():
@@ -453,19 +344,19 @@ class Client:
                 log.debug("connect to %s failed: %s", srv.redacted(), e)
                 continue
             except BaseException:  # user code (a token callable, a signer) failed: no thread left
-                self._shutdown_threads_after_failed_connect()
+                self._after_failed_connect()
                 raise
-            self._start_threads(leftover)
-            self._initial_connect = False
+            self._start_reader(leftover)
             return self
         # every server failed
         auth = next((e for _, e in reversed(errors) if isinstance(e, AuthorizationError)), None)
         if o.retry_on_failed_connect and auth is None:
             with self._lock:
-                self._state = RECONNECTING
-            self._start_threads(None)
+                if self._state == CONNECTING:
+                    self._state = RECONNECTING
+            self._start_reader(None)
             return self
-        self._shutdown_threads_after_failed_connect()
+        self._after_failed_connect()
         if auth is not None:
             raise auth
         tls_err = next((e for _, e in reversed(errors) if isinstance(e, SecureConnectionError)), None)
@@ -474,226 +365,99 @@ class Client:
         detail = "; ".join(f"{s.redacted()}: {_describe(e)}" for s, e in errors)
         raise NoServersError(f"could not connect to any server ({detail})")
 
-    def _shutdown_threads_after_failed_connect(self) -> None:
+    def _after_failed_connect(self) -> None:
+        if self._lazy:
+            # a lazy client tries again on its next use
+            self._events.stop(_JOIN_GRACE)
+            self._events = EventDispatcher("natsync-events")
+            self._initial_connect = True
+            with self._lock:
+                self._state = LAZY
+                self._state_cond.notify_all()
+            return
         with self._lock:
             self._state = CLOSED
             self._state_cond.notify_all()
         self._close_event.set()
-        self._events.stop(_USER_THREAD_JOIN)
+        self._close_done.set()
+        self._events.stop(_JOIN_GRACE)
         _live_clients.discard(self)
 
-    def _start_threads(self, leftover: list[Any] | None) -> None:
-        o = self._opts
-        assert o is not None
+    def _start_reader(self, leftover: list[Any] | None) -> None:
         reader = threading.Thread(
             target=self._reader_main, args=(leftover,), name="natsync-reader", daemon=True
         )
-        flusher = threading.Thread(target=self._flusher_main, name="natsync-flusher", daemon=True)
-        self._threads = [reader, flusher]
-        if o.ping_interval > 0:
-            self._threads.append(
-                threading.Thread(target=self._pinger_main, name="natsync-pinger", daemon=True)
-            )
-        for t in self._threads:
-            t.start()
+        self._reader = reader
+        reader.start()
+
+    def _on_dial(self, transport: Transport | None) -> None:
+        """The handshake's transport, registered so that close() can shut it down."""
+        with self._lock:
+            self._dialing = transport
+            if transport is not None and self._state == CLOSED:
+                raise ConnectionClosedError()
 
     def _attempt(self, srv: Server) -> list[Any]:
-        """Dial *srv* and run the handshake; on success install the connection.
-
-        Returns the events that arrived after the handshake's PONG. Raises OSError or a
-        NatsError on failure (the transport is closed then).
-        """
+        """Dial *srv*, run the handshake, install the connection; return the events that
+        arrived after the handshake's PONG. Raises OSError or a NatsError on failure."""
         o = self._opts
-        assert o is not None
-        deadline = time.monotonic() + o.connect_timeout
-        self._pool_current(srv)
-        transport = Transport.connect(srv.host, srv.port, o.connect_timeout)
-        with self._lock:
-            # close() shuts down a handshake in progress instead of waiting for it
-            self._dialing = transport
-            closing = self._state == CLOSED
-        try:
-            if closing:
-                raise ConnectionClosedError()
-            parser = Parser(functools.partial(Msg, self))
-            want_tls = srv.tls_required or o.tls is not None or self._secure
-            if o.tls_handshake_first:
-                self._start_tls(transport, srv, deadline)
-            try:
-                events = self._read_events(transport, parser, deadline, srv.redacted())
-            except (TimeoutError, ConnectionResetError) as e:
-                if transport.tls:
-                    raise
-                raise type(e)(
-                    f"{e}: no INFO from {srv.redacted()}; if the server's tls block sets handshake_first, "
-                    "connect with tls_handshake_first=True"
-                ) from None
-            first = events.pop(0)
-            if not isinstance(first, Info):
-                raise ProtocolError(f"expected INFO from {srv.redacted()}, got {first!r}")
-            info = first.data
-            if not transport.tls:
-                if info.get("tls_required") or want_tls:
-                    if want_tls and not (info.get("tls_required") or info.get("tls_available")):
-                        raise SecureConnectionError(
-                            f"{srv.redacted()} does not offer TLS but TLS was asked for "
-                            "(tls:// URL or tls= option): enable TLS on the server or connect without it"
-                        )
-                    if events or parser.buffered:
-                        # plaintext after INFO would be taken as if it came over TLS
-                        raise SecureConnectionError(
-                            f"{srv.redacted()} sent data after INFO, before the TLS handshake: "
-                            "refusing the connection (a server waits for the handshake there)"
-                        )
-                    self._start_tls(transport, srv, deadline)
-                    if info.get("tls_required"):
-                        self._secure = True
-            auth = resolve_connect_auth(srv, o.creds, info.get("nonce"))
-            headers = bool(info.get("headers", False))
-            connect = {
-                "verbose": o.verbose,
-                "pedantic": o.pedantic,
-                "tls_required": transport.tls,
-                "lang": "python3",
-                "version": __version__,
-                "protocol": 1,
-                "echo": not o.no_echo,
-                "headers": headers,
-                "no_responders": headers,
-            }
-            if o.name:
-                connect["name"] = o.name
-            connect.update(auth)
-            transport.settimeout(max(deadline - time.monotonic(), 0.001))
-            transport.sendall(protocol.encode_connect(connect) + protocol.PING_CMD)
-            # Wait for PONG; answer PINGs, skip +OK, take INFO, fail on -ERR.
-            rest: list[Any] = events
-            while True:
-                while rest:
-                    ev = rest.pop(0)
-                    if ev is PONG:
-                        transport.settimeout(None)
-                        self._install(srv, transport, parser, info)
-                        return rest
-                    if ev is PING:
-                        transport.sendall(protocol.PONG_CMD)
-                    elif isinstance(ev, Info):
-                        info = ev.data
-                    elif isinstance(ev, Err):
-                        raise self._handshake_error(srv, ev.text)
-                    elif ev is OK:
-                        pass
-                    else:
-                        raise ProtocolError(f"unexpected {ev!r} from {srv.redacted()} before PONG")
-                rest = self._read_events(transport, parser, deadline, srv.redacted())
-        except BaseException:
-            transport.close()
-            raise
-        finally:
-            self._dialing = None
-
-    def _pool_current(self, srv: Server) -> None:
-        assert self._pool is not None
+        assert o is not None and self._pool is not None
         self._pool.current = srv
+        conn = handshake(srv, o, self._secure, self._make_parser, self._on_dial)
+        try:
+            self._install(srv, conn)
+        except BaseException:
+            conn.transport.close()
+            raise
+        return conn.leftover
 
-    def _start_tls(self, transport: Transport, srv: Server, deadline: float) -> None:
+    def _make_parser(self) -> Parser:
+        return Parser(functools.partial(Msg, self))
+
+    def _install(self, srv: Server, conn: Connection) -> None:
+        """Make *conn* the live connection: resend the ACTIVE subscriptions (with what is
+        left of their auto-unsubscribe counts), then what was buffered while
+        disconnected, then mark CONNECTED."""
         o = self._opts
         assert o is not None
-        ctx = o.tls or ssl.create_default_context()
-        name = o.tls_hostname or srv.tls_name or srv.host
-        try:
-            transport.start_tls(ctx, name, max(deadline - time.monotonic(), 0.001))
-        except ssl.SSLError as e:
-            hint = tls_error_hint(e)
-            if "plaintext" in str(e) or "wrong version number" in str(e).lower():
-                hint = (
-                    ": connect without tls_handshake_first, or set handshake_first in the server's tls block"
-                    if o.tls_handshake_first
-                    else ": the server did not speak TLS"
-                )
-            raise SecureConnectionError(f"TLS handshake with {srv.redacted()} failed: {e}{hint}") from None
-
-    def _handshake_error(self, srv: Server, text: str) -> NatsError:
-        low = text.lower()
-        if low.startswith(_AUTH_ERRORS):
-            return AuthorizationError(
-                f"{srv.redacted()} rejected the credentials ({text}): check the token, user/password "
-                "or credentials given in the URL or options"
-            )
-        if "secure connection" in low and "tls required" in low:
-            return SecureConnectionError(
-                f"{srv.redacted()} requires TLS ({text}): connect with a tls:// URL or tls=ssl.SSLContext"
-            )
-        return NatsError(f"{srv.redacted()} refused the connection: {text}")
-
-    @staticmethod
-    def _read_events(
-        transport: Transport, parser: Parser, deadline: float, where: str = "server"
-    ) -> list[Any]:
-        buf = bytearray(65536)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("handshake timed out (connect_timeout)")
-            transport.settimeout(left)
-            try:
-                n = transport.recv_into(buf)
-            except OSError as e:
-                if isinstance(e, (ssl.SSLError,)):
-                    raise SecureConnectionError(f"TLS error from {where}: {e}{tls_error_hint(e)}") from None
-                if isinstance(e, builtins.TimeoutError):
-                    raise TimeoutError("handshake timed out (connect_timeout)") from None
-                raise
-            if n == 0:
-                raise ConnectionResetError("server closed the connection during the handshake")
-            events = parser.feed(memoryview(buf)[:n])
-            if events:
-                return events
-
-    def _install(self, srv: Server, transport: Transport, parser: Parser, info: dict[str, Any]) -> None:
-        """Make (*transport*, *parser*) the live connection: resend subscriptions, then
-        what was buffered while disconnected, then mark CONNECTED."""
-        o = self._opts
-        pool = self._pool
-        assert o is not None and pool is not None
-        with self._send_lock:
-            with self._lock:
-                if self._state == CLOSED:
-                    raise ConnectionClosedError()
-                was_reconnect = not self._initial_connect
-                self._initial_connect = False  # also after a retry_on_failed_connect success
-                self._apply_info(info, initial=not was_reconnect)
-                out = bytearray()
-                for sub in self._subs.values():
-                    out += protocol.encode_sub(sub.subject, sub.sid, sub.queue)
-                    if sub._max is not None:
-                        left = sub._max - sub._received
-                        out += (
-                            protocol.encode_unsub(sub.sid, max(left, 1))
-                            if left > 0
-                            else protocol.encode_unsub(sub.sid)
-                        )
-                out += self._wbuf
-                self._wbuf = bytearray()
-                self._pending_size = 0
-                self._transport = transport
-                self._parser = parser
-                self._pings_out = 0
-                self._disconnect_reason = None
-                self._reason_reported = False
-                if self._state not in (DRAINING_SUBS, DRAINING_PUBS):  # drain() began while reconnecting
-                    self._state = CONNECTED
-                self._state_cond.notify_all()
-            srv.reconnects = 0
-            srv.did_connect = True
-            srv.last_error = None
+        transport = conn.transport
+        if conn.secure:
+            self._secure = True
+        transport.settimeout(self._tick)
+        transport.stall = o.flusher_timeout
+        with self._lock:
+            if self._state == CLOSED:
+                raise ConnectionClosedError()
+            was_reconnect = not self._initial_connect
+            self._initial_connect = False  # also after a retry_on_failed_connect success
+            self._apply_info(conn.info, initial=not was_reconnect)
+            out = bytearray()
+            for sub in self._subs.values():
+                if sub._state != ACTIVE:
+                    continue  # a draining subscription's interest ended with the old connection
+                out += protocol.encode_sub(sub.subject, sub.sid, sub.queue)
+                sub._received_at_sub = sub._received
+                if sub._max is not None:
+                    left = sub._max - sub._received
+                    out += (
+                        protocol.encode_unsub(sub.sid, left) if left > 0 else protocol.encode_unsub(sub.sid)
+                    )
             if out:
-                try:
-                    transport.sendall(out)
-                except OSError as e:
-                    # the reader will see the broken socket and reconnect again
-                    log.debug("resend after connect failed: %s", e)
-                    transport.shutdown()
+                self._w.buf[0:0] = out
+            self._pending_size = 0
+            self._transport = transport
+            self._parser = conn.parser
+            self._pings_out = 0
+            self._next_ping = time.monotonic() + o.ping_interval
+            self._disconnect_reason = None
+            self._reason_reported = False
+            if self._state not in (DRAINING_SUBS, DRAINING_PUBS):
+                self._state = CONNECTED
+            self._state_cond.notify_all()
+        srv.reconnects = 0
+        srv.did_connect = True
+        srv.last_error = None
+        self._w.send_soon()
         if was_reconnect:
             self._reconnects += 1
             log.info("reconnected to %s", srv.redacted())
@@ -724,7 +488,7 @@ class Client:
         if info.get("ldm") and not initial:
             self._post_cb(o.lame_duck_mode_cb)
 
-    # --- threads -------------------------------------------------------------------------
+    # --- the reader ----------------------------------------------------------------------
 
     def _reader_main(self, leftover: list[Any] | None) -> None:
         buf = bytearray(_READ_SIZE)
@@ -746,7 +510,11 @@ class Client:
                 recv_into = transport.recv_into
                 process = self._process
                 while True:
-                    n = recv_into(buf)
+                    try:
+                        n = recv_into(buf)
+                    except builtins.TimeoutError:
+                        self._on_idle(transport)  # nothing arrived for a tick: a PING due?
+                        continue
                     if not n:
                         raise ConnectionResetError("server closed the connection")
                     events = feed(view[:n])
@@ -774,15 +542,16 @@ class Client:
                 if sub is None:
                     continue
                 if sub is resp_sub:
-                    self._on_response(ev)
+                    self._mux.on_response(ev)
                 else:
                     sub._enqueue(ev)
             elif ev is PONG:
-                self._pings_out = 0
-                try:
-                    w = self._pongs.popleft()
-                except IndexError:
-                    continue
+                with self._lock:
+                    self._pings_out = 0
+                    try:
+                        w = self._pongs.popleft()
+                    except IndexError:
+                        w = None
                 if w is not None:
                     w.set(True)
             elif ev is PING:
@@ -794,6 +563,34 @@ class Client:
                     self._apply_info(ev.data, initial=False)
             elif isinstance(ev, Err):
                 self._on_err(ev.text)
+
+    def _on_idle(self, transport: Transport) -> None:
+        """Nothing arrived for a receive timeout (reader thread): send a PING when one
+        is due; too many unanswered means the connection is stale."""
+        o = self._opts
+        assert o is not None
+        if o.ping_interval <= 0:
+            return
+        now = time.monotonic()
+        if now < self._next_ping:
+            return
+        self._next_ping = now + o.ping_interval
+        with self._lock:
+            if self._state != CONNECTED or self._transport is not transport:
+                return
+            stale = self._pings_out >= o.max_outstanding_pings
+            if not stale:
+                self._pings_out += 1
+                self._pongs.append(None)
+                self._w.buf += protocol.PING_CMD
+        if stale:
+            self._disconnect_reason = StaleConnectionError(
+                f"{self._server_name()} did not answer {o.max_outstanding_pings} PINGs; reconnecting"
+            )
+            self._reason_reported = False
+            transport.shutdown()  # the next recv fails: disconnect, reconnect
+        else:
+            self._w.send_soon()
 
     def _on_err(self, text: str) -> None:
         """A -ERR while connected (reader thread)."""
@@ -813,7 +610,7 @@ class Client:
         if low.startswith(_STALE):
             err = StaleConnectionError(f"{where} said the connection is stale ({text}); reconnecting")
         elif low.startswith(_AUTH_ERRORS):
-            err = self._handshake_error(srv, text) if srv is not None else AuthorizationError(text)
+            err = handshake_error(srv, text) if srv is not None else AuthorizationError(text)
             if srv is not None:
                 srv.last_error = err
         else:
@@ -831,10 +628,9 @@ class Client:
         o = self._opts
         assert o is not None
         reason = self._disconnect_reason or err
-        if isinstance(reason, ProtocolError) and not self._reason_reported:
-            self._report_error(reason)
-        elif isinstance(reason, StaleConnectionError) and not self._reason_reported:
-            self._report_error(reason)
+        if isinstance(reason, NatsError) and not self._reason_reported:
+            self._report_error(reason)  # protocol error, stale connection, stalled write
+        self._last_error = _as_nats_error(reason, f"connection to {self._server_name()} lost")
         log.info("disconnected from %s: %s", self._server_name(), _describe(reason))
         with self._lock:
             if self._state == CLOSED:
@@ -843,12 +639,12 @@ class Client:
             self._parser = None
             # What was buffered for the broken connection may hold PINGs and SUBs of its own;
             # messages in it were never acknowledged: at-most-once, dropped.
-            self._wbuf = bytearray()
+            self._w.buf = bytearray()
             self._pending_size = 0
             pongs = list(self._pongs)
             self._pongs.clear()
             draining = self._state in (DRAINING_SUBS, DRAINING_PUBS)
-            if o.allow_reconnect and not draining:
+            if not draining:
                 self._state = RECONNECTING
             self._state_cond.notify_all()
         transport.close()
@@ -866,7 +662,7 @@ class Client:
         o = self._opts
         pool = self._pool
         assert o is not None and pool is not None
-        self._leftover: list[Any] = []
+        self._leftover = []
         tries_in_pass = 0
         while not self._close_event.is_set():
             srv = pool.select_next(o.max_reconnect_attempts)
@@ -899,64 +695,46 @@ class Client:
                     log.info("%s rejected the credentials twice: removing it from the pool", srv.redacted())
                     pool.remove(srv)
                 srv.last_error = e
+                self._last_error = e
             except (OSError, NatsError) as e:
+                if self._close_event.is_set():
+                    return False
                 srv.last_error = e
                 log.debug("reconnect to %s failed: %s", srv.redacted(), _describe(e))
+                err = (
+                    e
+                    if isinstance(e, NatsError)
+                    else NatsError(f"reconnect to {srv.redacted()} failed: {_describe(e)}")
+                )
+                self._last_error = err
+                self._report_error(err)
             except Exception as e:  # user code (a token callable, a signer): report, keep trying
                 srv.last_error = e
                 self._report_error(e)
         return False
 
-    def _flusher_main(self) -> None:
-        ev = self._flush_event
-        closed = self._close_event
-        while not closed.is_set():
-            ev.wait(5.0)
-            ev.clear()
-            self._flush_kicked = False
-            if closed.is_set():
-                return
-            self._send_buffer()
+    # --- the writer's owner interface ----------------------------------------------------
 
-    def _send_buffer(self) -> None:
-        """Send what is buffered, if connected. Serialised by _send_lock."""
-        with self._send_lock:
-            with self._lock:
-                if self._state not in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS) or not self._wbuf:
-                    return
-                data = self._wbuf
-                self._wbuf = bytearray()
-                transport = self._transport
-            if transport is None:
-                return
-            try:
-                transport.sendall(data)
-            except OSError as e:
-                log.debug("write failed: %s", e)
-                transport.shutdown()  # the reader notices and reconnects
+    def _writable(self) -> Transport | None:
+        """The transport the writer may write to now (called with _lock held)."""
+        st = self._state
+        if st == CONNECTED or st == DRAINING_SUBS or st == DRAINING_PUBS or self._closing_flush:
+            return self._transport
+        return None
 
-    def _pinger_main(self) -> None:
-        o = self._opts
-        assert o is not None
-        while not self._close_event.wait(o.ping_interval):
-            if self._state != CONNECTED:
-                continue
-            self._pings_out += 1
-            if self._pings_out > o.max_outstanding_pings:
-                t = self._transport
-                self._disconnect_reason = StaleConnectionError(
-                    f"{self._server_name()} did not answer {o.max_outstanding_pings} PINGs; reconnecting"
-                )
-                self._reason_reported = False
-                if t is not None:
-                    t.shutdown()
-                continue
-            with self._lock:
-                if self._state != CONNECTED:
-                    continue
-                self._pongs.append(None)
-                self._wbuf += protocol.PING_CMD
-            self._kick()
+    def _write_failed(self, transport: Transport, err: OSError) -> None:
+        """A write failed or stalled past flusher_timeout: break the connection; the
+        reader sees it and reconnects."""
+        if self._transport is transport and self._disconnect_reason is None:
+            o = self._opts
+            stall = o.flusher_timeout if o is not None else 0.0
+            self._disconnect_reason = NatsError(
+                f"write to {self._server_name()} failed ({_describe(err)}); flusher_timeout is {stall:g} s: "
+                "reconnecting"
+            )
+            self._reason_reported = False
+        log.debug("write failed: %s", err)
+        transport.shutdown()
 
     # --- callbacks -----------------------------------------------------------------------
 
@@ -967,29 +745,25 @@ class Client:
     def _report_error(self, err: BaseException) -> None:
         o = self._opts
         if not isinstance(err, NatsError):
+            err.__traceback__ = None  # a traceback keeps frames (and messages) alive
             wrapped = NatsError(f"{type(err).__name__}: {err}")
             wrapped.__cause__ = err
             err = wrapped
         log.debug("error: %s", err)
         if o is not None and o.error_cb is not None:
-            self._events.post(o.error_cb, err)
+            self._events.post_error(o.error_cb, err)
 
     def _slow_consumer(self, sub: Subscription) -> None:
         self._report_error(SlowConsumerError(sub))
 
     # --- writing -------------------------------------------------------------------------
 
-    def _kick(self) -> None:
-        if not self._flush_kicked:
-            self._flush_kicked = True
-            self._flush_event.set()
-
     def _write(self, data: bytes) -> None:
         """Queue protocol bytes if connected (dropped otherwise: they belong to this connection)."""
         with self._lock:
-            if self._state in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS):
-                self._wbuf += data
-        self._kick()
+            if self._state in _CONNECTED_STATES:
+                self._w.buf += data
+        self._w.send_soon()
 
     def publish(
         self,
@@ -1005,7 +779,8 @@ class Client:
         *payload* is bytes-like, or str (sent as UTF-8). Raises
         :class:`BadSubjectError`, :class:`BadHeaderError`, :class:`MaxPayloadError`
         for bad input (nothing is sent), :class:`ConnectionClosedError`,
-        :class:`ConnectionDrainingError`, :class:`OutboundBufferFullError`.
+        :class:`ConnectionDrainingError`, :class:`OutboundBufferFullError`. When more
+        than 1 MiB waits for the socket, it waits for room (at most ``flusher_timeout``).
         """
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
@@ -1028,22 +803,11 @@ class Client:
                     f"payload of {size} bytes is over the server's max_payload of {self._max_payload} bytes: "
                     "send less, or raise max_payload in the server config"
                 )
-            with self._lock:
-                if self._state != CONNECTED:
-                    self._check_publish_state(len(prefix) + size + 16)
-                buf = self._wbuf
-                buf += prefix
-                line = _SIZE_LINES.get(size)
-                if line is None:
-                    line = b"%d\r\n" % size
-                    if size < 65536:
-                        _SIZE_LINES[size] = line
-                buf += line
-                buf += payload
-                buf += b"\r\n"
-                self._out_msgs += 1
-                self._out_bytes += size
-                big = len(buf) > _FLUSH_THRESHOLD
+            line = _SIZE_LINES.get(size)
+            if line is None:
+                line = b"%d\r\n" % size
+                if size < 65536:
+                    _SIZE_LINES[size] = line
         else:
             hl = len(hdr)
             if hl + size > self._max_payload:
@@ -1051,26 +815,55 @@ class Client:
                     f"payload of {size} bytes plus {hl} bytes of headers is over the server's max_payload "
                     f"of {self._max_payload} bytes: send less, or raise max_payload in the server config"
                 )
-            with self._lock:
-                if self._state != CONNECTED:
-                    self._check_publish_state(len(prefix) + hl + size + 24)
-                buf = self._wbuf
-                buf += prefix
-                buf += b"%d %d\r\n" % (hl, hl + size)
-                buf += hdr
-                buf += payload
-                buf += b"\r\n"
-                self._out_msgs += 1
-                self._out_bytes += size
-                big = len(buf) > _FLUSH_THRESHOLD
-        if big:
-            self._send_buffer()
-        elif _kick and not self._flush_kicked:
-            # _kick=False: the caller sends the buffer itself right after (request(), a
-            # delivery thread before it sleeps), so waking the flusher would only cost a
-            # thread switch on the latency path.
-            self._flush_kicked = True
-            self._flush_event.set()
+            prefix += b"%d %d\r\n" % (hl, hl + size)
+            line = hdr
+        lock = self._lock
+        lock.acquire()
+        if self._state != CONNECTED:
+            lock.release()
+            self._publish_slow(prefix, line, payload, _kick)
+            return
+        w = self._w
+        buf = w.buf
+        buf += prefix
+        buf += line
+        buf += payload
+        buf += b"\r\n"
+        self._out_msgs += 1
+        self._out_bytes += size
+        big = len(buf) > _FLUSH_THRESHOLD
+        lock.release()
+        if _kick and not w.kicked:
+            # _kick=False: the caller sends the buffer itself right after (request(),
+            # respond()), so waking the writer would only cost a thread switch.
+            w.kicked = True
+            w.event.set()
+        if big and _kick:
+            self._backpressure()
+
+    def _backpressure(self) -> None:
+        o = self._opts
+        assert o is not None
+        self._w.wait_room(_FLUSH_THRESHOLD, time.monotonic() + o.flusher_timeout)
+
+    def _publish_slow(self, prefix: bytes, line: bytes, payload: bytes, kick: bool) -> None:
+        """publish() when not CONNECTED: connect a lazy client, buffer while
+        reconnecting (charging the wire bytes to ``reconnect_buffer_size``), refuse when
+        closed or in the last phase of a drain."""
+        if self._state == LAZY:
+            self._ensure_connected()
+        with self._lock:
+            if self._state != CONNECTED:
+                self._check_publish_state(len(prefix) + len(line) + len(payload) + 2)
+            buf = self._w.buf
+            buf += prefix
+            buf += line
+            buf += payload
+            buf += b"\r\n"
+            self._out_msgs += 1
+            self._out_bytes += len(payload)
+        if kick:
+            self._w.kick()
 
     def _slow_prefix(
         self, subject: str, reply: str | None, headers: HeadersInput | None
@@ -1096,7 +889,7 @@ class Client:
         st = self._state
         if st == DRAINING_SUBS:
             return
-        if st == CLOSED or st == DISCONNECTED:
+        if st == CLOSED or st == DISCONNECTED or st == LAZY:
             raise self._closed_error()
         if st == DRAINING_PUBS:
             raise ConnectionDrainingError("connection is draining its final publishes: publish refused")
@@ -1109,6 +902,12 @@ class Client:
                 "or raise reconnect_buffer_size"
             )
         self._pending_size += size
+
+    def _respond(self, reply: str, data: PayloadType, headers: HeadersInput | None) -> None:
+        """Msg.respond(): a reply is on somebody's latency path: hand it to the socket
+        from this thread when that cannot block, else to the writer."""
+        self.publish(reply, data, headers=headers, _kick=False)
+        self._w.send_soon()
 
     def flush(self, timeout: float | None = None) -> None:
         """Send what is buffered and wait for the server to confirm it (PING/PONG).
@@ -1123,22 +922,25 @@ class Client:
         elif timeout <= 0:
             raise ValueError("flush timeout must be > 0")
         deadline = time.monotonic() + timeout
+        if self._state == LAZY:
+            self._ensure_connected()
         while True:
-            w = _Waiter()
+            w = Waiter()
             with self._lock:
                 st = self._state
-                if st in (CLOSED, DISCONNECTED):
+                if st in (CLOSED, DISCONNECTED, LAZY):
                     raise self._closed_error()
-                if st in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS):
-                    self._wbuf += protocol.PING_CMD
+                if st in _CONNECTED_STATES:
+                    self._w.buf += protocol.PING_CMD
                     self._pongs.append(w)
                     sent = True
                 else:
                     sent = False
-                    if not self._state_cond.wait(min(deadline - time.monotonic(), 1.0)):
-                        pass
+                    left = deadline - time.monotonic()
+                    if left > 0:
+                        self._state_cond.wait(left)
             if sent:
-                self._send_buffer()
+                self._w.send_soon()
                 if not w.wait(deadline - time.monotonic()):
                     raise TimeoutError(f"flush timed out after {timeout} s")
                 if w.error is not None:
@@ -1152,7 +954,7 @@ class Client:
                     "reconnecting: messages published before it may be lost, publish them again if needed"
                 )
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"flush timed out after {timeout} s (not connected)")
+                raise TimeoutError(f"flush timed out after {timeout} s (not connected: reconnecting)")
 
     # --- subscribing ---------------------------------------------------------------------
 
@@ -1182,17 +984,19 @@ class Client:
         if cb is not None and not callable(cb):
             raise TypeError("cb must be callable or None")
         if max_msgs is not None:
-            _check_number("max_msgs", max_msgs, gt=0, integer=True)
+            check_number("max_msgs", max_msgs, gt=0, integer=True)
         o = self._opts
         if o is None:
             raise self._closed_error()
         pm = o.pending_msgs_limit if isinstance(pending_msgs_limit, _Default) else pending_msgs_limit
         pb = o.pending_bytes_limit if isinstance(pending_bytes_limit, _Default) else pending_bytes_limit
-        _check_number("pending_msgs_limit", pm, gt=0, allow_none=True, integer=True)
-        _check_number("pending_bytes_limit", pb, gt=0, allow_none=True, integer=True)
+        check_number("pending_msgs_limit", pm, gt=0, allow_none=True, integer=True)
+        check_number("pending_bytes_limit", pb, gt=0, allow_none=True, integer=True)
+        if self._state == LAZY:
+            self._ensure_connected()
         with self._lock:
             st = self._state
-            if st in (CLOSED, DISCONNECTED):
+            if st in (CLOSED, DISCONNECTED, LAZY):
                 raise self._closed_error()
             if st in (DRAINING_SUBS, DRAINING_PUBS):
                 raise ConnectionDrainingError("connection is draining: subscribe refused")
@@ -1201,52 +1005,67 @@ class Client:
             if max_msgs is not None:
                 sub._max = max_msgs
             self._subs[sid] = sub
+            if cb is not None:
+                self._cb_subs[sid] = sub
             if st == CONNECTED:
-                self._wbuf += protocol.encode_sub(subject, sid, queue)
+                self._w.buf += protocol.encode_sub(subject, sid, queue)
                 if max_msgs is not None:
-                    self._wbuf += protocol.encode_unsub(sid, max_msgs)
-            # not connected: _install() sends every subscription on connect
+                    self._w.buf += protocol.encode_unsub(sid, max_msgs)
+            # not connected: _install() sends every ACTIVE subscription on connect
         if sub._thread is not None:
             sub._thread.start()
-        self._kick()
+        self._w.kick()
         return sub
 
-    def _remove_sub(self, sub: Subscription) -> None:
-        self._subs.pop(sub.sid, None)
+    # SubOwner: what a subscription calls back
 
     def _unsubscribe(self, sub: Subscription, limit: int | None) -> None:
         if limit is not None:
-            _check_number("limit", limit, gt=0, integer=True)
+            check_number("limit", limit, gt=0, integer=True)
         with self._lock:
             st = self._state
-            if st in (CLOSED, DISCONNECTED):
+            if st in (CLOSED, DISCONNECTED, LAZY):
                 raise self._closed_error()
-            if sub._ended:
+            if st in (DRAINING_SUBS, DRAINING_PUBS):
+                raise ConnectionDrainingError(
+                    "the connection is draining: its subscriptions end when their pending messages "
+                    "are delivered; unsubscribe refused"
+                )
+            if sub._state == ENDED:
                 raise BadSubscriptionError(f"subscription {sub.sid} has already ended")
+            connected = st in _CONNECTED_STATES
             if limit is not None and sub._received < limit:
                 sub._max = limit
-                if st in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS):
-                    # the server counts max against every message it delivered on the sub
-                    self._wbuf += protocol.encode_unsub(sub.sid, limit)
+                if connected and sub._state == ACTIVE:
+                    # the server counts from the SUB it got on this connection
+                    self._w.buf += protocol.encode_unsub(sub.sid, max(limit - sub._received_at_sub, 1))
                 # the reader may have counted the last message before it saw _max
-                end_now = sub._received >= limit
-                if end_now:
+                if sub._received >= limit:
                     self._subs.pop(sub.sid, None)
+                    sub._end(
+                        BadSubscriptionError(f"subscription {sub.sid} reached its limit of {limit} messages")
+                    )
             else:
                 self._subs.pop(sub.sid, None)
-                if st in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS):
-                    self._wbuf += protocol.encode_unsub(sub.sid)
-                end_now = True
-        if end_now:
-            discard = limit is None
-            sub._end(BadSubscriptionError(f"subscription {sub.sid} was unsubscribed"), discard=discard)
-            self._join_sub(sub)
-        self._kick()
+                if connected:
+                    self._w.buf += protocol.encode_unsub(sub.sid)
+                sub._end(
+                    BadSubscriptionError(f"subscription {sub.sid} was unsubscribed"), discard=limit is None
+                )
+        self._w.kick()
 
-    def _join_sub(self, sub: Subscription) -> None:
-        t = sub._thread
-        if t is not None and t.is_alive() and t is not threading.current_thread():
-            t.join(_USER_THREAD_JOIN)
+    def _sub_reached_max(self, sub: Subscription) -> None:
+        """The reader counted a subscription's last message (its auto-unsubscribe limit)."""
+        with self._lock:
+            if self._subs.get(sub.sid) is sub:
+                del self._subs[sub.sid]
+            sub._end(BadSubscriptionError(f"subscription {sub.sid} reached its limit of {sub._max} messages"))
+
+    def _sub_finished(self, sub: Subscription) -> None:
+        """A callback subscription's delivery thread ends."""
+        with self._lock:
+            if self._cb_subs.get(sub.sid) is sub:
+                del self._cb_subs[sub.sid]
 
     def _drain_sub(self, sub: Subscription, timeout: float | None) -> None:
         o = self._opts
@@ -1256,15 +1075,14 @@ class Client:
         deadline = time.monotonic() + timeout
         with self._lock:
             st = self._state
-            if st in (CLOSED, DISCONNECTED):
+            if st in (CLOSED, DISCONNECTED, LAZY):
                 raise self._closed_error()
-            if sub._ended and sub._draining:
-                pass
-            elif sub._ended:
+            if sub._state == ENDED:
                 raise BadSubscriptionError(f"subscription {sub.sid} has already ended")
-            sub._draining = True
-            if st in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS):
-                self._wbuf += protocol.encode_unsub(sub.sid)
+            if sub._state == ACTIVE:
+                sub._state = DRAINING  # never resent by a reconnect
+                if st in _CONNECTED_STATES:
+                    self._w.buf += protocol.encode_unsub(sub.sid)
         # every message sent before the server processed UNSUB arrives before its PONG
         try:
             self.flush(max(deadline - time.monotonic(), 0.001))
@@ -1272,8 +1090,10 @@ class Client:
             raise
         except NatsError:  # timed out or reconnecting: deliver what did arrive
             pass
-        self._subs.pop(sub.sid, None)
-        sub._end(BadSubscriptionError(f"subscription {sub.sid} was drained"))
+        with self._lock:
+            if self._subs.get(sub.sid) is sub:
+                del self._subs[sub.sid]
+            sub._end(BadSubscriptionError(f"subscription {sub.sid} was drained"))
         if sub._thread is not None and sub._thread is not threading.current_thread():
             if not sub._done.wait(max(deadline - time.monotonic(), 0)):
                 raise TimeoutError(f"drain of subscription {sub.sid} timed out after {timeout} s")
@@ -1298,23 +1118,40 @@ class Client:
         """Publish a request and return the first reply within *timeout* seconds.
 
         Raises :class:`NoRespondersError` at once when nothing is subscribed,
-        :class:`natsync.TimeoutError` when no reply came in time,
-        :class:`ConnectionClosedError` if the client closes meanwhile.
+        :class:`natsync.TimeoutError` when no reply came in time, or at once when the
+        client is not connected (reconnecting), :class:`ConnectionClosedError` if the
+        client closes meanwhile.
         """
         if timeout is None or timeout <= 0:
             raise ValueError("request timeout must be > 0")
+        st = self._state
+        if st != CONNECTED:
+            if st == LAZY:
+                self._ensure_connected()
+                st = self._state
+            if st in (RECONNECTING, CONNECTING):
+                # nothing could answer before the connection is back: say so now rather
+                # than after the whole timeout
+                raise TimeoutError(
+                    f"request on {subject!r} not sent: the client is not connected (reconnecting "
+                    f"to {self._server_name()}); retry when it is connected"
+                )
         if self._resp_sub is None:
             self._init_resp_sub()
-        token = str(next(self._resp_counter))
-        w = _Waiter()
-        self._resp_map[token] = w
+        mux = self._mux
+        reply, w = mux.register()
         try:
-            self.publish(subject, payload, reply=self._resp_prefix + token, headers=headers, _kick=False)
-            self._send_buffer()
+            self.publish(subject, payload, reply=reply, headers=headers, _kick=False)
+            self._w.send_soon()
             if not w.wait(timeout):
+                if self._state in (RECONNECTING, CONNECTING):
+                    raise TimeoutError(
+                        f"no reply to request on {subject!r} within {timeout} s: the connection was lost "
+                        "meanwhile and the client is not connected (reconnecting)"
+                    )
                 raise TimeoutError(f"no reply to request on {subject!r} within {timeout} s")
         finally:
-            self._resp_map.pop(token, None)
+            mux.forget(reply)
         if w.error is not None:
             raise w.error
         msg: Msg = w.value
@@ -1329,28 +1166,23 @@ class Client:
             if self._resp_sub is not None:
                 return
             st = self._state
-            if st in (CLOSED, DISCONNECTED):
+            if st in (CLOSED, DISCONNECTED, LAZY):
                 raise self._closed_error()
             sid = next(self._sid_counter)
-            sub = Subscription(self, sid, self._resp_prefix + "*", None, None, None, None)
+            sub = Subscription(self, sid, self._mux.prefix + "*", None, None, None, None)
             self._subs[sid] = sub
             self._resp_sub = sub
-            if st in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS):
-                self._wbuf += protocol.encode_sub(sub.subject, sid, None)
-
-    def _on_response(self, msg: Msg) -> None:
-        token = msg.subject[len(self._resp_prefix) :]
-        w = self._resp_map.pop(token, None)
-        if w is not None:
-            w.set(msg)
+            if st in _CONNECTED_STATES:
+                self._w.buf += protocol.encode_sub(sub.subject, sid, None)
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def drain(self, timeout: float | None = None) -> None:
         """Drain every subscription, send what is buffered, then close.
 
-        Raises :class:`natsync.TimeoutError` after *timeout* (default
-        ``drain_timeout``); the client is closed anyway.
+        While disconnected (reconnecting) there is nothing to drain from the server: the
+        client closes at once. Raises :class:`natsync.TimeoutError` after *timeout*
+        (default ``drain_timeout``); the client is closed anyway.
         """
         self._check_fork()
         o = self._opts
@@ -1359,29 +1191,43 @@ class Client:
         if timeout is None:
             timeout = o.drain_timeout
         deadline = time.monotonic() + timeout
+        if self._state == LAZY and self._close_lazy():
+            return  # never connected: nothing to drain
         with self._lock:
             st = self._state
             if st in (CLOSED, DISCONNECTED):
                 raise self._closed_error()
             if st in (DRAINING_SUBS, DRAINING_PUBS):
                 raise ConnectionDrainingError("drain() is already running")
-            subs = [s for s in self._subs.values() if s is not self._resp_sub]
-            self._state = DRAINING_SUBS
-            if st == CONNECTED:
+            disconnected = st != CONNECTED
+            subs: list[Subscription] = []
+            if not disconnected:
+                subs = [s for s in self._subs.values() if s is not self._resp_sub]
+                self._state = DRAINING_SUBS
                 for s in subs:
-                    s._draining = True
-                    self._wbuf += protocol.encode_unsub(s.sid)
+                    if s._state == ACTIVE:
+                        s._state = DRAINING
+                        self._w.buf += protocol.encode_unsub(s.sid)
+        if disconnected:
+            log.info("drain() while not connected: closing at once")
+            self.close()
+            return
         timed_out = False
         try:
             try:
                 self.flush(max(deadline - time.monotonic(), 0.001))
             except NatsError:  # timed out, reconnecting or closed: drain what did arrive
                 pass
-            for s in subs:
-                self._subs.pop(s.sid, None)
-                s._end(BadSubscriptionError(f"subscription {s.sid} was drained"))
-            for s in subs:
-                if s._thread is not None and s._thread is not threading.current_thread():
+            with self._lock:
+                for s in subs:
+                    if self._subs.get(s.sid) is s:
+                        del self._subs[s.sid]
+                    s._end(BadSubscriptionError(f"subscription {s.sid} was drained"))
+                # with the ones that ended by their limit and still deliver
+                delivering = list(self._cb_subs.values())
+            me = threading.current_thread()
+            for s in delivering:
+                if s._thread is not None and s._thread is not me:
                     if not s._done.wait(max(deadline - time.monotonic(), 0)):
                         timed_out = True
                         break
@@ -1401,108 +1247,139 @@ class Client:
             raise TimeoutError(f"drain did not finish within {timeout} s; the client was closed")
 
     def close(self) -> None:
-        """Send what is buffered (within ``flush_timeout`` or 2 s), stop every thread,
-        close the connection. Idempotent; calls ``closed_cb`` once."""
+        """Stop delivery at once (queued messages are discarded; a callback already
+        running finishes), send what was published (within ``flush_timeout`` or 2 s),
+        call ``disconnected_cb`` (if connected) then ``closed_cb``, join every thread.
+        Idempotent; a concurrent second call waits for the first."""
         if self._fork_error is not None:
             return
         if self._state == DISCONNECTED:
             with self._lock:
                 self._state = CLOSED
+            self._close_done.set()
+            return
+        if self._state == LAZY and self._close_lazy():
             return
         self._close(None, from_reader=False)
 
+    def _close_lazy(self) -> bool:
+        """Close a lazy client that never connected (no I/O). False if it connected meanwhile."""
+        with self._lazy_lock:
+            with self._lock:
+                if self._state != LAZY:
+                    return False
+                self._state = CLOSED
+                self._state_cond.notify_all()
+        self._close_event.set()
+        _live_clients.discard(self)
+        o = self._opts
+        if o is not None:
+            self._post_cb(o.closed_cb)
+        self._events.stop(_JOIN_GRACE)
+        self._close_done.set()
+        return True
+
     def _close(self, reason: NatsError | None, from_reader: bool) -> None:
         o = self._opts
+        me = threading.current_thread()
         with self._lock:
             if self._state == CLOSED:
-                return
-            was_connected = self._state in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS)
-            self._state = CLOSED
-            self._closed_reason = reason
-            transport = self._transport
-            dialing = self._dialing
-            self._state_cond.notify_all()
+                done = self._close_done
+                ours = me.name.startswith("natsync")
+                already = True
+            else:
+                already = False
+                transport = self._transport
+                was_connected = transport is not None
+                self._state = CLOSED
+                self._closed_reason = reason
+                self._client_id = None
+                dialing = self._dialing
+                closed = self._closed_error()
+                # stop delivery at once: what is queued is discarded
+                subs = list(self._subs.values()) + list(self._cb_subs.values())
+                self._subs.clear()
+                for s in subs:
+                    s._end(closed, discard=True)
+                self._closing_flush = was_connected
+                self._state_cond.notify_all()
+        if already:
+            if not ours:
+                done.wait(_CLOSE_FLUSH_DEFAULT + 2 * _JOIN_GRACE)  # the first close is bounded
+            return
+        _live_clients.discard(self)
         if dialing is not None and dialing is not transport:
             dialing.shutdown()  # a reconnect in its handshake: stop it now
-        _live_clients.discard(self)
-        # Final flush of what is buffered, bounded in time.
-        if was_connected and transport is not None:
-            limit = (o.flush_timeout if o is not None else None) or _CLOSE_FLUSH_DEFAULT
-            self._final_flush(transport, limit)
+        limit = (o.flush_timeout if o is not None else None) or _CLOSE_FLUSH_DEFAULT
+        start = time.monotonic()
+        # Send what was published before close(), bounded: a server that stopped reading
+        # must not hang close().
+        if was_connected and transport is not None and me is not self._w.thread:
+            self._w.write_pending(start + limit)
+        with self._lock:
+            self._closing_flush = False
+            self._w.buf = bytearray()
         self._close_event.set()
-        self._flush_event.set()
         if transport is not None:
-            transport.close()
-        # wake everybody who waits
-        closed = self._closed_error()
-        for w in list(self._pongs):
+            transport.close()  # wakes the reader in recv and the writer in send
+        deadline = time.monotonic() + _JOIN_GRACE  # one deadline for every thread
+        self._w.stop(deadline)
+        with self._lock:
+            pongs = list(self._pongs)
+            self._pongs.clear()
+            self._transport = None
+            self._parser = None
+        for w in pongs:
             if w is not None:
                 w.set(False, closed)
-        self._pongs.clear()
-        for w in list(self._resp_map.values()):
-            w.set(None, closed)
-        self._resp_map.clear()
-        subs = list(self._subs.values())
-        self._subs.clear()
+        self._mux.fail_all(closed)
+        reader = self._reader
+        if reader is not None and reader is not me:
+            # wakes on the closed socket or _close_event; a handshake in progress was shut down
+            reader.join(max(deadline - time.monotonic(), 0.0))
         for s in subs:
-            s._end(closed)
-        me = threading.current_thread()
-        for t in self._threads:
-            if t is not me:
-                # each wakes on the closed socket or _close_event; a handshake in progress
-                # is bounded by connect_timeout
-                t.join((o.connect_timeout if o is not None else 2.0) + _USER_THREAD_JOIN)
-                if t.is_alive():  # pragma: no cover - would be a bug
-                    log.warning("thread %s did not stop on close", t.name)
-        for s in subs:
-            self._join_sub(s)
+            t = s._thread
+            if t is not None and t is not me and t.is_alive():
+                t.join(max(deadline - time.monotonic(), 0.0))  # a running callback finishes
+                if t.is_alive():
+                    log.warning("callback of subscription %d still running after close()", s.sid)
         if reason is not None and not isinstance(reason, NoServersError):
             log.info("closed: %s", reason)
         elif reason is not None:
+            self._last_error = reason
             self._report_error(reason)
         if o is not None:
+            if was_connected:
+                self._post_cb(o.disconnected_cb)
             self._post_cb(o.closed_cb)
-        self._events.stop(_USER_THREAD_JOIN)
+        self._events.stop(max(deadline - time.monotonic(), 0.0))
+        self._close_done.set()
 
-    def _final_flush(self, transport: Transport, limit: float) -> None:
-        # Run the send on a bounded clock: a server that stopped reading must not hang close().
-        done = threading.Event()
-
-        def send() -> None:
-            try:
-                with self._send_lock:
-                    with self._lock:
-                        data = self._wbuf
-                        self._wbuf = bytearray()
-                    if data:
-                        transport.sendall(data)
-            except OSError:
-                pass
-            finally:
-                done.set()
-
-        if threading.current_thread() in self._threads:
-            # reader/flusher/pinger closing: do not block on ourselves
-            with self._lock:
-                self._wbuf = bytearray()
+    def _exit_flush(self, deadline: float) -> None:
+        """Interpreter exit: send what was published, if flush_on_exit (bounded)."""
+        o = self._opts
+        if o is None or not o.flush_on_exit or self._fork_error is not None:
             return
-        if not self._wbuf and self._send_lock.acquire(blocking=False):
-            # nothing buffered and no send in flight: no thread needed
-            self._send_lock.release()
-            if not self._wbuf:
-                return
-        t = threading.Thread(target=send, name="natsync-close-flush", daemon=True)
-        t.start()
-        if not done.wait(limit):
-            transport.shutdown()
-        t.join(limit)  # the shutdown above woke the send; bounded all the same
+        if self._state not in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS, RECONNECTING):
+            return
+        if not self._out_msgs and not self._w.buf:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            self.flush(timeout=left)
+        except Exception as e:  # noqa: BLE001 - exiting: nothing else to do
+            log.debug("flush at exit failed: %s", e)
 
     def _closed_error(self) -> ConnectionClosedError:
         if self._fork_error is not None:
             return ConnectionClosedError(self._fork_error)
-        reason = getattr(self, "_closed_reason", None)
+        reason = self._closed_reason
         if self._state == DISCONNECTED:
             return ConnectionClosedError("not connected: call connect() first")
+        if self._state == LAZY:
+            return ConnectionClosedError("not connected yet (lazy client): a later call will connect")
         if reason is not None:
             return ConnectionClosedError(
                 f"connection closed ({reason}): create a new client with natsync.connect()"
@@ -1514,34 +1391,81 @@ class Client:
             raise ConnectionClosedError(self._fork_error)
 
     def _forked(self) -> None:
-        """In a forked child: this copy must never touch the parent's socket."""
-        pid = self._pid
-        self._fork_error = (
-            f"this client was created in process {pid}; connect again in the child (process {os.getpid()})"
-        )
+        """In a forked child: this copy must never touch the parent's socket.
+
+        Every lock copied from the parent is replaced, never acquired: a thread of the
+        parent may have held it at the fork, and that thread does not exist here. A lazy
+        client goes back to "not connected yet", so that its next use connects the
+        child; any other client is closed for good, with an error that says why.
+        """
+        parent = self._pid
+        self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
+        self._lazy_lock = threading.Lock()
         self._state_cond = threading.Condition(self._lock)
-        self._state = CLOSED
+        was_closed = self._state == CLOSED
         for t in (self._transport, self._dialing):
             if t is not None:
                 t.detach_without_shutdown()
         self._transport = None
         self._dialing = None
-        self._threads = []
-        self._wbuf = bytearray()
+        self._parser = None
+        self._reader = None
+        o = self._opts
+        self._w = Writer(self, self._lock, o.flusher_timeout if o is not None else 10.0, "natsync-writer")
+        self._pending_size = 0
         self._events = EventDispatcher("natsync-events")
-        # locks copied from the parent may be held by threads that do not exist here
-        self._close_event = threading.Event()
-        self._close_event.set()
-        closed = ConnectionClosedError(self._fork_error)
-        for sub in list(self._subs.values()):
-            sub._cond = threading.Condition(threading.Lock())
-            sub._thread = None
-            sub._end(closed, discard=True)  # what is pending belongs to the parent
+        self._close_done = threading.Event()
+        lazy = self._lazy and not was_closed
+        if lazy:
+            self._fork_error = None
+            closed = ConnectionClosedError(
+                f"subscription made in process {parent} before os.fork(): it does not exist in the "
+                f"forked child (process {self._pid}); subscribe again in the child"
+            )
+        else:
+            self._fork_error = (
+                f"this client was created in process {parent} and cannot be used after os.fork() "
+                f"in the forked child (process {self._pid}): connect again in the child with a new client, "
+                "or create the client with connect(..., lazy=True) so that it connects on first use"
+            )
+            closed = ConnectionClosedError(self._fork_error)
+        for sub in list(self._subs.values()) + list(self._cb_subs.values()):
+            sub._after_fork(closed)  # what is pending belongs to the parent
         self._subs.clear()
+        self._cb_subs.clear()
         self._pongs.clear()
-        self._resp_map.clear()
+        self._mux = RequestMux("")
+        self._resp_sub = None
+        self._pings_out = 0
+        self._client_id = None
+        self._server_info = {}
+        if not lazy:
+            self._state = CLOSED
+            self._close_event = threading.Event()
+            self._close_event.set()
+            self._close_done.set()
+            return
+        assert o is not None
+        self._close_event = threading.Event()
+        self._initial_connect = True
+        self._disconnect_reason = None
+        self._reason_reported = False
+        self._closed_reason = None
+        self._last_error = None
+        self._in_msgs = self._in_bytes = self._out_msgs = self._out_bytes = 0
+        self._reconnects = self._errors_received = 0
+        for srv in self._server_list:
+            srv.reconnects = 0
+            srv.last_error = None
+            srv.did_connect = False
+        self._pool = ServerPool(self._server_list, randomize=not o.dont_randomize)
+        self._mux = RequestMux(f"{o.inbox_prefix}.{next_nuid()}.")  # the NUID was reseeded first
+        self._state = LAZY
+
+    @property
+    def _resp_prefix(self) -> str:
+        return self._mux.prefix
 
     def __enter__(self) -> Client:
         return self
@@ -1605,7 +1529,14 @@ class Client:
 
     @property
     def client_id(self) -> int | None:
+        """The id the server gave this connection; None before connecting and after close."""
         return self._client_id
+
+    @property
+    def last_error(self) -> NatsError | None:
+        """The error that most recently broke the connection or failed a reconnect
+        attempt (None while nothing went wrong)."""
+        return self._last_error
 
     @property
     def stats(self) -> Stats:
@@ -1632,6 +1563,15 @@ class Client:
         url = self.connected_url
         where = f" {url}" if url else ""
         return f"<natsync.Client {_STATE_NAMES.get(self._state, '?')}{where}>"
+
+
+def _as_nats_error(e: BaseException, what: str) -> NatsError:
+    if isinstance(e, NatsError):
+        return e
+    err = NatsError(f"{what}: {_describe(e)}")
+    e.__traceback__ = None
+    err.__cause__ = e
+    return err
 
 
 def _permissions_error(text: str) -> PermissionsError:

@@ -1,15 +1,26 @@
-"""Received messages."""
+"""Received messages.
+
+A message is created by the reader thread (``protocol.Parser``) and handed to one
+consumer. It does not import the client: ``respond()`` goes through the narrow
+:class:`Responder` interface (the client's ``_respond``), which buffers the reply and
+sends it without waiting on the socket.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .headers import Headers, HeadersInput, decode_headers
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .client import Client
+__all__ = ["Msg", "Responder"]
 
-__all__ = ["Msg"]
+
+class Responder(Protocol):
+    """What a message needs from its client: publish a reply now."""
+
+    def _respond(
+        self, reply: str, data: bytes | bytearray | memoryview | str, headers: HeadersInput | None
+    ) -> None: ...
 
 
 class Msg:
@@ -24,7 +35,7 @@ class Msg:
 
     def __init__(
         self,
-        client: Client | None,
+        client: Responder | None,
         subject: str,
         sid: int,
         reply: str | None,
@@ -63,10 +74,7 @@ class Msg:
             raise ValueError(f"message on {self.subject!r} has no reply subject: nothing to respond to")
         if self._client is None:
             raise ValueError("message is not bound to a client: publish the reply yourself")
-        # A reply is on somebody's latency path: send it now from this thread rather than
-        # waking the flusher (one thread switch less per request/reply).
-        self._client.publish(self.reply, data, headers=headers, _kick=False)
-        self._client._send_buffer()
+        self._client._respond(self.reply, data, headers)
 
     def __repr__(self) -> str:
         data = self.data if len(self.data) <= 64 else self.data[:64] + b"..."

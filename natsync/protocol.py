@@ -24,6 +24,7 @@ from .errors import BadSubjectError, ProtocolError
 
 __all__ = [
     "Parser",
+    "MsgRun",
     "Info",
     "Err",
     "PING",
@@ -119,6 +120,29 @@ def _valid_prefix(head: bytes) -> bool:
     return False
 
 
+class MsgRun:
+    """Consecutive messages for one subscription id, as :meth:`Parser.feed_runs` returns them.
+
+    ``msgs`` is the list of message objects in arrival order, ``nbytes`` the sum of their
+    payload sizes (headers included for HMSG).
+    """
+
+    __slots__ = ("sid", "msgs", "nbytes")
+
+    def __init__(self, sid: int) -> None:
+        self.sid = sid
+        self.msgs: list[Any] = []
+        self.nbytes = 0
+
+    def __repr__(self) -> str:
+        return f"MsgRun(sid={self.sid}, {len(self.msgs)} msgs, {self.nbytes} bytes)"
+
+
+# A buffer up to this size is split at every CRLF once, and runs of MSG lines are taken
+# from the pieces (a larger buffer holds a large payload: it is parsed by position).
+_SPLIT_MAX: Final = 256 * 1024
+
+
 class Parser:
     """Incremental parser of the server-to-client protocol.
 
@@ -126,11 +150,19 @@ class Parser:
     completed by it; partial operations are kept until more bytes arrive. Any
     chunking of a stream gives the same events. Malformed input raises
     :class:`ProtocolError`; after that the parser must not be used again.
+
+    Messages are built by *make_msg* (``make_msg(subject, sid, reply, hdr, data)``),
+    or, when *msg_type* is given, without a call: ``msg_type.__new__(msg_type)`` and
+    then the slots ``_client`` (*owner*), ``subject``, ``sid``, ``reply``, ``_hdr``,
+    ``_headers`` (None) and ``data`` are assigned (a Python call per message costs as
+    much as the parsing).
     """
 
-    __slots__ = ("_chunks", "_have", "_need", "_in_line", "_make_msg", "_heads")
+    __slots__ = ("_chunks", "_have", "_need", "_in_line", "_make_msg", "_heads", "_msg_type", "_owner")
 
-    def __init__(self, make_msg: MakeMsg | None = None) -> None:
+    def __init__(
+        self, make_msg: MakeMsg | None = None, *, msg_type: type | None = None, owner: object = None
+    ) -> None:
         self._chunks: list[bytes] = []
         self._have = 0  # bytes held in _chunks
         self._need = 1  # bytes needed before another parse attempt is worth it
@@ -139,9 +171,12 @@ class Parser:
         # make a slowly arriving line quadratic).
         self._in_line = False
         self._make_msg: MakeMsg = make_msg or _default_make_msg
-        # MSG arguments without reply ("<subject> <sid> <size>") already validated, with
-        # their parsed values: a stream repeats them, and a lookup costs less than a parse.
-        self._heads: dict[bytes, tuple[str, int, int]] = {}
+        self._msg_type = msg_type
+        self._owner = owner
+        # Whole MSG control lines already validated ("MSG <subject> <sid> [reply] <size>"),
+        # with their parsed values and the bytes the operation takes (line, payload and two
+        # CRLFs): a stream repeats them, and a lookup costs less than a parse.
+        self._heads: dict[bytes, tuple[str, int, str | None, int, int]] = {}
 
     @property
     def buffered(self) -> int:
@@ -149,7 +184,24 @@ class Parser:
         return self._have
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
-        """Parse *data* and return the list of completed events."""
+        """Parse *data* and return the list of completed events (one per message)."""
+        events = self.feed_runs(data)
+        for ev in events:
+            if ev.__class__ is MsgRun:
+                break
+        else:
+            return events
+        flat: list[Any] = []
+        for ev in events:
+            if ev.__class__ is MsgRun:
+                flat += ev.msgs
+            else:
+                flat.append(ev)
+        return flat
+
+    def feed_runs(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """Like :meth:`feed`, but consecutive messages may come grouped in a :class:`MsgRun`
+        (messages for one sid); a message may also come alone, as in :meth:`feed`."""
         if not data:
             return []
         if type(data) is not bytes:
@@ -174,58 +226,85 @@ class Parser:
         events: list[Any] = []
         append = events.append
         make_msg = self._make_msg
+        mt = self._msg_type
+        owner = self._owner
+        new = object.__new__
         heads = self._heads
+        heads_get = heads.get
         find = buf.find
         n = len(buf)
         pos = 0
         need = 1
         in_line = False
+        # The fast path: buf split at every CRLF once; parts[i] starts at byte p. Every
+        # operation ends with a CRLF, so an operation boundary is always a part boundary.
+        parts: list[bytes] | None = None
+        i = p = 0
+        lim = -1 if n > _SPLIT_MAX else 0  # parts[i] may be a control line while i < lim
+        run = MsgRun(-1)  # never appended: sids are never negative
+        run_sid = -1
+        run_add: Callable[[Any], None] = events.append
         while pos < n:
+            if lim >= 0:
+                if parts is None:
+                    parts = buf.split(b"\r\n")
+                    lim = len(parts) - 2  # the last part is not followed by CRLF
+                while p < pos:
+                    p += len(parts[i]) + 2
+                    i += 1
+                if p != pos:  # cannot happen (see above); parse by position then
+                    lim = -1
+                first = i
+                while i < lim:
+                    known = heads_get(parts[i])
+                    if known is None:
+                        break
+                    subject, sid, reply, size, step = known
+                    data = parts[i + 1]
+                    if len(data) != size:  # the payload holds a CRLF (or the size lied)
+                        break
+                    m: Any
+                    if mt is None:
+                        m = make_msg(subject, sid, reply, None, data)
+                    else:
+                        m = new(mt)
+                        m._client = owner
+                        m.subject = subject
+                        m.sid = sid
+                        m.reply = reply
+                        m._hdr = None
+                        m._headers = None
+                        m.data = data
+                    if sid != run_sid:
+                        run = MsgRun(sid)
+                        run_add = run.msgs.append
+                        append(run)
+                        run_sid = sid
+                    run_add(m)
+                    run.nbytes += size
+                    i += 2
+                    p += step
+                if i != first:
+                    pos = p
+                    continue
+            run_sid = -1  # what follows starts a new run
             end = find(b"\r\n", pos)
             if end < 0:
                 self._check_partial_line(buf, pos, n)
                 need = n - pos + 1
                 in_line = need > 6  # the operation was checked on its first 6 bytes
                 break
-            if buf.startswith(b"MSG ", pos):  # fast path (one call, no slice)
-                head = buf[pos + 4 : end]
-                known = heads.get(head)
-                if known is not None:
-                    subject, sid, size = known
-                    start = end + 2
-                    stop = start + size
-                    if stop + 2 > n:
-                        need = stop + 2 - pos
-                        break
-                    if buf[stop] != 13 or buf[stop + 1] != 10:
-                        raise ProtocolError("MSG payload is not followed by CRLF: the size field lied")
-                    append(make_msg(subject, sid, None, None, buf[start:stop]))
-                    pos = stop + 2
-                    continue
-                if end - pos > MAX_CONTROL_LINE:
-                    raise ProtocolError(f"control line longer than {MAX_CONTROL_LINE} bytes")
-                args = head.split()
-                nargs = len(args)
-                if nargs == 3:
-                    subj, sidb, sizeb = args
-                    reply = None
-                elif nargs == 4:
-                    subj, sidb, replyb, sizeb = args
-                    try:
-                        reply = replyb.decode()
-                    except UnicodeDecodeError:  # another client's non-UTF-8 bytes: kept readable
-                        reply = replyb.decode("utf-8", "replace")
-                else:
-                    raise ProtocolError(f"malformed MSG line: {_show(buf[pos:end])}")
-                if not sizeb.isdigit() or not sidb.isdigit():
-                    raise ProtocolError(f"malformed MSG line: {_show(buf[pos:end])}")
-                try:
-                    size = int(sizeb)
-                    sid = int(sidb)
-                except ValueError:  # more digits than int() accepts
-                    raise ProtocolError(f"malformed MSG line: {_show(buf[pos:end])}") from None
-                if size > MAX_PAYLOAD_SIZE:
-                    raise ProtocolError(f"MSG size {size} is over the {MAX_PAYLOAD_SIZE} byte limit")
+            if end - pos > MAX_CONTROL_LINE:
+                raise ProtocolError(f"control line longer than {MAX_CONTROL_LINE} bytes")
+            line = buf[pos:end]
+            if line[:4] == b"MSG ":
+                known = heads_get(line)
+                if known is None:
+                    known = _msg_args(line)
+                    if len(heads) >= 256:
+                        heads.clear()
+                    heads[line] = known
+                subject, sid, reply, size, step = known
                 start = end + 2
                 stop = start + size
                 if stop + 2 > n:
@@ -233,28 +312,21 @@ class Parser:
                     break
                 if buf[stop] != 13 or buf[stop + 1] != 10:  # CRLF (indexing: no slice object)
                     raise ProtocolError("MSG payload is not followed by CRLF: the size field lied")
-                try:
-                    subject = subj.decode()
-                except UnicodeDecodeError:
-                    subject = subj.decode("utf-8", "replace")
-                if reply is None:
-                    if len(heads) >= 256:
-                        heads.clear()
-                    heads[head] = (subject, sid, size)
-                append(make_msg(subject, sid, reply, None, buf[start:stop]))
+                append(
+                    make_msg(subject, sid, reply, None, buf[start:stop])
+                    if mt is None
+                    else self._new_msg(subject, sid, reply, None, buf[start:stop])
+                )
                 pos = stop + 2
                 continue
-            if end - pos > MAX_CONTROL_LINE:
-                raise ProtocolError(f"control line longer than {MAX_CONTROL_LINE} bytes")
-            line = buf[pos:end]
-            parts = line.split(None, 1)
-            op = parts[0].upper() if parts else b""
+            parts_ = line.split(None, 1)
+            op = parts_[0].upper() if parts_ else b""
             # The operation starts the line and ends at a space, a tab or the line end (as
             # the cut-short check in _valid_prefix assumes): " PING", "PING\n" are unknown.
             if not line[:1].strip() or line[len(op) : len(op) + 1] not in (b"", b" ", b"\t"):
                 raise ProtocolError(f"unknown protocol operation: {_show(line)}")
             if op == b"MSG" or op == b"HMSG":  # HMSG, and MSG in lower case or with tabs
-                subject, sid, reply, hsize, size = _msg_line(op, parts, line)
+                subject, sid, reply, hsize, size = _msg_line(op, parts_, line)
                 start = end + 2
                 stop = start + size
                 if stop + 2 > n:
@@ -267,24 +339,29 @@ class Parser:
                     hdr = buf[start : start + hsize]
                     if not hdr.startswith(b"NATS/"):
                         raise ProtocolError("HMSG header block does not start with NATS/1.0")
-                append(make_msg(subject, sid, reply, hdr, buf[start + hsize : stop]))
+                payload = buf[start + hsize : stop]
+                append(
+                    make_msg(subject, sid, reply, hdr, payload)
+                    if mt is None
+                    else self._new_msg(subject, sid, reply, hdr, payload)
+                )
                 pos = stop + 2
                 continue
             pos = end + 2
-            if op == b"PING" and len(parts) == 1:
+            if op == b"PING" and len(parts_) == 1:
                 append(PING)
-            elif op == b"PONG" and len(parts) == 1:
+            elif op == b"PONG" and len(parts_) == 1:
                 append(PONG)
-            elif op == b"+OK" and len(parts) == 1:
+            elif op == b"+OK" and len(parts_) == 1:
                 append(OK)
             elif op == b"-ERR":
-                text = parts[1].strip() if len(parts) > 1 else b""
+                text = parts_[1].strip() if len(parts_) > 1 else b""
                 if len(text) >= 2 and text[:1] == b"'" and text[-1:] == b"'":
                     text = text[1:-1]
                 append(Err(text.decode("utf-8", "replace")))
             elif op == b"INFO":
                 try:
-                    info = json.loads(parts[1]) if len(parts) > 1 else None
+                    info = json.loads(parts_[1]) if len(parts_) > 1 else None
                 except (ValueError, RecursionError):
                     info = None
                 if not isinstance(info, dict):
@@ -304,6 +381,18 @@ class Parser:
             self._in_line = False
         return events
 
+    def _new_msg(self, subject: str, sid: int, reply: str | None, hdr: bytes | None, data: bytes) -> Any:
+        mt = self._msg_type
+        m: Any = object.__new__(mt)  # type: ignore[arg-type]
+        m._client = self._owner
+        m.subject = subject
+        m.sid = sid
+        m.reply = reply
+        m._hdr = hdr
+        m._headers = None
+        m.data = data
+        return m
+
     @staticmethod
     def _check_partial_line(buf: bytes, pos: int, n: int) -> None:
         if n - pos - (buf[n - 1] == 13) > MAX_CONTROL_LINE:  # a final CR may be the line's own
@@ -311,6 +400,34 @@ class Parser:
         head = buf[pos : pos + 6]
         if not _valid_prefix(head):
             raise ProtocolError(f"unknown protocol operation: {_show(head)}")
+
+
+def _msg_args(line: bytes) -> tuple[str, int, str | None, int, int]:
+    """Check a ``MSG `` line (without CRLF): ``(subject, sid, reply, size, bytes taken)``."""
+    args = line[4:].split()
+    nargs = len(args)
+    if nargs == 3:
+        subj, sidb, sizeb = args
+        reply = None
+    elif nargs == 4:
+        subj, sidb, replyb, sizeb = args
+        try:
+            reply = replyb.decode()
+        except UnicodeDecodeError:  # another client's non-UTF-8 bytes: kept readable
+            reply = replyb.decode("utf-8", "replace")
+    else:
+        raise ProtocolError(f"malformed MSG line: {_show(line)}")
+    if not sizeb.isdigit() or not sidb.isdigit() or len(sizeb) > 20 or len(sidb) > 20:
+        raise ProtocolError(f"malformed MSG line: {_show(line)}")
+    size = int(sizeb)
+    sid = int(sidb)
+    if size > MAX_PAYLOAD_SIZE:
+        raise ProtocolError(f"MSG size {size} is over the {MAX_PAYLOAD_SIZE} byte limit")
+    try:
+        subject = subj.decode()
+    except UnicodeDecodeError:
+        subject = subj.decode("utf-8", "replace")
+    return subject, sid, reply, size, len(line) + size + 4
 
 
 def _msg_line(op: bytes, parts: list[bytes], line: bytes) -> tuple[str, int, str | None, int, int]:

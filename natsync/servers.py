@@ -221,7 +221,7 @@ def _parse_host(url: str, hostport: str) -> tuple[str, int]:
         if bad:
             raise _error(url, f"the host contains {bad[0]!r}")
         host = host.lower()
-    if port_text is None:
+    if not port_text:  # no port, or "host:" with an empty one (as nats.go and nats-py read it)
         return host, DEFAULT_PORT
     if not (port_text.isascii() and port_text.isdigit()):
         shown = repr(port_text) if port_text else "empty"

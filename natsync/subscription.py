@@ -1,10 +1,26 @@
 """Subscriptions: a pending queue fed by the reader thread, consumed by the user's
 thread (``next_msg``, iteration) or by a delivery thread that runs the callback.
 
-Threading: the reader thread is the only writer of ``_in_bytes``, ``_received`` and
-``dropped``; the consumer (user thread or delivery thread) is the only writer of
-``_out_bytes`` and ``delivered``. The deque itself is safe for one appender and one
-popper. ``_cond`` only serves to sleep and wake; nothing slow runs under it.
+State: one per subscription, ``ACTIVE`` -> ``DRAINING`` -> ``ENDED`` (never back). The
+owner (the client) changes it only while holding its own lock, and every path that ends
+a subscription also removes it from the client's table and, when connected, sends its
+UNSUB. Once ENDED no message is added; what is queued may still be taken, unless the
+end discarded it (``unsubscribe()``, ``close()``).
+
+Threads and locks:
+
+* the reader thread is the only writer of ``_in_bytes``, ``_received`` and ``dropped``
+  and the only appender to the queue;
+* a consumer (a user thread in ``next_msg`` or the delivery thread) takes the next
+  message and checks "ended" in one critical section under ``_cond``, so the last
+  message before the end is never left behind;
+* each waiting consumer is counted in ``_waiters``; the reader notifies ``_cond`` once per
+  message while someone waits, so two waiters are each woken by their own message;
+* nothing slow and no user code runs under ``_cond``; ``_cond`` is taken after the
+  client's lock, never before it.
+
+This module does not import the client: a subscription talks to its owner through the
+narrow :class:`SubOwner` interface (unsubscribe, drain, report an error).
 """
 
 from __future__ import annotations
@@ -15,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Protocol
 
 from .errors import BadSubscriptionError, ConnectionClosedError, NatsError, TimeoutError
 from .msg import Msg
@@ -23,9 +39,7 @@ from .msg import Msg
 if TYPE_CHECKING:  # pragma: no cover
     from types import TracebackType
 
-    from .client import Client
-
-__all__ = ["Subscription"]
+__all__ = ["Subscription", "SubOwner", "MsgHandler", "ACTIVE", "DRAINING", "ENDED"]
 
 log = logging.getLogger("natsync")
 # a library prints nothing by default: without this, logging's lastResort writes to stderr
@@ -33,7 +47,27 @@ log.addHandler(logging.NullHandler())
 
 _NO_LIMIT = sys.maxsize
 
+ACTIVE: Final = 0
+DRAINING: Final = 1
+ENDED: Final = 2
+
 MsgHandler = Callable[[Msg], object]
+
+
+class SubOwner(Protocol):
+    """What a subscription needs from its client (and nothing more)."""
+
+    def _unsubscribe(self, sub: Subscription, limit: int | None) -> None: ...
+
+    def _drain_sub(self, sub: Subscription, timeout: float | None) -> None: ...
+
+    def _report_error(self, err: BaseException) -> None: ...
+
+    def _slow_consumer(self, sub: Subscription) -> None: ...
+
+    def _sub_reached_max(self, sub: Subscription) -> None: ...
+
+    def _sub_finished(self, sub: Subscription) -> None: ...
 
 
 class Subscription:
@@ -47,7 +81,7 @@ class Subscription:
 
     def __init__(
         self,
-        client: Client,
+        client: SubOwner,
         sid: int,
         subject: str,
         queue: str | None,
@@ -62,25 +96,33 @@ class Subscription:
         self._cb = cb
         self._queue: deque[Msg] = deque()
         self._cond = threading.Condition(threading.Lock())
-        self._sleeping = False
+        self._waiters = 0  # consumers waiting in _cond (changed under _cond)
         self._pmsgs = _NO_LIMIT if pending_msgs_limit is None else pending_msgs_limit
         self._pbytes = _NO_LIMIT if pending_bytes_limit is None else pending_bytes_limit
         self._in_bytes = 0  # reader
         self._out_bytes = 0  # consumer
         self._received = 0  # reader
+        self._received_at_sub = 0  # _received when the current connection's SUB was sent
         self.dropped = 0  # reader
         self.delivered = 0  # consumer
         self._slow = False  # in a slow-consumer episode (reader)
         self._max: int | None = None  # auto-unsubscribe after this many messages in all
-        # Once _ended is set no message will be added; what is queued may still be taken.
-        self._ended = False
+        self._state = ACTIVE  # changed under the client's lock
         self._end_error: NatsError | None = None  # raised by next_msg once the queue is empty
-        self._discard = False  # unsubscribed "now": drop what is pending
-        self._draining = False
+        self._discard = False  # ended "now": drop what is pending
         self._done = threading.Event()  # set when the consumer has finished with everything
         self._thread: threading.Thread | None = None
         if cb is not None:
             self._thread = threading.Thread(target=self._run, name=f"natsync-sub-{sid}", daemon=True)
+
+    @property
+    def _ended(self) -> bool:
+        return self._state == ENDED
+
+    @property
+    def _sleeping(self) -> bool:
+        """A consumer is waiting for a message (for tests and diagnostics)."""
+        return self._waiters > 0
 
     # --- introspection -------------------------------------------------------------------
 
@@ -97,7 +139,7 @@ class Subscription:
     @property
     def is_valid(self) -> bool:
         """False once the subscription has ended (unsubscribed, limit reached, drained, closed)."""
-        return not self._ended
+        return self._state != ENDED
 
     @property
     def pending_limits(self) -> tuple[int | None, int | None]:
@@ -118,14 +160,14 @@ class Subscription:
     def __repr__(self) -> str:
         kind = "callback" if self._cb is not None else "sync"
         q = f" queue={self.queue!r}" if self.queue else ""
-        state = "" if not self._ended else " ended"
+        state = ("", " draining", " ended")[self._state]
         return f"<natsync.Subscription sid={self.sid} subject={self.subject!r}{q} {kind}{state}>"
 
     # --- reader side ---------------------------------------------------------------------
 
     def _enqueue(self, msg: Msg) -> None:
         """Called on the reader thread for each message of this subscription."""
-        if self._ended:
+        if self._state == ENDED:
             return
         q = self._queue
         size = len(msg.data)
@@ -141,82 +183,87 @@ class Subscription:
             q.append(msg)
         self._received += 1
         if self._max is not None and self._received >= self._max:
-            self._client._remove_sub(self)
-            self._end(
-                BadSubscriptionError(f"subscription {self.sid} reached its limit of {self._max} messages")
-            )
-        elif self._sleeping:
-            # One wake-up per sleep: until the consumer sleeps again it will find the queue
-            # non-empty, so the messages that follow need no notify (a Condition in Python).
-            self._sleeping = False
+            self._client._sub_reached_max(self)  # ends it (and wakes every waiter)
+        elif self._waiters:
             with self._cond:
                 self._cond.notify()
 
     def _end(self, error: NatsError, discard: bool = False) -> None:
-        """No more messages will arrive. Safe to call from any thread, more than once."""
+        """No more messages will arrive (ENDED). Called with the client's lock held (or in a
+        forked child); safe more than once. *discard* drops what is pending."""
         with self._cond:
-            if not self._ended:
-                self._ended = True
+            if self._state != ENDED:
+                self._state = ENDED
+                self._end_error = error
+            elif isinstance(error, ConnectionClosedError):
                 self._end_error = error
             if discard:
                 self._discard = True
                 self._queue.clear()
-            elif isinstance(error, ConnectionClosedError):
-                self._end_error = error
+                self._out_bytes = self._in_bytes
             self._cond.notify_all()
-        if self._thread is None and not self._queue:
-            self._done.set()
+            if self._thread is None and not self._queue:
+                self._done.set()
+
+    def _after_fork(self, error: NatsError) -> None:
+        """In a forked child: end this copy of a parent's subscription without touching
+        anything the parent's threads may have held (locks are replaced, not acquired)."""
+        self._cond = threading.Condition(threading.Lock())
+        self._waiters = 0
+        self._done = threading.Event()
+        self._thread = None
+        self._end(error, discard=True)
 
     # --- consumer side -------------------------------------------------------------------
 
-    def _wait(self, deadline: float | None) -> bool:
-        """Sleep until a message arrives, the subscription ends or *deadline*. True if woken."""
-        with self._cond:
-            self._sleeping = True
-            try:
-                while not self._queue and not self._ended:
-                    if deadline is None:
-                        self._cond.wait(1.0)
-                    else:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            return False
-                        self._cond.wait(min(left, 1.0))
-                    self._sleeping = True  # re-arm (the reader clears it) before checking again
-            finally:
-                self._sleeping = False
-        return True
+    def _next(self, deadline: float | None) -> Msg | None:
+        """Take the next message, waiting until *deadline* (None: no limit).
 
-    def _take(self) -> Msg | None:
-        try:
-            msg = self._queue.popleft()
-        except IndexError:
-            return None
-        self._out_bytes += len(msg.data)
-        self.delivered += 1
-        return msg
+        Returns None on timeout; raises the end error once ended with nothing pending.
+        "Ended" and "take" are checked in one critical section.
+        """
+        cond = self._cond
+        with cond:
+            while True:
+                q = self._queue
+                if q:
+                    msg = q.popleft()
+                    self._out_bytes += len(msg.data)
+                    self.delivered += 1
+                    return msg
+                if self._state == ENDED:
+                    if self._thread is None:
+                        self._done.set()
+                    raise self._end_error or BadSubscriptionError(f"subscription {self.sid} has ended")
+                if deadline is None:
+                    left = None
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                self._waiters += 1
+                try:
+                    cond.wait(left)
+                finally:
+                    self._waiters -= 1
 
     def next_msg(self, timeout: float | None = 1.0) -> Msg:
         """Return the next message, waiting up to *timeout* seconds (None: until one comes).
 
         Raises :class:`natsync.TimeoutError` when none arrived in time,
         :class:`BadSubscriptionError` when the subscription has ended and nothing is
-        pending, :class:`ConnectionClosedError` when the client closed.
+        pending, :class:`ConnectionClosedError` when the client closed (what was still
+        queued then is discarded).
         """
         if self._cb is not None:
             raise BadSubscriptionError(
                 f"subscription {self.sid} has a callback: messages go to it, not to next_msg()"
             )
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            msg = self._take()
-            if msg is not None:
-                return msg
-            if self._ended:
-                self._done.set()
-                raise self._end_error or BadSubscriptionError(f"subscription {self.sid} has ended")
-            if not self._wait(deadline):
-                raise TimeoutError(f"no message on {self.subject!r} within {timeout} s")
+        msg = self._next(deadline)
+        if msg is None:
+            raise TimeoutError(f"no message on {self.subject!r} within {timeout} s")
+        return msg
 
     def __iter__(self) -> Iterator[Msg]:
         """Yield messages as they arrive; ends when the subscription ends.
@@ -226,6 +273,8 @@ class Subscription:
         while True:
             try:
                 yield self.next_msg(timeout=None)
+            except ConnectionClosedError:
+                raise
             except BadSubscriptionError:
                 return
 
@@ -234,21 +283,23 @@ class Subscription:
         cb = self._cb
         assert cb is not None
         client = self._client
-        while True:
-            msg = self._take()
-            if msg is None:
-                if self._ended:
+        try:
+            while True:
+                try:
+                    msg = self._next(None)
+                except NatsError:
+                    break  # ended and nothing left
+                if msg is None or self._discard:  # pragma: no cover - no deadline given
                     break
-                self._wait(None)
-                continue
-            if self._discard:
-                break
-            try:
-                cb(msg)
-            except Exception as e:  # the callback's failure must not stop delivery
-                log.exception("callback of subscription %d (%r) raised", self.sid, self.subject)
-                client._report_error(e)
-        self._done.set()
+                try:
+                    cb(msg)
+                except Exception as e:  # the callback's failure must not stop delivery
+                    log.debug("callback of subscription %d (%r) raised: %r", self.sid, self.subject, e)
+                    client._report_error(e)
+                del msg
+        finally:
+            self._done.set()
+            client._sub_finished(self)
 
     # --- user operations -----------------------------------------------------------------
 
@@ -280,8 +331,8 @@ class Subscription:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._ended:
+        if self._state != ENDED:
             try:
                 self.unsubscribe()
-            except ConnectionClosedError:
+            except (ConnectionClosedError, BadSubscriptionError):
                 pass

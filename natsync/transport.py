@@ -30,6 +30,7 @@ or ``send`` on it in either mode.
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import threading
@@ -37,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["Transport", "TLSHandshakeEOFError", "TLSPlaintextError", "tls_error_hint"]
+__all__ = ["Transport", "TLSHandshakeEOFError", "TLSPlaintextError", "WriteStalledError", "tls_error_hint"]
 
 # Plaintext handed to SSLObject.write per lock hold (a few 16 KiB TLS records).
 _TLS_WRITE_CHUNK: Final = 64 * 1024
@@ -45,6 +46,15 @@ _TLS_WRITE_CHUNK: Final = 64 * 1024
 _TLS_RAW_READ: Final = 128 * 1024
 
 Buffer = bytes | bytearray | memoryview
+
+
+# Bytes handed to one send() by write(): a peer that takes nothing for `stall` seconds
+# breaks the connection, one that is merely slow does not.
+_WRITE_CHUNK: Final = 1024 * 1024
+
+
+class WriteStalledError(ConnectionError):
+    """The peer took no byte for longer than the write deadline (it stopped reading)."""
 
 
 class TLSPlaintextError(ssl.SSLError):
@@ -86,6 +96,8 @@ class Transport:
         self._send_lock = threading.Lock()
         self._raw = bytearray(0)
         self._eof = False
+        self.stall = 60.0  # write deadline of sends that have no caller's (set by the client)
+        self._poll: select.poll | None = None  # for try_send (used under the writer's lock)
 
     @classmethod
     def connect(cls, host: str, port: int, timeout: float) -> Transport:
@@ -96,6 +108,61 @@ class Transport:
         except OSError:  # pragma: no cover - not all socket families have it
             pass
         return cls(sock)
+
+    def write(self, data: Buffer, stall: float, deadline: float | None = None) -> None:
+        """Send all of *data* (encrypted under TLS) from the one writer of the connection.
+
+        Raises :class:`WriteStalledError` when the peer takes no byte for *stall*
+        seconds, or when *deadline* (a ``time.monotonic()`` value) passes first; what was
+        sent then is unknown, so the caller must drop the connection. Each blocking
+        ``send`` waits at most the socket's timeout (see :meth:`settimeout`), so the
+        deadlines are kept within one socket timeout. OSError when the connection broke.
+        """
+        if self.tls:
+            self._tls_write(data, stall, deadline)
+        else:
+            self._raw_write(data, stall, deadline)
+
+    def _raw_write(self, data: Buffer, stall: float, deadline: float | None) -> None:
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        send = self._sock.send
+        total = len(view)
+        off = 0
+        last = time.monotonic()
+        while off < total:
+            try:
+                k = send(view[off : off + _WRITE_CHUNK])
+            except TimeoutError:
+                k = 0
+            now = time.monotonic() if k == 0 or deadline is not None else last
+            if k:
+                off += k
+                last = now
+            elif now - last >= stall:
+                raise WriteStalledError(f"the server took no data for {stall:g} s (it stopped reading)")
+            if deadline is not None and off < total and now >= deadline:
+                raise WriteStalledError("write deadline passed before everything was sent")
+
+    def try_send(self, data: Buffer) -> int:
+        """Send what the socket takes at once without waiting; return the bytes sent.
+
+        Plain TCP only (returns 0 under TLS: leave it to the writer). Raises OSError when
+        the connection broke.
+        """
+        if self.tls:
+            return 0
+        poll = self._poll
+        if poll is None:
+            poll = self._poll = select.poll()
+            poll.register(self._sock, select.POLLOUT)
+        if not poll.poll(0):
+            return 0  # full: a send would wait (a socket with a timeout polls first)
+        try:
+            return self._sock.send(data, socket.MSG_DONTWAIT)
+        except (BlockingIOError, TimeoutError):
+            return 0
 
     def settimeout(self, timeout: float | None) -> None:
         """Set the timeout of every later blocking call (send and receive)."""
@@ -237,14 +304,36 @@ class Transport:
             self._drain_out()
         self._recheck_out()
 
-    def _drain_out(self) -> None:
+    def _tls_write(self, data: Buffer, stall: float, deadline: float | None) -> None:
+        obj = self._ssl
+        assert obj is not None
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        total = len(view)
+        with self._send_lock:
+            off = 0
+            while off < total:
+                with self._ssl_lock:
+                    obj.write(view[off : off + _TLS_WRITE_CHUNK])
+                    out = self._out.read()
+                self._raw_write(out, stall, deadline)
+                off += _TLS_WRITE_CHUNK
+            self._drain_out(stall)
+        self._recheck_out()
+
+    def _drain_out(self, stall: float | None = None) -> None:
         """Send whatever ciphertext is waiting (called with _send_lock held)."""
         while True:
             with self._ssl_lock:
                 out = self._out.read()
             if not out:
                 return
-            self._sock.sendall(out)
+            if stall is None and self._sock.gettimeout() is None:
+                self._sock.sendall(out)
+            else:
+                # never a half-sent record on a timeout: wait for progress up to the stall limit
+                self._raw_write(out, stall if stall is not None else self.stall, None)
 
     def _recheck_out(self) -> None:
         # Ciphertext a reader produced while we held _send_lock (its try failed then).

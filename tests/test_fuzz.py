@@ -28,6 +28,7 @@ from natsync.protocol import (
     PONG,
     Err,
     Info,
+    MsgRun,
     Parser,
     encode_pub,
     validate_queue,
@@ -218,18 +219,53 @@ def _check_event(ev: Any) -> None:
         reply.encode()
 
 
-def feed_robustly(pieces: list[bytes]) -> tuple[list[Any], bool]:
+class SlotMsg:
+    """A message type for ``Parser(msg_type=...)`` (the slots it fills, as natsync.Msg)."""
+
+    __slots__ = ("_client", "subject", "sid", "reply", "_hdr", "_headers", "data")
+
+
+OWNER = object()
+
+
+def _slot_as_tuple(m: Any) -> tuple[Any, ...]:
+    assert type(m) is SlotMsg and m._client is OWNER and m._headers is None
+    return (m.subject, m.sid, m.reply, m._hdr, m.data)
+
+
+def runs_parser() -> Parser:
+    return Parser(msg_type=SlotMsg, owner=OWNER)
+
+
+def feed_runs_flat(p: Parser, piece: bytes) -> list[Any]:
+    """``p.feed_runs(piece)`` checked (a run holds messages of its sid, its byte count)
+    and flattened into the tuples ``Parser().feed`` gives."""
+    out: list[Any] = []
+    for ev in p.feed_runs(piece):
+        if type(ev) is MsgRun:
+            assert ev.msgs and all(m.sid == ev.sid for m in ev.msgs)
+            assert ev.nbytes == sum(len(m.data) + len(m._hdr or b"") for m in ev.msgs)
+            out += [_slot_as_tuple(m) for m in ev.msgs]
+        elif type(ev) is SlotMsg:
+            out.append(_slot_as_tuple(ev))
+        else:
+            out.append(ev)
+    return out
+
+
+def feed_robustly(pieces: list[bytes], runs: bool = False) -> tuple[list[Any], bool]:
     """Feed *pieces* to a new parser: (events, whether it raised ProtocolError).
 
     Any other exception fails the test. After every feed the buffered bytes must stay
     within a control line, the chunk just fed and the largest size the stream declares.
+    With *runs* the parser builds messages itself and :meth:`Parser.feed_runs` is used.
     """
-    p = Parser()
+    p = runs_parser() if runs else Parser()
     largest = _largest_number(b"".join(pieces))
     events: list[Any] = []
     try:
         for piece in pieces:
-            got = p.feed(piece)
+            got = feed_runs_flat(p, piece) if runs else p.feed(piece)
             assert p.buffered <= MAX_CONTROL_LINE + len(piece) + largest + 4, (
                 f"{p.buffered} bytes buffered: more than a control line, a chunk and a payload"
             )
@@ -245,7 +281,7 @@ def bytewise(data: bytes) -> list[bytes]:
     return [data[i : i + 1] for i in range(len(data))]
 
 
-def check_chunking_does_not_matter(blob: bytes, pieces: list[bytes]) -> None:
+def check_chunking_does_not_matter(blob: bytes, pieces: list[bytes], runs: bool = False) -> None:
     """Fed one byte at a time, no event is lost to an error in the same feed: the reference.
 
     Any other chunking gives a prefix of its events (events parsed in a feed that then
@@ -253,7 +289,7 @@ def check_chunking_does_not_matter(blob: bytes, pieces: list[bytes]) -> None:
     the reference does.
     """
     ref, ref_err = feed_robustly(bytewise(blob))
-    got, err = feed_robustly(pieces)
+    got, err = feed_robustly(pieces, runs)
     assert err == ref_err
     assert got == ref[: len(got)]
     if not err:
@@ -305,6 +341,51 @@ def test_arbitrary_bytes_only_protocol_errors(data: st.DataObject, blob: bytes) 
 @given(data=st.data(), blob=mutated_streams())
 def test_mutated_streams_only_protocol_errors(data: st.DataObject, blob: bytes) -> None:
     check_chunking_does_not_matter(blob, data.draw(pieces_of(blob)))
+
+
+# Streams that repeat their operations, so that the parser's fast path (control lines it
+# has seen before, taken from a buffer split at every CRLF) runs on most messages.
+repeated_streams = st.tuples(streams, st.integers(2, 5)).map(lambda t: t[0] * t[1])
+
+
+@fuzz()
+@given(ops=repeated_streams, data=st.data())
+def test_any_split_of_repeated_streams_feed_runs_gives_the_same_events(
+    ops: list[tuple[bytes, Any]], data: st.DataObject
+) -> None:
+    wire = b"".join(w for w, _ in ops)
+    expected = [e for _, e in ops]
+    p = runs_parser()
+    assert feed_runs_flat(p, wire) == expected
+    assert p.buffered == 0
+    p = runs_parser()
+    got: list[Any] = []
+    for piece in data.draw(pieces_of(wire)):
+        got += feed_runs_flat(p, piece)
+    assert got == expected
+    assert p.buffered == 0
+
+
+@st.composite
+def mutated_repeated_streams(draw: st.DrawFn) -> bytes:
+    """A repeated valid stream with one to three bytes damaged, inserted or cut."""
+    data = bytearray(b"".join(w for w, _ in draw(repeated_streams)))
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(data)))
+        kind = draw(st.sampled_from(["set", "insert", "delete"]))
+        if kind == "set" and i < len(data):
+            data[i] = draw(st.sampled_from(b"\r\n 0912Mx\x00"))
+        elif kind == "insert":
+            data[i:i] = draw(st.sampled_from(_INTERESTING))
+        else:
+            del data[i : i + draw(st.integers(1, 4))]
+    return bytes(data)
+
+
+@fuzz()
+@given(data=st.data(), blob=st.one_of(mutated_streams(), mutated_repeated_streams()))
+def test_mutated_streams_feed_runs_only_protocol_errors(data: st.DataObject, blob: bytes) -> None:
+    check_chunking_does_not_matter(blob, data.draw(pieces_of(blob)), runs=True)
 
 
 @fuzz()

@@ -19,6 +19,7 @@ from natsync.protocol import (
     PONG_CMD,
     Err,
     Info,
+    MsgRun,
     Parser,
     encode_connect,
     encode_pub,
@@ -207,6 +208,78 @@ def test_custom_make_msg() -> None:
     wire = b"MSG a 1 r 1\r\nx\r\nHMSG b 2 18 18\r\n" + HDR + b"\r\nPING\r\n"
     assert p.feed(wire) == ["msg1", "msg2", PING]
     assert calls == [("a", 1, "r", None, b"x"), ("b", 2, None, HDR, b"")]
+
+
+class SlotMsg:
+    __slots__ = ("_client", "subject", "sid", "reply", "_hdr", "_headers", "data")
+
+
+def _flat(events: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for ev in events:
+        out += ev.msgs if type(ev) is MsgRun else [ev]
+    return out
+
+
+def test_msg_type_builds_messages_without_make_msg() -> None:
+    owner = object()
+    p = Parser(msg_type=SlotMsg, owner=owner)
+    wire = b"MSG a 1 r 1\r\nx\r\nHMSG b 2 18 20\r\n" + HDR + b"yz\r\nPING\r\n"
+    m1, m2, ping = _flat(p.feed_runs(wire))
+    assert ping is PING
+    for m in (m1, m2):
+        assert type(m) is SlotMsg and m._client is owner and m._headers is None
+    assert (m1.subject, m1.sid, m1.reply, m1._hdr, m1.data) == ("a", 1, "r", None, b"x")
+    assert (m2.subject, m2.sid, m2.reply, m2._hdr, m2.data) == ("b", 2, None, HDR, b"yz")
+
+
+def test_feed_runs_groups_consecutive_messages_of_one_sid() -> None:
+    p = Parser(msg_type=SlotMsg)
+    one = b"MSG a 1 2\r\nhi\r\n"
+    two = b"MSG b 2 3\r\nyou\r\n"
+    p.feed_runs(one + two)  # first sight of each line: parsed and remembered
+    events = p.feed_runs(one * 3 + two * 2 + b"PING\r\n" + one + b"MSG a 1 r 2\r\nhi\r\n" + one)
+    shape = [(ev.sid, len(ev.msgs), ev.nbytes) if type(ev) is MsgRun else ev for ev in events]
+    assert shape[:4] == [(1, 3, 6), (2, 2, 6), PING, (1, 1, 2)]
+    rest = _flat(events[4:])
+    assert [(m.sid, m.reply, m.data) for m in rest] == [(1, "r", b"hi"), (1, None, b"hi")]
+    # feed() gives the same messages one by one
+    flat = Parser().feed(one * 3 + two * 2)
+    assert flat == [("a", 1, None, None, b"hi")] * 3 + [("b", 2, None, None, b"you")] * 2
+
+
+def test_known_line_with_crlf_in_payload_and_lying_size() -> None:
+    p = Parser()
+    wire = b"MSG a 1 4\r\na\r\nb\r\n"
+    assert p.feed(wire * 3) == [("a", 1, None, None, b"a\r\nb")] * 3
+    assert p.feed(b"MSG a 1 4\r\nabcd\r\n" * 2) == [("a", 1, None, None, b"abcd")] * 2
+    with pytest.raises(ProtocolError, match="size field lied"):
+        p.feed(b"MSG a 1 4\r\nabcde\r\n")
+    p = Parser()
+    p.feed(b"MSG a 1 2\r\nhi\r\n")
+    with pytest.raises(ProtocolError, match="size field lied"):
+        p.feed(b"MSG a 1 2\r\nhi!\r\nPING\r\n")
+
+
+def test_known_line_cut_anywhere() -> None:
+    # The last part of a split buffer is not followed by CRLF: never taken as a payload.
+    one = b"MSG a 1 2\r\nhi\r\n"
+    wire = one * 4
+    for cut in range(len(wire) + 1):
+        p = Parser()
+        p.feed(one)
+        got = p.feed(wire[:cut]) + p.feed(wire[cut:])
+        assert got == [("a", 1, None, None, b"hi")] * 4, cut
+        assert p.buffered == 0
+
+
+def test_many_distinct_lines_and_a_large_buffer() -> None:
+    # more distinct lines than the parser remembers, then a buffer too large to split
+    wire = b"".join(b"MSG s.%d %d 1\r\nx\r\n" % (i, i) for i in range(600))
+    assert [e[1] for e in Parser().feed(wire * 2)] == list(range(600)) * 2
+    big = b"MSG a 1 300000\r\n" + b"z\r\n" * 100000 + b"\r\n" + b"MSG a 1 1\r\nx\r\n" * 3
+    events = Parser().feed(big)
+    assert len(events) == 4 and events[0][4] == b"z\r\n" * 100000 and events[3][4] == b"x"
 
 
 def test_invalid_utf8_subject_is_decoded_with_replacement() -> None:

@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""CPU instructions per message of natsync's hot paths, counted by valgrind (callgrind).
+
+Every natsync thread shares one GIL, so the instructions a message costs in the whole
+process bound the throughput. This script runs a scenario twice under
+``valgrind --tool=callgrind`` (with N and 2N messages) and prints the difference divided
+by N: what one more message costs, every thread included, the fixed costs (start-up,
+connect, close) cancelled out.
+
+Scenarios (both against a tiny scripted server in this process, no nats-server needed,
+so no network timing enters the count):
+
+* ``reader``: the server sends N ``MSG`` lines of 16 B to a callback subscription; counts
+  everything from the socket to the callback (read, parse, ``Msg``, routing, queueing,
+  delivery thread, the callback call).
+* ``publish``: N ``publish()`` calls of 16 B then one ``flush()``; counts the call and
+  the writer that sends the bytes.
+
+Usage::
+
+    python bench/cost.py                       # both scenarios, N = 20000
+    python bench/cost.py reader --count 50000
+    python bench/cost.py reader --run 1000     # one plain run, no valgrind (a smoke test)
+
+valgrind serialises threads, so batches are larger than on a real machine; the numbers
+are for comparing versions of natsync, not absolute speeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import natsync  # noqa: E402
+
+SUBJECT = "bench.cost"
+PAYLOAD = b"x" * 16
+INFO = (
+    b'INFO {"server_id":"COST","server_name":"cost","version":"2.10.0","proto":1,'
+    b'"headers":true,"max_payload":1048576,"host":"127.0.0.1","port":4222}\r\n'
+)
+
+
+class _Server:
+    """Accepts one client; answers PINGs; after the first SUB's PING sends *count* MSGs."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(1)
+        self.port = self.lsock.getsockname()[1]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        conn, _ = self.lsock.accept()
+        self.lsock.close()
+        conn.sendall(INFO)
+        sid = None
+        sent = False
+        tail = b""
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(1 << 20)
+                except OSError:
+                    return
+                if not data:
+                    return
+                data = tail + data
+                tail = data[-5:]
+                if sid is None and b"SUB " in data:
+                    m = re.search(rb"SUB \S+ (\d+)\r\n", data)
+                    if m:
+                        sid = int(m.group(1))
+                for _ in range(data.count(b"PING\r\n") - tail.count(b"PING\r\n")):
+                    conn.sendall(b"PONG\r\n")
+                    if sid is not None and not sent and self.count:
+                        sent = True
+                        one = b"MSG %s %d %d\r\n%s\r\n" % (SUBJECT.encode(), sid, len(PAYLOAD), PAYLOAD)
+                        conn.sendall(one * self.count)
+
+
+def run_reader(count: int) -> None:
+    srv = _Server(count)
+    done = threading.Event()
+    got = 0
+
+    def cb(msg: natsync.Msg) -> None:
+        nonlocal got
+        got += 1
+        if got == count:
+            done.set()
+
+    nc = natsync.connect(f"nats://127.0.0.1:{srv.port}", ping_interval=0)
+    nc.subscribe(SUBJECT, cb=cb, pending_msgs_limit=None, pending_bytes_limit=None)
+    nc.flush()
+    if not done.wait(600):
+        raise SystemExit(f"reader: only {got} of {count} messages arrived")
+    nc.close()
+    srv.thread.join(10)
+
+
+def run_publish(count: int) -> None:
+    srv = _Server(0)
+    nc = natsync.connect(f"nats://127.0.0.1:{srv.port}", ping_interval=0)
+    nc.flush()
+    publish = nc.publish
+    for _ in range(count):
+        publish(SUBJECT, PAYLOAD)
+    nc.flush(timeout=600)
+    nc.close()
+    srv.thread.join(10)
+
+
+SCENARIOS = {"reader": run_reader, "publish": run_publish}
+
+
+def _instructions(scenario: str, count: int) -> int:
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "callgrind.out")
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            __file__,
+            scenario,
+            "--run",
+            str(count),
+        ]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for line in Path(out).read_text().splitlines():
+            if line.startswith("summary:") or line.startswith("totals:"):
+                return int(line.split()[1])
+    raise RuntimeError("no instruction total in the callgrind output")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("scenario", nargs="*", help="reader, publish (default: both)")
+    ap.add_argument("--count", type=int, default=20_000, help="N (default 20000)")
+    ap.add_argument("--run", type=int, metavar="N", help="run the scenario once with N messages, no valgrind")
+    args = ap.parse_args(argv)
+    names = args.scenario or list(SCENARIOS)
+    for name in names:
+        if name not in SCENARIOS:
+            ap.error(f"unknown scenario {name!r}: choose from {', '.join(SCENARIOS)}")
+    if args.run is not None:
+        for name in names:
+            SCENARIOS[name](args.run)
+        return 0
+    if shutil.which("valgrind") is None:
+        ap.error("valgrind is not installed (apt-get install valgrind)")
+    for name in names:
+        a = _instructions(name, args.count)
+        b = _instructions(name, 2 * args.count)
+        print(f"{name:8} {(b - a) / args.count:10,.0f} instructions/message  (N={args.count:,})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The request mux: many requests share one wildcard inbox subscription.
+
+``request()`` registers a :class:`Waiter` under a token, publishes with reply subject
+``<prefix><token>`` and waits on its own deadline. The reader thread hands every message
+of the inbox subscription to :meth:`RequestMux.on_response`, which fills the waiter.
+
+Threads and locks: ``register`` and ``forget`` run on the requesting threads,
+``on_response`` on the reader thread, ``fail_all`` on the closing thread. The map is a
+dict whose single-key operations are atomic under the GIL; a :class:`Waiter` is filled
+once (the first setter wins) and never runs user code. No lock of the client is taken
+here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any
+
+from .msg import Msg
+
+__all__ = ["RequestMux", "Waiter"]
+
+
+class Waiter:
+    """A one-shot slot that a thread waits on and another fills (flush, request)."""
+
+    __slots__ = ("_lock", "_once", "value", "error")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._once = itertools.count()  # next() is atomic: only the first setter wins
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        """Fill the slot and wake the waiter; later calls do nothing."""
+        if next(self._once):
+            return
+        self.value = value
+        self.error = error
+        self._lock.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until filled or *timeout* seconds; True when filled."""
+        if timeout is None:
+            return self._lock.acquire()
+        return self._lock.acquire(timeout=max(timeout, 0.0))
+
+
+class RequestMux:
+    """Tokens of requests in flight, and their waiters."""
+
+    __slots__ = ("prefix", "_map", "_counter")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix  # "<inbox_prefix>.<nuid>." ; the subscription is prefix + "*"
+        self._map: dict[str, Waiter] = {}
+        self._counter = itertools.count(1)
+
+    def register(self) -> tuple[str, Waiter]:
+        """A new reply subject and the waiter its response fills."""
+        token = str(next(self._counter))
+        w = Waiter()
+        self._map[token] = w
+        return self.prefix + token, w
+
+    def forget(self, reply: str) -> None:
+        """The request is over (answered, timed out or failed)."""
+        self._map.pop(reply[len(self.prefix) :], None)
+
+    def on_response(self, msg: Msg) -> None:
+        """A message on the inbox subscription (reader thread)."""
+        w = self._map.pop(msg.subject[len(self.prefix) :], None)
+        if w is not None:
+            w.set(msg)
+
+    def fail_all(self, error: BaseException) -> None:
+        """Wake every request in flight with *error* (close)."""
+        waiters = list(self._map.values())
+        self._map.clear()
+        for w in waiters:
+            w.set(None, error)

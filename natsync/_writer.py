@@ -1,0 +1,190 @@
+"""The writer: the one thread that writes to a connection's socket, with a deadline.
+
+Everybody else only appends protocol bytes to :attr:`Writer.buf` (under the client's
+lock) and then either :meth:`kick`\\ s the writer or calls :meth:`send_soon`, which
+hands the bytes to the kernel from the calling thread when that cannot block (nobody
+else is writing, plain TCP, and the socket takes them at once) and kicks the writer for
+whatever is left. So no caller ever waits on the socket: a caller with a timeout waits
+on its own deadline (a PONG, a reply), whatever the peer does.
+
+The writer thread is started on the first kick, not on connect: a client that only
+connects, flushes and closes never starts it. It writes with a deadline
+(``flusher_timeout``): when the peer takes no byte for that long the write fails, the
+owner breaks the connection, and the reconnect starts.
+
+Threads and locks:
+
+* ``lock`` is the client's lock: it guards ``buf`` (and the client's state). Held for
+  appends and swaps only, never across a socket call.
+* ``_send_lock`` is held by whoever writes to the socket (the writer thread, a caller in
+  :meth:`send_soon` (which only tries it), the closing thread's final flush). Order:
+  ``_send_lock`` before ``lock``.
+* The owner interface (:class:`WriterOwner`): ``_writable()`` (called with ``lock`` held)
+  returns the transport to write to, or None when not connected; ``_write_failed()``
+  (called without locks) breaks the connection. No user code runs here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Protocol
+
+from .transport import Transport
+
+__all__ = ["Writer", "WriterOwner"]
+
+
+class WriterOwner(Protocol):
+    """What the writer needs from its client."""
+
+    def _writable(self) -> Transport | None: ...
+
+    def _write_failed(self, transport: Transport, err: OSError) -> None: ...
+
+
+class _StartOnSet:
+    """Stands in for the writer's event until the thread runs: the first ``set()``
+    (a kick) starts the thread. Keeps the publish fast path free of a "started?" test."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+
+    def set(self) -> None:
+        self._writer._start()
+
+
+class Writer:
+    """The write side of one client: a buffer and the thread that sends it."""
+
+    def __init__(self, owner: WriterOwner, lock: threading.Lock, stall: float, name: str) -> None:
+        self.buf = bytearray()
+        self.kicked = False  # a kick is pending (set by callers, cleared by the writer)
+        self.event: threading.Event | _StartOnSet = _StartOnSet(self)
+        self.stall = stall
+        self._owner = owner
+        self._lock = lock
+        self.idle = threading.Condition(lock)  # notified after each batch is written
+        self._send_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._name = name
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self.busy = False  # a batch is being written (changed under lock)
+
+    # --- callers -------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Have the writer send what is buffered, soon. Never blocks."""
+        if not self.kicked:
+            self.kicked = True
+            self.event.set()
+
+    def send_soon(self) -> None:
+        """Send what is buffered from this thread if that cannot block; else kick."""
+        if not self._send_lock.acquire(blocking=False):
+            self.kick()  # the writer is at it; it looks at the buffer again when done
+            return
+        left = False
+        try:
+            with self._lock:
+                t = self._owner._writable()
+                if t is None or not self.buf or t.tls:
+                    left = bool(self.buf) and t is not None
+                    data = None
+                else:
+                    data = self.buf
+                    self.buf = bytearray()
+            if data is not None:
+                try:
+                    n = t.try_send(data) if t is not None else 0
+                except OSError as e:
+                    if t is not None:
+                        self._owner._write_failed(t, e)
+                    return
+                if n < len(data):
+                    with self._lock:
+                        if self._owner._writable() is t:  # still the same connection
+                            self.buf[0:0] = memoryview(data)[n:]
+                            left = True
+        finally:
+            self._send_lock.release()
+        if left:
+            self.kick()
+
+    # --- the writer thread ---------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None or self._stopped:
+                return
+            ev = threading.Event()
+            self.event = ev
+            t = threading.Thread(target=self._run, args=(ev,), name=self._name, daemon=True)
+            self._thread = t
+            t.start()
+            ev.set()
+
+    def _run(self, ev: threading.Event) -> None:
+        while True:
+            ev.wait()
+            ev.clear()
+            self.kicked = False
+            if self._stopped:
+                return
+            self.write_pending(None)
+
+    def write_pending(self, deadline: float | None) -> bool:
+        """Write what is buffered until the buffer is empty (writer thread, or the
+        closing thread's final flush with a *deadline*). False when it gave up."""
+        if deadline is None:
+            self._send_lock.acquire()
+        elif not self._send_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            return False
+        try:
+            while True:
+                with self._lock:
+                    t = self._owner._writable()
+                    if t is None or not self.buf:
+                        self.busy = False
+                        self.idle.notify_all()
+                        return True
+                    data = self.buf
+                    self.buf = bytearray()
+                    self.busy = True
+                    self.idle.notify_all()  # publishers waiting for room
+                try:
+                    t.write(data, self.stall, deadline)
+                except OSError as e:
+                    with self._lock:
+                        self.busy = False
+                        self.idle.notify_all()
+                    self._owner._write_failed(t, e)
+                    return False
+        finally:
+            self._send_lock.release()
+
+    def wait_room(self, limit: int, deadline: float) -> None:
+        """Back-pressure: wait (until *deadline*) while more than *limit* bytes wait to
+        be written to a live connection. Called without locks."""
+        with self._lock:
+            while len(self.buf) > limit and self._owner._writable() is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self.idle.wait(left)
+
+    def stop(self, deadline: float) -> None:
+        """End the writer thread (after the connection was shut down) and join it."""
+        with self._start_lock:
+            self._stopped = True
+            t = self._thread
+        self.event.set()
+        if t is not None and t is not threading.current_thread():
+            t.join(max(deadline - time.monotonic(), 0.0))
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
