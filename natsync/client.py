@@ -69,7 +69,7 @@ from .errors import (
 )
 from .headers import HeadersInput, encode_headers
 from .msg import Msg
-from .nuid import next_nuid
+from .nuid import next_nuid, reseed_nuid
 from .protocol import OK, PING, PONG, Err, Info, Parser
 from .servers import Server, ServerPool, parse_servers
 from .subscription import MsgHandler, Subscription
@@ -89,6 +89,7 @@ RECONNECTING: Final = 3
 DRAINING_SUBS: Final = 4
 DRAINING_PUBS: Final = 5
 CLOSED: Final = 6
+LAZY: Final = 7  # connect(lazy=True) and not used yet: the first use connects
 
 _STATE_NAMES = {
     DISCONNECTED: "disconnected",
@@ -98,6 +99,7 @@ _STATE_NAMES = {
     DRAINING_SUBS: "draining",
     DRAINING_PUBS: "draining",
     CLOSED: "closed",
+    LAZY: "lazy",
 }
 
 _READ_SIZE: Final = 256 * 1024
@@ -240,6 +242,7 @@ _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    reseed_nuid()  # before any client makes a new inbox prefix
     for c in list(_live_clients):
         c._forked()
 
@@ -298,6 +301,9 @@ class Client:
         self._errors_received = 0
         self._pending_size = 0  # bytes buffered while not connected
         self._client_id: int | None = None
+        self._lazy = False
+        self._lazy_lock = threading.Lock()  # one first-use connect at a time
+        self._server_list: list[Server] = []
         _live_clients.add(self)
 
     # --- connecting ----------------------------------------------------------------------
@@ -343,6 +349,7 @@ class Client:
         closed_cb: Callable[[], Any] | None = None,
         discovered_server_cb: Callable[[], Any] | None = None,
         lame_duck_mode_cb: Callable[[], Any] | None = None,
+        lazy: bool = False,
     ) -> Client:
         """Connect to the first reachable server of *servers*; return this client.
 
@@ -350,6 +357,12 @@ class Client:
         socket is opened), :class:`AuthorizationError` when a server rejects the
         credentials, :class:`NoServersError` when no server could be reached (unless
         ``retry_on_failed_connect``).
+
+        With ``lazy=True`` the options are checked now but nothing is opened: the first
+        call that needs the connection (``publish``, ``subscribe``, ``request``,
+        ``flush``, ``rtt``, ``drain``) connects, once, however many threads make it at
+        the same time, and raises what ``connect()`` would raise. In a forked child the
+        first use opens the child's own connection. See the README, "Lazy client".
         """
         self._check_fork()
         if self._state != DISCONNECTED:
@@ -439,9 +452,27 @@ class Client:
         check_credentials(creds, server_list)
         o.creds = creds
         self._opts = o
+        self._server_list = server_list
         self._pool = ServerPool(server_list, randomize=not o.dont_randomize)
         self._resp_prefix = f"{inbox_prefix}.{next_nuid()}."
+        if lazy:
+            self._lazy = True
+            with self._lock:
+                self._state = LAZY
+            return self
+        return self._connect_now()
 
+    def _ensure_connected(self) -> None:
+        """First use of a lazy client: connect now, exactly once across threads."""
+        self._check_fork()
+        with self._lazy_lock:
+            if self._state == LAZY:
+                self._connect_now()
+
+    def _connect_now(self) -> Client:
+        """Try every server once; start the threads on success (the body of connect())."""
+        o = self._opts
+        assert o is not None and self._pool is not None
         self._state = CONNECTING
         errors: list[tuple[Server, BaseException]] = []
         for srv in self._pool.first_pass():
@@ -475,6 +506,15 @@ class Client:
         raise NoServersError(f"could not connect to any server ({detail})")
 
     def _shutdown_threads_after_failed_connect(self) -> None:
+        if self._lazy:
+            # a lazy client tries again on its next use
+            self._events.stop(_USER_THREAD_JOIN)
+            self._events = EventDispatcher("natsync-events")
+            self._initial_connect = True
+            with self._lock:
+                self._state = LAZY
+                self._state_cond.notify_all()
+            return
         with self._lock:
             self._state = CLOSED
             self._state_cond.notify_all()
@@ -1028,22 +1068,11 @@ class Client:
                     f"payload of {size} bytes is over the server's max_payload of {self._max_payload} bytes: "
                     "send less, or raise max_payload in the server config"
                 )
-            with self._lock:
-                if self._state != CONNECTED:
-                    self._check_publish_state(len(prefix) + size + 16)
-                buf = self._wbuf
-                buf += prefix
-                line = _SIZE_LINES.get(size)
-                if line is None:
-                    line = b"%d\r\n" % size
-                    if size < 65536:
-                        _SIZE_LINES[size] = line
-                buf += line
-                buf += payload
-                buf += b"\r\n"
-                self._out_msgs += 1
-                self._out_bytes += size
-                big = len(buf) > _FLUSH_THRESHOLD
+            line = _SIZE_LINES.get(size)
+            if line is None:
+                line = b"%d\r\n" % size
+                if size < 65536:
+                    _SIZE_LINES[size] = line
         else:
             hl = len(hdr)
             if hl + size > self._max_payload:
@@ -1051,18 +1080,24 @@ class Client:
                     f"payload of {size} bytes plus {hl} bytes of headers is over the server's max_payload "
                     f"of {self._max_payload} bytes: send less, or raise max_payload in the server config"
                 )
-            with self._lock:
-                if self._state != CONNECTED:
-                    self._check_publish_state(len(prefix) + hl + size + 24)
-                buf = self._wbuf
-                buf += prefix
-                buf += b"%d %d\r\n" % (hl, hl + size)
-                buf += hdr
-                buf += payload
-                buf += b"\r\n"
-                self._out_msgs += 1
-                self._out_bytes += size
-                big = len(buf) > _FLUSH_THRESHOLD
+            line = b"%d %d\r\n" % (hl, hl + size)
+            prefix += line
+            line = hdr
+        lock = self._lock
+        lock.acquire()
+        if self._state != CONNECTED:
+            lock.release()
+            self._publish_slow(prefix, line, payload)
+            return
+        buf = self._wbuf
+        buf += prefix
+        buf += line
+        buf += payload
+        buf += b"\r\n"
+        self._out_msgs += 1
+        self._out_bytes += size
+        big = len(buf) > _FLUSH_THRESHOLD
+        lock.release()
         if big:
             self._send_buffer()
         elif _kick and not self._flush_kicked:
@@ -1071,6 +1106,24 @@ class Client:
             # thread switch on the latency path.
             self._flush_kicked = True
             self._flush_event.set()
+
+    def _publish_slow(self, prefix: bytes, line: bytes, payload: bytes) -> None:
+        """publish() when not CONNECTED: connect a lazy client, buffer while
+        reconnecting (charging the wire bytes to ``reconnect_buffer_size``), refuse when
+        closed or in the last phase of a drain."""
+        if self._state == LAZY:
+            self._ensure_connected()
+        with self._lock:
+            if self._state != CONNECTED:
+                self._check_publish_state(len(prefix) + len(line) + len(payload) + 2)
+            buf = self._wbuf
+            buf += prefix
+            buf += line
+            buf += payload
+            buf += b"\r\n"
+            self._out_msgs += 1
+            self._out_bytes += len(payload)
+        self._kick()
 
     def _slow_prefix(
         self, subject: str, reply: str | None, headers: HeadersInput | None
@@ -1096,7 +1149,7 @@ class Client:
         st = self._state
         if st == DRAINING_SUBS:
             return
-        if st == CLOSED or st == DISCONNECTED:
+        if st == CLOSED or st == DISCONNECTED or st == LAZY:
             raise self._closed_error()
         if st == DRAINING_PUBS:
             raise ConnectionDrainingError("connection is draining its final publishes: publish refused")
@@ -1123,11 +1176,13 @@ class Client:
         elif timeout <= 0:
             raise ValueError("flush timeout must be > 0")
         deadline = time.monotonic() + timeout
+        if self._state == LAZY:
+            self._ensure_connected()
         while True:
             w = _Waiter()
             with self._lock:
                 st = self._state
-                if st in (CLOSED, DISCONNECTED):
+                if st in (CLOSED, DISCONNECTED, LAZY):
                     raise self._closed_error()
                 if st in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS):
                     self._wbuf += protocol.PING_CMD
@@ -1186,13 +1241,15 @@ class Client:
         o = self._opts
         if o is None:
             raise self._closed_error()
+        if self._state == LAZY:
+            self._ensure_connected()
         pm = o.pending_msgs_limit if isinstance(pending_msgs_limit, _Default) else pending_msgs_limit
         pb = o.pending_bytes_limit if isinstance(pending_bytes_limit, _Default) else pending_bytes_limit
         _check_number("pending_msgs_limit", pm, gt=0, allow_none=True, integer=True)
         _check_number("pending_bytes_limit", pb, gt=0, allow_none=True, integer=True)
         with self._lock:
             st = self._state
-            if st in (CLOSED, DISCONNECTED):
+            if st in (CLOSED, DISCONNECTED, LAZY):
                 raise self._closed_error()
             if st in (DRAINING_SUBS, DRAINING_PUBS):
                 raise ConnectionDrainingError("connection is draining: subscribe refused")
@@ -1303,6 +1360,18 @@ class Client:
         """
         if timeout is None or timeout <= 0:
             raise ValueError("request timeout must be > 0")
+        st = self._state
+        if st != CONNECTED:
+            if st == LAZY:
+                self._ensure_connected()
+                st = self._state
+            if st in (RECONNECTING, CONNECTING):
+                # nothing could answer before the connection is back: say so now rather
+                # than after the whole timeout
+                raise TimeoutError(
+                    f"request on {subject!r} not sent: the client is not connected (reconnecting "
+                    f"to {self._server_name()}); retry when it is connected"
+                )
         if self._resp_sub is None:
             self._init_resp_sub()
         token = str(next(self._resp_counter))
@@ -1329,7 +1398,7 @@ class Client:
             if self._resp_sub is not None:
                 return
             st = self._state
-            if st in (CLOSED, DISCONNECTED):
+            if st in (CLOSED, DISCONNECTED, LAZY):
                 raise self._closed_error()
             sid = next(self._sid_counter)
             sub = Subscription(self, sid, self._resp_prefix + "*", None, None, None, None)
@@ -1359,6 +1428,8 @@ class Client:
         if timeout is None:
             timeout = o.drain_timeout
         deadline = time.monotonic() + timeout
+        if self._state == LAZY and self._close_lazy():
+            return  # never connected: nothing to drain
         with self._lock:
             st = self._state
             if st in (CLOSED, DISCONNECTED):
@@ -1409,7 +1480,25 @@ class Client:
             with self._lock:
                 self._state = CLOSED
             return
+        if self._state == LAZY and self._close_lazy():
+            return
         self._close(None, from_reader=False)
+
+    def _close_lazy(self) -> bool:
+        """Close a lazy client that never connected (no I/O). False if it connected meanwhile."""
+        with self._lazy_lock:
+            with self._lock:
+                if self._state != LAZY:
+                    return False
+                self._state = CLOSED
+                self._state_cond.notify_all()
+        self._close_event.set()
+        _live_clients.discard(self)
+        o = self._opts
+        if o is not None:
+            self._post_cb(o.closed_cb)
+        self._events.stop(_USER_THREAD_JOIN)
+        return True
 
     def _close(self, reason: NatsError | None, from_reader: bool) -> None:
         o = self._opts
@@ -1419,6 +1508,7 @@ class Client:
             was_connected = self._state in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS)
             self._state = CLOSED
             self._closed_reason = reason
+            self._client_id = None
             transport = self._transport
             dialing = self._dialing
             self._state_cond.notify_all()
@@ -1503,6 +1593,8 @@ class Client:
         reason = getattr(self, "_closed_reason", None)
         if self._state == DISCONNECTED:
             return ConnectionClosedError("not connected: call connect() first")
+        if self._state == LAZY:
+            return ConnectionClosedError("not connected yet (lazy client): a later call will connect")
         if reason is not None:
             return ConnectionClosedError(
                 f"connection closed ({reason}): create a new client with natsync.connect()"
@@ -1514,34 +1606,76 @@ class Client:
             raise ConnectionClosedError(self._fork_error)
 
     def _forked(self) -> None:
-        """In a forked child: this copy must never touch the parent's socket."""
-        pid = self._pid
-        self._fork_error = (
-            f"this client was created in process {pid}; connect again in the child (process {os.getpid()})"
-        )
+        """In a forked child: this copy must never touch the parent's socket.
+
+        Every lock copied from the parent is replaced, never acquired: a thread of the
+        parent may have held it at the fork, and that thread does not exist here. A lazy
+        client goes back to "not connected yet", so that its next use connects the
+        child; any other client is closed for good, with an error that says why.
+        """
+        parent = self._pid
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
+        self._lazy_lock = threading.Lock()
         self._state_cond = threading.Condition(self._lock)
-        self._state = CLOSED
+        was_closed = self._state == CLOSED
         for t in (self._transport, self._dialing):
             if t is not None:
                 t.detach_without_shutdown()
         self._transport = None
         self._dialing = None
+        self._parser = None
         self._threads = []
         self._wbuf = bytearray()
+        self._pending_size = 0
         self._events = EventDispatcher("natsync-events")
-        # locks copied from the parent may be held by threads that do not exist here
-        self._close_event = threading.Event()
-        self._close_event.set()
-        closed = ConnectionClosedError(self._fork_error)
+        self._flush_event = threading.Event()
+        self._flush_kicked = False
+        lazy = self._lazy and not was_closed
+        if lazy:
+            self._fork_error = None
+            closed = ConnectionClosedError(
+                f"subscription made in process {parent} before os.fork(): it does not exist in the "
+                f"forked child (process {self._pid}); subscribe again in the child"
+            )
+        else:
+            self._fork_error = (
+                f"this client was created in process {parent} and cannot be used after os.fork() "
+                f"in the forked child (process {self._pid}): connect again in the child with a new client, "
+                "or create the client with connect(..., lazy=True) so that it connects on first use"
+            )
+            closed = ConnectionClosedError(self._fork_error)
         for sub in list(self._subs.values()):
-            sub._cond = threading.Condition(threading.Lock())
-            sub._thread = None
-            sub._end(closed, discard=True)  # what is pending belongs to the parent
+            sub._after_fork(closed)  # what is pending belongs to the parent
         self._subs.clear()
         self._pongs.clear()
         self._resp_map.clear()
+        self._resp_sub = None
+        self._pings_out = 0
+        self._client_id = None
+        self._server_info = {}
+        if not lazy:
+            self._state = CLOSED
+            self._close_event = threading.Event()
+            self._close_event.set()
+            return
+        o = self._opts
+        assert o is not None
+        self._close_event = threading.Event()
+        self._initial_connect = True
+        self._disconnect_reason = None
+        self._reason_reported = False
+        self._closed_reason = None
+        self._in_msgs = self._in_bytes = self._out_msgs = self._out_bytes = 0
+        self._reconnects = self._errors_received = 0
+        for srv in self._server_list:
+            srv.reconnects = 0
+            srv.last_error = None
+            srv.did_connect = False
+        self._pool = ServerPool(self._server_list, randomize=not o.dont_randomize)
+        self._resp_prefix = f"{o.inbox_prefix}.{next_nuid()}."  # the NUID was reseeded first
+        self._state = LAZY
 
     def __enter__(self) -> Client:
         return self

@@ -6,10 +6,11 @@ sequence runs out, followed by a 10-character sequence that grows by a random st
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 
-__all__ = ["NUID", "next_nuid"]
+__all__ = ["NUID", "next_nuid", "reseed_nuid"]
 
 _DIGITS = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BASE = 62
@@ -58,3 +59,18 @@ _global = NUID()
 def next_nuid() -> str:
     """Return a new unique id from the process-wide generator."""
     return _global.next()
+
+
+def reseed_nuid() -> None:
+    """Give the process-wide generator a new lock and a new random state.
+
+    Called in a forked child (before anything else makes an id): without it, parent and
+    child would hand out the same inbox prefixes and replies would cross between them.
+    The lock is replaced, never acquired: the parent may have held it at the fork.
+    """
+    _global._lock = threading.Lock()
+    _global._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=reseed_nuid)

@@ -167,6 +167,14 @@ class Subscription:
         if self._thread is None and not self._queue:
             self._done.set()
 
+    def _after_fork(self, error: NatsError) -> None:
+        """In a forked child: end this copy of a parent's subscription without touching
+        anything the parent's threads may have held (locks are replaced, not acquired)."""
+        self._cond = threading.Condition(threading.Lock())
+        self._done = threading.Event()
+        self._thread = None
+        self._end(error, discard=True)
+
     # --- consumer side -------------------------------------------------------------------
 
     def _wait(self, deadline: float | None) -> bool:

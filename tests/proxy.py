@@ -9,6 +9,13 @@ every connection it accepts to the target.  Faults:
   closing anything, for current and new connections alike: the peers see a half-open
   connection.  ``blackhole(False)`` resumes forwarding (bytes held in the kernel
   buffers meanwhile are delivered then).
+* :meth:`TCPProxy.stall_client` (True) stops reading from the clients of the current
+  connections while still forwarding what the server sends them: a peer that stopped
+  reading.  Once the kernel buffers fill, the client's writes block.  Connections made
+  afterwards are not stalled (a client that reconnects gets through).  Pass
+  ``client_rcvbuf`` (bytes) to make the buffers fill after little data.
+* :meth:`TCPProxy.refuse` (True) accepts new connections and closes them at once (the
+  server looks down to a reconnecting client); current connections are not touched.
 
 Everything is bounded: every socket call and wait has a timeout, and :meth:`stop`
 joins every thread.  Thread names start with ``proxy-`` (never ``natsync``, so the
@@ -40,6 +47,7 @@ class _Pipe:
         self.client = client
         self.upstream = upstream
         self._closing = threading.Event()
+        self.stalled = threading.Event()  # stop reading from the client
         self.thread = threading.Thread(target=self._run, name=f"proxy-pipe-{index}", daemon=True)
 
     def close(self) -> None:
@@ -58,11 +66,19 @@ class _Pipe:
             for s in peer:
                 s.settimeout(_SEND_TIMEOUT)
                 sel.register(s, selectors.EVENT_READ)
+            reading_client = True
             while not self._closing.is_set():
                 if self._proxy._blackholed.is_set():
                     # hold everything: read nothing, write nothing, close nothing
                     self._closing.wait(_POLL)
                     continue
+                if self.stalled.is_set() == reading_client:
+                    # stall_client(): stop (or resume) reading what the client sends
+                    reading_client = not reading_client
+                    if reading_client:
+                        sel.register(self.client, selectors.EVENT_READ)
+                    else:
+                        sel.unregister(self.client)
                 for key, _ in sel.select(_POLL):
                     src: socket.socket = key.fileobj  # type: ignore[assignment]
                     data = src.recv(_CHUNK)
@@ -88,11 +104,21 @@ class TCPProxy:
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
-    def __init__(self, target_host: str, target_port: int, *, connect_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        connect_timeout: float = 2.0,
+        client_rcvbuf: int | None = None,
+    ) -> None:
         self.target = (target_host, target_port)
         self._connect_timeout = connect_timeout
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if client_rcvbuf is not None:
+            # set before listen(): accepted sockets inherit it (and its window scale)
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, client_rcvbuf)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
         self._listener.settimeout(_POLL)
@@ -102,6 +128,7 @@ class TCPProxy:
         self._threads: list[threading.Thread] = []  # pump threads, pruned as they end
         self._stopping = threading.Event()
         self._blackholed = threading.Event()
+        self._refusing = threading.Event()
         self._counter = itertools.count(1)
         self.accepted = 0  # connections accepted in all
         self._acceptor = threading.Thread(target=self._accept_main, name="proxy-accept", daemon=True)
@@ -135,6 +162,27 @@ class TCPProxy:
         else:
             self._blackholed.clear()
 
+    def stall_client(self, on: bool = True) -> int:
+        """Stop (True) or resume (False) reading from the clients of the current
+        connections; what the server sends is still forwarded. Returns how many
+        connections were changed."""
+        with self._lock:
+            pipes = list(self._pipes)
+        for p in pipes:
+            if on:
+                p.stalled.set()
+            else:
+                p.stalled.clear()
+        return len(pipes)
+
+    def refuse(self, on: bool = True) -> None:
+        """Close (True) new connections as soon as they are accepted, or forward them
+        again (False). Current connections are not touched."""
+        if on:
+            self._refusing.set()
+        else:
+            self._refusing.clear()
+
     def stop(self) -> None:
         """Stop accepting, close every connection and join every thread (bounded)."""
         self._stopping.set()
@@ -167,6 +215,9 @@ class TCPProxy:
             except OSError:
                 return
             self.accepted += 1
+            if self._refusing.is_set():
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=self._connect_timeout)
             except OSError:
@@ -197,5 +248,9 @@ class TCPProxy:
         self.stop()
 
     def __repr__(self) -> str:
-        state = "blackholed" if self._blackholed.is_set() else "forwarding"
+        state = "forwarding"
+        if self._blackholed.is_set():
+            state = "blackholed"
+        elif self._refusing.is_set():
+            state = "refusing"
         return f"<TCPProxy 127.0.0.1:{self.port} -> {self.target[0]}:{self.target[1]} {state}>"

@@ -254,7 +254,7 @@ def test_reconnect_buffer_limit(server: NATSServer) -> None:
                 accepted += 1
         assert 10 < accepted < 1000 // 4
         with pytest.raises(natsync.OutboundBufferFullError):
-            nc.publish("buf", b"x")
+            nc.publish("buf", b"m%03d" % accepted)  # wire bytes are charged: a smaller one may fit
         # flush() during the outage waits for the connection to come back
         flushed: list[BaseException | None] = []
         ft = threading.Thread(target=lambda: flushed.append(_call(nc.flush, WAIT)), name="test-flush")
@@ -385,7 +385,10 @@ def test_exhausting_reconnect_attempts_closes_and_wakes_blocked_callers(server: 
     assert rec.wait_count("disconnected")
 
     results: dict[str, BaseException | None] = {}
-    started = {name: threading.Event() for name in ("next_msg", "iterate", "request", "flush")}
+    # issue 7: a request while disconnected fails at once and says why
+    with pytest.raises(natsync.TimeoutError, match="not connected"):
+        nc.request("svc", b"", timeout=30)
+    started = {name: threading.Event() for name in ("next_msg", "iterate", "flush")}
 
     def blocked(name: str, fn: Callable[[], Any]) -> None:
         started[name].set()
@@ -394,7 +397,6 @@ def test_exhausting_reconnect_attempts_closes_and_wakes_blocked_callers(server: 
     calls: dict[str, Callable[[], Any]] = {
         "next_msg": lambda: sync_sub.next_msg(timeout=None),
         "iterate": lambda: list(iter_sub),
-        "request": lambda: nc.request("svc", b"", timeout=30),
         "flush": lambda: nc.flush(timeout=30),
     }
     threads = [threading.Thread(target=blocked, args=(n, f), name=f"test-{n}") for n, f in calls.items()]
