@@ -83,6 +83,8 @@ UNAVAILABLE_ERRORS: Final[tuple[type[NatsError], ...]] = (
 
 #: Seconds a web process waits at exit for its buffered publishes to reach the server.
 EXIT_DRAIN_TIMEOUT: Final = 5.0
+#: Upper bound of :func:`wait_while_connecting`.
+CONNECTING_WAIT: Final = 10.0
 #: Seconds the health check waits for a round trip to the server.
 HEALTH_TIMEOUT: Final = 1.0
 #: Seconds between two fetches of a JetStream handler that found nothing, or retries
@@ -138,6 +140,23 @@ def make_client(
     return client
 
 
+def wait_while_connecting(client: Client, limit: float = CONNECTING_WAIT) -> Client:
+    """Return *client* once no first connect is in progress (waiting at most *limit* s).
+
+    A lazy client's first use connects on the calling thread; another thread that calls
+    ``request()`` meanwhile would be told "not connected" at once instead of waiting for
+    a handshake that takes a millisecond.  The integrations hand out their client
+    through this function, so the second thread waits for the first connect attempt to
+    end (it ends within ``connect_timeout`` per server; with NATS down the client is
+    then reconnecting and requests fail fast, as they should).
+    """
+    if client.is_connecting:
+        deadline = time.monotonic() + limit
+        while client.is_connecting and time.monotonic() < deadline:
+            time.sleep(0.002)
+    return client
+
+
 def _drain_at_exit(client: Client) -> None:
     global _exit_registered
     with _exit_lock:
@@ -187,10 +206,12 @@ def health(client: Client, timeout: float = HEALTH_TIMEOUT) -> tuple[dict[str, A
     """
     rtt_ms: float | None = None
     error: BaseException | None = None
-    try:
-        rtt_ms = round(client.rtt(timeout=timeout) * 1000.0, 3)
-    except NatsError as e:
-        error = e
+    # While (re)connecting a round trip could only wait for its timeout: answer at once.
+    if not (client.is_connecting or client.is_reconnecting):
+        try:
+            rtt_ms = round(client.rtt(timeout=timeout) * 1000.0, 3)
+        except NatsError as e:
+            error = e
     connected = client.is_connected and rtt_ms is not None
     if connected:
         status = "ok"
@@ -202,7 +223,7 @@ def health(client: Client, timeout: float = HEALTH_TIMEOUT) -> tuple[dict[str, A
         status = "draining"
     else:
         status = "connecting"
-    last = getattr(client, "last_error", None)
+    last = getattr(client, "last_error", None)  # the core may offer it; not in API.md
     if last is None and error is not None and not connected:
         last = error
     body: dict[str, Any] = {

@@ -39,6 +39,7 @@ This module imports Flask; :mod:`natsync` itself never does.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -118,7 +119,7 @@ class NATS:
             RuntimeError: outside an app context (for an extension made without an app),
                 or when the app was not initialised with this extension.
         """
-        return self._state().client
+        return _web.wait_while_connecting(self._state().client)
 
     # --- handlers ---
 
@@ -257,6 +258,9 @@ def _make_cli(ext: NATS) -> click.Group:
     def worker(names: tuple[str, ...], threads: int, drain_timeout: float) -> None:
         """Run the app's NATS handlers until SIGTERM or SIGINT, then drain and exit 0."""
         app = current_app._get_current_object()  # type: ignore[attr-defined]
+        if not logging.getLogger().handlers:
+            # `flask` configures no logging; a worker's handler failures must be seen.
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if not ext.handlers:
             raise click.ClickException(
                 "no NATS handlers are declared: decorate functions with @nats.subscribe(...)"

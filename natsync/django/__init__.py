@@ -175,13 +175,13 @@ def get_client() -> Client:
     """
     global _client
     client = _client
-    if client is not None:
-        return client
-    with _lock:
-        if _client is None:
-            servers, options = settings_options()
-            _client = _web.make_client(servers, options)
-        return _client
+    if client is None:
+        with _lock:
+            if _client is None:
+                servers, options = settings_options()
+                _client = _web.make_client(servers, options)
+            client = _client
+    return _web.wait_while_connecting(client)
 
 
 def reset_client() -> None:
