@@ -517,6 +517,12 @@ class Worker:
             raise ValueError(f"drain_timeout must be > 0, not {drain_timeout!r}")
         if not handlers:
             raise ValueError("no handlers to run: declare some with @subscribe or @consume")
+        js = [h.name for h in handlers if h.is_jetstream]
+        if js and not hasattr(client, "jetstream"):
+            raise RuntimeError(
+                f"JetStream handlers ({', '.join(js)}) need natsync's JetStream support "
+                "(Client.jetstream), which this natsync lacks; upgrade natsync or run them elsewhere"
+            )
         self._client = client
         self._handlers = list(handlers)
         self._threads = threads
@@ -752,7 +758,7 @@ class Worker:
                     pass
 
     def _bind(self, handler: Handler) -> Any:
-        js = self._client.jetstream()  # type: ignore[attr-defined,unused-ignore]
+        js = self._client.jetstream()  # type: ignore[attr-defined,unused-ignore]  # branch js
         if handler.subject is None:
             return js.pull_subscribe_bind(handler.durable, handler.stream)
         return js.pull_subscribe(handler.subject, durable=handler.durable, stream=handler.stream)
