@@ -593,11 +593,17 @@ class Worker:
                 previous[sig] = signal.signal(sig, self._on_signal)
         try:
             self.start()
-            try:
-                self._client.flush(timeout=2.0)
-            except NatsError as e:
+            problem: object = None
+            if self._client.is_connected:
+                try:
+                    self._client.flush(timeout=2.0)
+                except NatsError as e:
+                    problem = e
+            else:
+                problem = getattr(self._client, "last_error", None) or "not connected"
+            if problem is not None:
                 worker_log.warning(
-                    "natsync worker: NATS is not reachable yet (%s); will keep trying", _describe(e)
+                    "natsync worker: NATS is not reachable yet (%s); will keep trying", _describe(problem)
                 )
             names = ", ".join(h.name for h in self._handlers)
             worker_log.info("natsync worker: ready (pid %d) with %s", os.getpid(), names)
@@ -641,6 +647,17 @@ class Worker:
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + self._drain_timeout
+        if not self._client.is_connected:
+            # Nothing can be drained through a connection that is not there; what was
+            # delivered is being handled, and waiting for NATS would block a deploy.
+            worker_log.warning("natsync worker: not connected; closing without a drain")
+            self._stop.set()
+            self._client.close()
+            for t in self._loops:
+                t.join(max(0.01, deadline - time.monotonic()))
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            return
         try:
             for sub in self._subs:
                 remaining = max(0.01, deadline - time.monotonic())
