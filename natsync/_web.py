@@ -134,7 +134,22 @@ def make_client(
     """
     merged = dict(WEB_DEFAULTS)
     merged.update(options)
+    # Remember the last error reported to error_cb for the health view (the user's
+    # error_cb, if any, still gets every error).
+    user_cb = merged.get("error_cb")
+    holder: list[weakref.ref[Client]] = []
+
+    def error_cb(err: NatsError) -> None:
+        c = holder[0]() if holder else None
+        if c is not None:
+            _remember_error(c, err)
+        if user_cb is not None:
+            user_cb(err)
+
+    if user_cb is None or callable(user_cb):
+        merged["error_cb"] = error_cb
     client = connect(servers, lazy=True, **merged)
+    holder.append(weakref.ref(client))
     if drain_at_exit:
         _drain_at_exit(client)
     return client
@@ -155,6 +170,13 @@ def wait_while_connecting(client: Client, limit: float = CONNECTING_WAIT) -> Cli
         while client.is_connecting and time.monotonic() < deadline:
             time.sleep(0.002)
     return client
+
+
+_last_errors: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
+
+
+def _remember_error(client: Client, err: BaseException) -> None:
+    _last_errors[client] = _describe(err)
 
 
 def _drain_at_exit(client: Client) -> None:
@@ -223,9 +245,13 @@ def health(client: Client, timeout: float = HEALTH_TIMEOUT) -> tuple[dict[str, A
         status = "draining"
     else:
         status = "connecting"
-    last = getattr(client, "last_error", None)  # the core may offer it; not in API.md
-    if last is None and error is not None and not connected:
-        last = error
+    if error is not None:
+        _remember_error(client, error)
+    last: object = getattr(client, "last_error", None)  # the core may offer it; not in API.md
+    if last is None:
+        last = _last_errors.get(client)
+    if last is None and not connected:
+        last = f"not connected ({status})"
     body: dict[str, Any] = {
         "status": status,
         "rtt_ms": rtt_ms if connected else None,
