@@ -39,4 +39,4 @@ def create_order_then_fail(request: HttpRequest, order_id: int) -> JsonResponse:
 def greet(request: HttpRequest, name: str) -> JsonResponse:
     # NATS down or no service: NatsUnavailableMiddleware answers 503 with JSON
     reply = get_client().request("svc.greet", name.encode(), timeout=2.0)
-    return JsonResponse({"greeting": reply.data.decode()})
+    return JsonResponse({"greeting": reply.data.decode(), "pid": os.getpid()})
