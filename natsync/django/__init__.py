@@ -1,0 +1,235 @@
+"""Django integration: a per-process NATS client, handlers, a worker command, a health view.
+
+Add ``"natsync.django"`` to ``INSTALLED_APPS`` and configure it in settings::
+
+    NATSYNC = {
+        "servers": ["nats://nats-1:4222", "nats://nats-2:4222"],
+        "token": os.environ.get("NATS_TOKEN"),
+        "name": "shop-web",
+        # ... any other natsync.connect() option
+    }
+
+Every option may be overridden by an environment variable ``NATSYNC_<OPTION>`` in upper
+case (``NATSYNC_SERVERS``, ``NATSYNC_TOKEN``, ``NATSYNC_USER``, ``NATSYNC_PASSWORD``,
+``NATSYNC_NAME``, ``NATSYNC_CONNECT_TIMEOUT``, ...): the environment wins over settings.
+Values are converted to the option's type (``true``/``false`` for flags, numbers for
+numeric options; ``NATSYNC_SERVERS`` may hold several URLs separated by commas).
+
+:func:`get_client` returns the process's lazy client: nothing connects at import, in
+``AppConfig.ready()`` or in any management command that does not use NATS, so
+``migrate`` and friends work while NATS is down.  The first call that needs the
+connection connects, in the process that makes it (a forked gunicorn or Celery worker
+opens its own).  Unless configured it retries the first connect in the background and
+reconnects forever.
+
+Handlers live in each app's ``nats_handlers.py`` and run only in ``python manage.py
+natsync_worker``::
+
+    from natsync.django import subscribe, consume, PermanentError
+
+    @subscribe("orders.created", queue="billing")
+    def bill(msg): ...
+
+    @consume(stream="ORDERS", durable="shipping", subject="orders.paid")
+    def ship(msg): ...     # ack on return, nak with backoff on raise, term on PermanentError
+
+This package imports Django; :mod:`natsync` itself never does.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from .. import _web
+from ..client import Client
+from ..headers import HeadersInput
+from ..protocol import validate_subject
+
+__all__ = [
+    "ENV_PREFIX",
+    "PermanentError",
+    "consume",
+    "get_client",
+    "handlers",
+    "publish_on_commit",
+    "reset_client",
+    "settings_options",
+    "subscribe",
+]
+
+ENV_PREFIX = "NATSYNC_"
+PermanentError = _web.PermanentError
+
+#: The handlers declared with :func:`subscribe` and :func:`consume` in this process.
+handlers = _web.HandlerRegistry()
+subscribe = handlers.subscribe
+consume = handlers.consume
+
+_lock = threading.Lock()
+_client: Client | None = None
+
+# Options whose type the default of connect() does not show.
+_FLOAT_OPTIONS = {"flush_timeout"}
+_INT_OPTIONS = {"pending_msgs_limit", "pending_bytes_limit"}
+_NONE_ALLOWED = {"flush_timeout", "pending_msgs_limit", "pending_bytes_limit"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+# Options that cannot come from a string (callables, SSL contexts).
+_NOT_FROM_ENV = {
+    "tls",
+    "signature_cb",
+    "user_jwt_cb",
+    "error_cb",
+    "disconnected_cb",
+    "reconnected_cb",
+    "closed_cb",
+    "discovered_server_cb",
+    "lame_duck_mode_cb",
+}
+
+
+def settings_options(
+    settings_value: Any = None, environ: Mapping[str, str] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Return ``(servers, options)`` from the ``NATSYNC`` setting and ``NATSYNC_*`` variables.
+
+    Args:
+        settings_value: the ``NATSYNC`` dict (default: ``django.conf.settings.NATSYNC``,
+            or ``{}`` when it is not set).
+        environ: the environment (default :data:`os.environ`).
+
+    Raises:
+        TypeError: when ``NATSYNC`` is not a dict, or holds an unknown option.
+        ValueError: when an environment variable's value does not fit its option.
+    """
+    if settings_value is None:
+        from django.conf import settings
+
+        settings_value = getattr(settings, "NATSYNC", None) or {}
+    if not isinstance(settings_value, Mapping):
+        raise TypeError(
+            "settings.NATSYNC must be a dict of natsync.connect() options, "
+            f"not {type(settings_value).__name__}"
+        )
+    known = _web.connect_option_names()
+    options = dict(settings_value)
+    for key in options:
+        if key != "servers" and key not in known:
+            raise TypeError(
+                f"settings.NATSYNC has an unknown option {key!r}; known: servers, {', '.join(sorted(known))}"
+            )
+    if "lazy" in options:
+        raise TypeError(
+            "settings.NATSYNC['lazy'] is not an option here: natsync.django's client is always lazy"
+        )
+    env = os.environ if environ is None else environ
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        key = var[len(ENV_PREFIX) :].lower()
+        if key == "servers":
+            options["servers"] = [u.strip() for u in raw.split(",") if u.strip()]
+            continue
+        param = known.get(key)
+        if param is None or key in _NOT_FROM_ENV:
+            continue  # not ours (e.g. NATSYNC_SOMETHING_ELSE of the project): ignored
+        options[key] = _from_env(var, raw, key, param.default)
+    servers = options.pop("servers", None)
+    return servers, options
+
+
+def _from_env(var: str, raw: str, key: str, default: Any) -> Any:
+    text = raw.strip()
+    if isinstance(default, bool):
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError(f"environment variable {var} must be true or false, not {raw!r}")
+    if key in _NONE_ALLOWED and text.lower() in ("", "none"):
+        return None
+    if isinstance(default, int) or key in _INT_OPTIONS:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"environment variable {var} must be an integer, not {raw!r}") from None
+    if isinstance(default, float) or key in _FLOAT_OPTIONS:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"environment variable {var} must be a number, not {raw!r}") from None
+    return raw
+
+
+def get_client() -> Client:
+    """Return the process's lazy client, built from settings on first call.
+
+    No I/O happens here: the first call on the client that needs the connection
+    connects.  The client is drained when the process exits.
+
+    Raises:
+        TypeError, ValueError: for invalid settings (``manage.py check`` reports them too).
+    """
+    global _client
+    client = _client
+    if client is None:
+        with _lock:
+            if _client is None:
+                servers, options = settings_options()
+                _client = _web.make_client(servers, options)
+            client = _client
+    return _web.wait_while_connecting(client)
+
+
+def reset_client() -> None:
+    """Close and forget the process's client; the next :func:`get_client` builds a new one.
+
+    Called when the ``NATSYNC`` setting changes (``override_settings`` in tests).
+    """
+    global _client
+    with _lock:
+        client, _client = _client, None
+    if client is not None:
+        _web.close_quietly(client, _web.EXIT_DRAIN_TIMEOUT)
+
+
+def publish_on_commit(
+    subject: str,
+    data: bytes | bytearray | memoryview | str = b"",
+    *,
+    headers: HeadersInput | None = None,
+    using: str | None = None,
+) -> None:
+    """Publish *data* on *subject* once the current database transaction commits.
+
+    Nothing is published when the transaction rolls back, so no event announces a write
+    that never happened.  Outside a transaction (autocommit) it publishes at once.  The
+    subject is checked now, and *data* is copied now.
+
+    Args:
+        subject: the subject to publish on.
+        data: the payload (str is sent as UTF-8).
+        headers: message headers, as for :meth:`natsync.Client.publish`.
+        using: the database alias whose transaction to wait for (default: "default").
+
+    Raises:
+        natsync.BadSubjectError: for an invalid subject (nothing is scheduled).
+        TypeError: for a payload that is not bytes-like or str.
+    """
+    from django.db import transaction
+
+    validate_subject(subject)
+    if isinstance(data, str):
+        payload = data.encode()
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        payload = bytes(data)
+    else:
+        raise TypeError(f"data must be bytes-like or str, not {type(data).__name__}")
+
+    def send() -> None:
+        get_client().publish(subject, payload, headers=headers)
+
+    transaction.on_commit(send, using=using)

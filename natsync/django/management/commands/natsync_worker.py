@@ -1,0 +1,104 @@
+"""``python manage.py natsync_worker``: run the NATS handlers of every installed app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import close_old_connections
+from django.utils.module_loading import autodiscover_modules
+
+from .... import _web
+from ....msg import Msg
+from ... import get_client, handlers
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+class Command(BaseCommand):
+    """Run the handlers declared in each app's ``nats_handlers.py`` until SIGTERM/SIGINT."""
+
+    help = (
+        "Run the NATS handlers declared with @subscribe/@consume in each installed app's "
+        "nats_handlers.py. On SIGTERM or SIGINT it stops taking messages, lets the handlers "
+        "finish what they have, sends what they published and exits 0."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """``--handler NAME`` (repeatable), ``--threads N``, ``--drain-timeout S``, ``--list``."""
+        parser.add_argument(
+            "--handler",
+            dest="names",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="Run only this handler (full name or its function name); repeatable.",
+        )
+        parser.add_argument(
+            "--threads",
+            type=_positive_int,
+            default=1,
+            metavar="N",
+            help="Messages handled at once (default 1: one at a time, in order).",
+        )
+        parser.add_argument(
+            "--drain-timeout",
+            type=float,
+            default=30.0,
+            metavar="SECONDS",
+            help="Seconds to finish in-flight messages on SIGTERM/SIGINT (default 30).",
+        )
+        parser.add_argument("--list", action="store_true", help="List the handlers and exit.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Discover the handlers, run them, drain on a signal."""
+        autodiscover_modules("nats_handlers")
+        if options["list"]:
+            for h in handlers:
+                self.stdout.write(h.describe())
+            return
+        if not len(handlers):
+            raise CommandError(
+                "no NATS handlers found: declare them with @natsync.django.subscribe "
+                "in an app's nats_handlers.py"
+            )
+        try:
+            chosen = handlers.select(options["names"])
+        except LookupError as e:
+            raise CommandError(str(e.args[0])) from None
+        if options["drain_timeout"] <= 0:
+            raise CommandError("--drain-timeout must be > 0")
+
+        def invoke(handler: _web.Handler, msg: Msg) -> Any:
+            # As Django does around a request: a long-running worker must not keep a
+            # database connection that the server has dropped or that is too old.
+            close_old_connections()
+            try:
+                return handler.func(msg)
+            finally:
+                close_old_connections()
+
+        worker = _web.Worker(
+            get_client(),
+            chosen,
+            threads=options["threads"],
+            drain_timeout=options["drain_timeout"],
+            invoke=invoke,
+        )
+        for h in worker.handlers:
+            self.stdout.write(f"natsync worker: handler {h.describe()}")
+        self.stdout.flush()
+
+        def ready() -> None:
+            self.stdout.write("natsync worker: ready")
+            self.stdout.flush()
+
+        status = worker.run(ready=ready)
+        if status:
+            raise CommandError("the NATS connection closed; see the log", returncode=status)
+        self.stdout.write("natsync worker: stopped")

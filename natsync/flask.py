@@ -1,0 +1,279 @@
+"""Flask extension: a per-process NATS client, message handlers and a worker command.
+
+::
+
+    from flask import Flask
+    from natsync.flask import NATS
+
+    nats = NATS()
+
+    def create_app() -> Flask:
+        app = Flask(__name__)
+        app.config["NATS_URL"] = "nats://127.0.0.1:4222"
+        nats.init_app(app)
+        app.add_url_rule("/health/nats", view_func=nats.health_view)
+        return app
+
+    @nats.subscribe("orders.created", queue="billing")
+    def bill(msg):
+        ...                                      # runs in `flask natsync worker` only
+
+    # in a view:
+    nats.client.publish("orders.created", b"...")
+
+Configuration keys: ``NATS_URL`` (a URL, a comma-separated str or a list), ``NATS_TOKEN``,
+``NATS_OPTIONS`` (a dict of any other :func:`natsync.connect` option) and
+``NATS_ERROR_RESPONSES`` (default True: an error meaning NATS cannot serve the request
+now -- not connected, no responders, a timeout -- escaping a view becomes a 503 JSON
+response ``{"error": "NATS unavailable", "detail": ...}`` instead of a 500 page).
+
+``ext.client`` is the app's lazy client (``natsync.connect(..., lazy=True)``): created by
+:meth:`NATS.init_app` without any I/O, connected by the first call that needs it, in the
+process that makes the call, so it is safe under gunicorn's ``--preload`` and any fork.
+Unless configured, it retries the first connect in the background and reconnects
+forever (``retry_on_failed_connect=True``, ``max_reconnect_attempts=-1``). It is drained
+when the process exits.
+
+This module imports Flask; :mod:`natsync` itself never does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import click
+from flask import Flask, current_app, jsonify
+from flask.cli import AppGroup
+from flask.typing import ResponseReturnValue
+
+from . import _web
+from .client import Client
+from .errors import NatsError
+from .msg import Msg
+
+__all__ = ["EXTENSION_KEY", "NATS", "PermanentError"]
+
+EXTENSION_KEY = "natsync"
+PermanentError = _web.PermanentError
+
+
+@dataclass
+class _AppState:
+    """What one app holds in ``app.extensions["natsync"]``."""
+
+    ext: NATS
+    client: Client
+
+
+class NATS:
+    """The natsync Flask extension.
+
+    ``NATS(app)`` binds to one app at once; ``NATS()`` then :meth:`init_app` for app
+    factories.  One extension object may be initialised on several apps: each app has
+    its own client, built from its own config; :attr:`client` is the one of the current
+    app (or of the app given to the constructor).
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self._app = app
+        self._registry = _web.HandlerRegistry()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Configure *app*: build its lazy client and add the ``natsync`` CLI group.
+
+        Raises:
+            TypeError: for an unknown option in ``NATS_OPTIONS`` or a config value of the
+                wrong type.
+            ValueError: for an invalid option value or URL (no connection is attempted).
+        """
+        servers, options = _options_from_config(app.config)
+        options.setdefault("name", app.import_name)
+        client = _web.make_client(servers, options)
+        app.extensions[EXTENSION_KEY] = _AppState(self, client)
+        if app.config.get("NATS_ERROR_RESPONSES", True):
+            for exc in _web.UNAVAILABLE_ERRORS:
+                app.register_error_handler(exc, _nats_error_response)
+        app.cli.add_command(_make_cli(self))
+
+    # --- the client ---
+
+    def _state(self) -> _AppState:
+        app = self._app if self._app is not None else current_app
+        state = app.extensions.get(EXTENSION_KEY)
+        if not isinstance(state, _AppState):
+            raise RuntimeError(
+                f"natsync is not initialised on app {app.name!r}: call NATS(app) or nats.init_app(app)"
+            )
+        return state
+
+    @property
+    def client(self) -> Client:
+        """The current app's lazy client (the app given to ``NATS(app)``, else ``current_app``).
+
+        Raises:
+            RuntimeError: outside an app context (for an extension made without an app),
+                or when the app was not initialised with this extension.
+        """
+        return _web.wait_while_connecting(self._state().client)
+
+    # --- handlers ---
+
+    def subscribe(
+        self, subject: str, queue: str | None = None, *, name: str | None = None
+    ) -> Callable[[Callable[[Msg], Any]], Callable[[Msg], Any]]:
+        """Decorator: handle messages on *subject* in ``flask natsync worker``.
+
+        Handlers never run in web processes.  A handler runs inside an app context; for
+        a request (a message with a reply subject) its return value, when not None, is
+        the reply.  See :meth:`natsync._web.HandlerRegistry.subscribe`.
+        """
+        return self._registry.subscribe(subject, queue, name=name)
+
+    def consume(
+        self,
+        *,
+        stream: str,
+        durable: str,
+        subject: str | None = None,
+        permanent: type[BaseException] | Iterable[type[BaseException]] = (),
+        backoff: Sequence[float] = (1.0, 5.0, 30.0),
+        batch: int = 10,
+        name: str | None = None,
+    ) -> Callable[[Callable[[Msg], Any]], Callable[[Msg], Any]]:
+        """Decorator: handle a JetStream pull consumer's messages in the worker.
+
+        ``ack`` on return, ``nak`` with *backoff* on an exception, ``term`` on
+        :class:`PermanentError` or one of *permanent*.  See
+        :meth:`natsync._web.HandlerRegistry.consume`.
+        """
+        return self._registry.consume(
+            stream=stream,
+            durable=durable,
+            subject=subject,
+            permanent=permanent,
+            backoff=backoff,
+            batch=batch,
+            name=name,
+        )
+
+    @property
+    def handlers(self) -> list[_web.Handler]:
+        """The handlers declared on this extension."""
+        return list(self._registry)
+
+    def make_worker(
+        self,
+        app: Flask,
+        names: Sequence[str] = (),
+        *,
+        threads: int = 1,
+        drain_timeout: float = 30.0,
+    ) -> _web.Worker:
+        """A :class:`natsync._web.Worker` running the handlers *names* (all by default) for *app*.
+
+        Raises:
+            LookupError: for an unknown handler name.
+            ValueError: when there is no handler, or for a bad *threads*.
+        """
+        handlers = self._registry.select(names)
+        state = app.extensions.get(EXTENSION_KEY)
+        if not isinstance(state, _AppState):
+            raise RuntimeError(f"natsync is not initialised on app {app.name!r}")
+
+        def invoke(handler: _web.Handler, msg: Msg) -> Any:
+            with app.app_context():
+                return handler.func(msg)
+
+        return _web.Worker(
+            state.client, handlers, threads=threads, drain_timeout=drain_timeout, invoke=invoke
+        )
+
+    # --- health ---
+
+    def health_view(self) -> ResponseReturnValue:
+        """A view: the client's health as JSON (``status``, ``rtt_ms``, ``server``, ``last_error``).
+
+        200 when connected, 503 otherwise.  Route it with
+        ``app.add_url_rule("/health/nats", view_func=nats.health_view)``.
+        """
+        body, code = _web.health(self.client)
+        return jsonify(body), code
+
+
+def _nats_error_response(e: NatsError) -> ResponseReturnValue:
+    current_app.logger.warning("NATS unavailable while handling a request: %s", _web._describe(e))
+    return jsonify({"error": "NATS unavailable", "detail": _web._describe(e)}), 503
+
+
+def _options_from_config(config: Any) -> tuple[str | list[str] | None, dict[str, Any]]:
+    servers = config.get("NATS_URL")
+    if servers is not None and not isinstance(servers, (str, list, tuple)):
+        raise TypeError(f"NATS_URL must be a str or a list of str, not {type(servers).__name__}")
+    if isinstance(servers, tuple):
+        servers = list(servers)
+    raw = config.get("NATS_OPTIONS") or {}
+    if not isinstance(raw, dict):
+        raise TypeError(f"NATS_OPTIONS must be a dict of natsync.connect() options, not {type(raw).__name__}")
+    options = dict(raw)
+    if "servers" in options:
+        if servers is not None:
+            raise ValueError("set the servers in NATS_URL or in NATS_OPTIONS['servers'], not both")
+        servers = options.pop("servers")
+    token = config.get("NATS_TOKEN")
+    if token is not None:
+        if "token" in options:
+            raise ValueError("set the token in NATS_TOKEN or in NATS_OPTIONS['token'], not both")
+        options["token"] = token
+    if "lazy" in options:
+        raise ValueError("NATS_OPTIONS['lazy'] is not an option here: the extension's client is always lazy")
+    return servers, options
+
+
+def _make_cli(ext: NATS) -> click.Group:
+    group = AppGroup("natsync", help="NATS (natsync) commands.")
+
+    @group.command("worker")
+    @click.option(
+        "--handler", "names", multiple=True, metavar="NAME", help="Run only this handler (repeatable)."
+    )
+    @click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="Messages handled at once.",
+    )
+    @click.option(
+        "--drain-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=30.0,
+        show_default=True,
+        help="Seconds to finish in-flight messages on SIGTERM/SIGINT.",
+    )
+    def worker(names: tuple[str, ...], threads: int, drain_timeout: float) -> None:
+        """Run the app's NATS handlers until SIGTERM or SIGINT, then drain and exit 0."""
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        if not logging.getLogger().handlers:
+            # `flask` configures no logging; a worker's handler failures must be seen.
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if not ext.handlers:
+            raise click.ClickException(
+                "no NATS handlers are declared: decorate functions with @nats.subscribe(...)"
+            )
+        try:
+            w = ext.make_worker(app, names, threads=threads, drain_timeout=drain_timeout)
+        except LookupError as e:
+            raise click.UsageError(str(e.args[0])) from None
+        described = ", ".join(h.describe() for h in w.handlers)
+        click.echo(f"natsync worker: {len(w.handlers)} handler(s): {described}")
+        status = w.run(ready=lambda: click.echo("natsync worker: ready", err=False))
+        if status:
+            raise SystemExit(status)
+        click.echo("natsync worker: stopped")
+
+    return group
