@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import errors as _core_errors
 from ..headers import Headers
 from . import api
 from .errors import (
@@ -655,3 +658,169 @@ def delete_key_value(js: Any, bucket: str, *, timeout: float | None = None) -> b
         raise BucketNotFoundError(
             code=err.code, err_code=err.err_code, description=f"bucket {bucket!r} not found"
         ) from err
+
+
+# --------------------------------------------------------------------------- watchers
+
+_SKIP = object()
+
+
+class _MetaWatcher:
+    """What the Key/Value and Object Store watchers share: an ordered consumer read on
+    the caller's thread, and the ``None`` marker after the initial values.
+
+    The marker is due when the consumer had nothing pending when it was created, or
+    when a delivered message says nothing more is pending (``num_pending == 0``).
+    """
+
+    def __init__(
+        self,
+        js: Any,
+        stream: str,
+        subjects: list[str],
+        *,
+        deliver_policy: api.DeliverPolicy,
+        headers_only: bool,
+        marker: bool,
+        timeout: float | None,
+    ) -> None:
+        from ._proto import parse_metadata
+
+        self._parse = parse_metadata
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._init_done = not marker
+        self._ready: list[Any] = []
+        config = None
+        subject = subjects[0]
+        if len(subjects) > 1:
+            config = api.ConsumerConfig(filter_subjects=list(subjects))
+            subject = ""
+        self._sub = js.subscribe(
+            subject,
+            stream=stream,
+            config=config,
+            ordered_consumer=True,
+            deliver_policy=deliver_policy,
+            headers_only=True if headers_only else None,
+            timeout=timeout,
+        )
+        if not self._init_done and _initial_pending(self._sub) == 0:
+            self._init_done = True
+            self._ready.append(None)
+
+    def _convert(self, msg: Msg, md: Any) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def updates(self, timeout: float | None = 5.0) -> Any:
+        """Return the next update: an entry, or ``None`` once after the initial values.
+
+        Raises:
+            natsync.TimeoutError: nothing came within *timeout* seconds (None: wait
+                for ever).
+            StopIteration: the watcher was stopped.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._ready:
+                return self._ready.pop(0)
+            if self._stopped:
+                raise StopIteration
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                msg = self._sub.next_msg(timeout=left)
+            except _core_errors.TimeoutError:
+                if self._stopped:
+                    raise StopIteration from None
+                raise
+            except (_core_errors.BadSubscriptionError, _core_errors.ConnectionClosedError):
+                if self._stopped:
+                    raise StopIteration from None
+                raise
+            md = self._parse(msg.reply)
+            item = self._convert(msg, md)
+            if item is not _SKIP:
+                self._ready.append(item)
+            if not self._init_done and md is not None and md.num_pending == 0:
+                self._init_done = True
+                self._ready.append(None)
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            try:
+                yield self.updates(timeout=None)
+            except StopIteration:
+                return
+
+    def stop(self) -> None:
+        """Stop watching: the ordered consumer and its resources end, a blocked
+        iteration returns.  Safe to call more than once, from any thread."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        try:
+            self._sub.unsubscribe()
+        except _core_errors.NatsError:
+            pass
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _initial_pending(sub: Any) -> int | None:
+    """How many messages the ordered consumer had pending when it was created."""
+    info = getattr(sub, "_consumer_info", None) or getattr(sub, "consumer_info_at_start", None)
+    if info is None:
+        return None
+    pending = getattr(info, "num_pending", None)
+    return None if pending is None else int(pending)
+
+
+class KeyWatcher(_MetaWatcher):
+    """A watch on keys of a bucket (see :meth:`KeyValue.watch`).
+
+    Iterate it (entries, then ``None`` once the current values were delivered, then
+    live changes; the iteration ends after :meth:`stop`), or call :meth:`updates`.
+    Use it in a ``with`` block to stop it on exit.
+    """
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        patterns: list[str],
+        *,
+        include_history: bool,
+        ignore_deletes: bool,
+        meta_only: bool,
+        timeout: float | None,
+    ) -> None:
+        self._bucket = kv._name
+        self._pre = kv._pre
+        self._ignore_deletes = ignore_deletes
+        super().__init__(
+            kv._js,
+            kv._stream,
+            [kv._pre + p for p in patterns],
+            deliver_policy=api.DeliverPolicy.ALL if include_history else api.DeliverPolicy.LAST_PER_SUBJECT,
+            headers_only=meta_only,
+            marker=True,
+            timeout=timeout,
+        )
+
+    def _convert(self, msg: Msg, md: Any) -> Any:
+        op = entry_operation(msg.headers)
+        if op is not None and self._ignore_deletes:
+            return _SKIP
+        return Entry(
+            bucket=self._bucket,
+            key=msg.subject[len(self._pre) :],
+            value=msg.data,
+            revision=md.sequence.stream if md is not None else 0,
+            delta=md.num_pending if md is not None else None,
+            created=md.timestamp if md is not None else None,
+            operation=op,
+        )

@@ -41,6 +41,7 @@ from .errors import (
     ObjectNotFoundError,
     StreamNotFoundError,
 )
+from .kv import _SKIP, _MetaWatcher
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -293,7 +294,8 @@ def _num_pending(reply: str | None) -> int | None:
 
 def _api(js: Any, op: str, body: dict[str, Any] | None, timeout: float | None) -> dict[str, Any]:
     """One JetStream API request (``<prefix>.<op>``) on *js*'s connection."""
-    return js._api_request(op, body, timeout=timeout)  # type: ignore[no-any-return]
+    operation = ".".join(op.split(".")[:2])
+    return js._api(op, body, operation, timeout)  # type: ignore[no-any-return]
 
 
 class _ChunkSender:
@@ -954,3 +956,49 @@ def delete_object_store(js: Any, bucket: str, *, timeout: float | None = None) -
         raise BucketNotFoundError(
             code=err.code, err_code=err.err_code, description=f"object store {bucket!r} not found"
         ) from err
+
+
+# --------------------------------------------------------------------------- watcher
+
+
+class ObjectWatcher(_MetaWatcher):
+    """A watch on the meta records of an Object Store bucket (see
+    :meth:`ObjectStore.watch`): :class:`~natsync.js.api.ObjectInfo` updates, ``None``
+    once after the current ones, then live changes; :meth:`stop` ends it."""
+
+    def __init__(
+        self,
+        obs: ObjectStore,
+        *,
+        ignore_deletes: bool,
+        include_history: bool,
+        updates_only: bool,
+        timeout: float | None,
+    ) -> None:
+        self._ignore_deletes = ignore_deletes
+        if updates_only:
+            policy = api.DeliverPolicy.NEW
+        elif include_history:
+            policy = api.DeliverPolicy.ALL
+        else:
+            policy = api.DeliverPolicy.LAST_PER_SUBJECT
+        super().__init__(
+            obs._js,
+            obs._stream,
+            [f"$O.{obs.bucket}.M.>"],
+            deliver_policy=policy,
+            headers_only=False,
+            marker=not updates_only,
+            timeout=timeout,
+        )
+
+    def _convert(self, msg: Any, md: Any) -> Any:
+        try:
+            info = info_from_json(msg.data)
+        except ValueError:
+            return _SKIP  # not a meta record this client understands
+        if info.deleted and self._ignore_deletes:
+            return _SKIP
+        if md is not None:
+            info.mtime = api.format_time(md.timestamp)
+        return info
