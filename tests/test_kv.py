@@ -257,7 +257,13 @@ def test_racing_updates_exactly_one_wins(server: NATSServer, kv: KeyValue) -> No
             barrier = threading.Barrier(2)
             results: dict[str, object] = {}
 
-            def write(name: str, bucket: KeyValue, last: int = last) -> None:
+            def write(
+                name: str,
+                bucket: KeyValue,
+                last: int = last,
+                barrier: threading.Barrier = barrier,
+                results: dict[str, object] = results,
+            ) -> None:
                 barrier.wait(5)
                 try:
                     results[name] = bucket.update("leader", name.encode(), last=last)

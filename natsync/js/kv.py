@@ -39,6 +39,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..msg import Msg
+
     pass
 
 __all__ = [

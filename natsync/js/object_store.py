@@ -26,8 +26,9 @@ import datetime as _dt
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Union
+from typing import IO, Any
 
 from ..nuid import next_nuid
 from . import api
@@ -42,9 +43,6 @@ from .errors import (
     StreamNotFoundError,
 )
 from .kv import _SKIP, _MetaWatcher
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 
 __all__ = [
     "ObjectStore",
@@ -74,7 +72,7 @@ ROLLUP_SUBJECT = "sub"
 # meta message's own timestamp, which readers use).
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 
-DataInput = Union[bytes, bytearray, memoryview, str, IO[bytes]]
+DataInput = bytes | bytearray | memoryview | str | IO[bytes]
 
 
 # --------------------------------------------------------------------------- pure
@@ -352,7 +350,7 @@ def _check_ack(msg: Any) -> None:
         raise api_error(err.get("code"), err.get("err_code"), err.get("description"), "PUB")
 
 
-def _normalise_data(data: DataInput) -> tuple[memoryview | None, Any]:
+def _normalise_data(data: object) -> tuple[memoryview | None, Any]:
     """(a memoryview of in-memory data, or None and a binary reader)."""
     if isinstance(data, str):
         return memoryview(data.encode()), None
@@ -629,10 +627,7 @@ class ObjectStore:
             return target.get(link.name, writeinto, timeout=timeout)
         result = ObjectResult(info=info)
         parts: list[bytes] = []
-        if writeinto is not None:
-            sink = writeinto.write
-        else:
-            sink = parts.append
+        sink: Callable[[bytes], object] = writeinto.write if writeinto is not None else parts.append
         h = hashlib.sha256()
         total = 0
         if (info.size or 0) > 0 or (info.chunks or 0) > 0:
