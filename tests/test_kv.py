@@ -301,11 +301,16 @@ def test_ttl_expiry(js: object) -> None:
         js.delete_key_value("TTL")  # type: ignore[attr-defined]
 
 
-def test_bucket_deleted_under_a_handle(js: object) -> None:
-    kv = js.create_key_value(bucket="VANISH", storage=api.StorageType.MEMORY, direct=False)  # type: ignore[attr-defined]
+@pytest.mark.parametrize("direct", [True, False])
+def test_bucket_deleted_under_a_handle(js: object, direct: bool) -> None:
+    kv = js.create_key_value(bucket="VANISH", storage=api.StorageType.MEMORY, direct=direct)  # type: ignore[attr-defined]
     kv.put("k", b"v")
     js.delete_key_value("VANISH")  # type: ignore[attr-defined]
     with pytest.raises(BucketNotFoundError):
         kv.get("k")
+    with pytest.raises(BucketNotFoundError):
+        kv.put("k", b"v2")
+    with pytest.raises(BucketNotFoundError):
+        kv.update("k", b"v2", last=1)
     with pytest.raises(BucketNotFoundError):
         kv.status()

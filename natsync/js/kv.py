@@ -34,7 +34,9 @@ from .errors import (
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoKeysError,
+    NoStreamResponseError,
     NotFoundError,
+    ServiceUnavailableError,
     StreamNotFoundError,
 )
 
@@ -353,6 +355,13 @@ class KeyValue:
             raise BucketNotFoundError(description=f"bucket {self._name!r} not found") from err
         except NotFoundError as err:
             raise KeyNotFoundError(description=f"key {key!r} not found") from err
+        except ServiceUnavailableError as err:
+            if err.operation != "DIRECT.GET":
+                raise
+            # nobody answers direct gets for a stream that is gone
+            raise BucketNotFoundError(
+                description=f"bucket {self._name!r} not found (or JetStream is unavailable)"
+            ) from err
         if msg.subject != subject:
             raise KeyNotFoundError(description=f"revision {revision} is not one of key {key!r}")
         return Entry(
@@ -367,6 +376,16 @@ class KeyValue:
 
     # ------------------------------------------------------------------ writes
 
+    def _publish(
+        self, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float | None
+    ) -> Any:
+        try:
+            return self._js.publish(subject, data, headers=headers, timeout=timeout)
+        except NoStreamResponseError as err:
+            raise BucketNotFoundError(
+                description=f"bucket {self._name!r} not found: no stream stored the write"
+            ) from err
+
     def put(self, key: str, value: bytes | str, *, timeout: float | None = None) -> int:
         """Store *value* (bytes, or str sent as UTF-8) under *key*; return its revision.
 
@@ -375,7 +394,7 @@ class KeyValue:
             APIError: e.g. the value exceeds the bucket's ``max_value_size``.
         """
         subject = self._pre + validate_key(key)
-        ack = self._js.publish(subject, _as_value(value), timeout=timeout)
+        ack = self._publish(subject, _as_value(value), None, timeout)
         return int(ack.seq)
 
     def create(self, key: str, value: bytes | str, *, timeout: float | None = None) -> int:
@@ -418,12 +437,7 @@ class KeyValue:
 
     def _update(self, key: str, data: bytes, last: int, timeout: float | None) -> int:
         try:
-            ack = self._js.publish(
-                self._pre + key,
-                data,
-                headers={EXPECTED_LAST_SUBJECT_SEQ: str(last)},
-                timeout=timeout,
-            )
+            ack = self._publish(self._pre + key, data, {EXPECTED_LAST_SUBJECT_SEQ: str(last)}, timeout)
         except APIError as err:
             if _wrong_last(err):
                 raise KeyWrongLastSequenceError(
@@ -462,7 +476,7 @@ class KeyValue:
         if last:
             headers[EXPECTED_LAST_SUBJECT_SEQ] = str(last)
         try:
-            self._js.publish(self._pre + key, b"", headers=headers, timeout=timeout)
+            self._publish(self._pre + key, b"", headers, timeout)
         except APIError as err:
             if _wrong_last(err):
                 raise KeyWrongLastSequenceError(
