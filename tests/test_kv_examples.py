@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from authkit import run_example
 
 from natsync.testing import NATSServer
-
-from authkit import run_example
 
 
 @pytest.fixture(scope="module")
