@@ -707,21 +707,17 @@ class _MetaWatcher:
         self._stopped = False
         self._init_done = not marker
         self._ready: list[Any] = []
-        config = None
-        subject = subjects[0]
-        if len(subjects) > 1:
-            config = api.ConsumerConfig(filter_subjects=list(subjects))
-            subject = ""
-        self._sub = js.subscribe(
-            subject,
-            stream=stream,
-            config=config,
-            ordered_consumer=True,
+        from .ordered import OrderedConsumer
+
+        self._sub = OrderedConsumer(
+            js,
+            stream,
+            subjects,
             deliver_policy=deliver_policy,
-            headers_only=True if headers_only else None,
+            headers_only=headers_only,
             timeout=timeout,
         )
-        if not self._init_done and _initial_pending(self._sub) == 0:
+        if not self._init_done and self._sub.initial_pending == 0:
             self._init_done = True
             self._ready.append(None)
 
@@ -785,15 +781,6 @@ class _MetaWatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _initial_pending(sub: Any) -> int | None:
-    """How many messages the ordered consumer had pending when it was created."""
-    info = getattr(sub, "_consumer_info", None) or getattr(sub, "consumer_info_at_start", None)
-    if info is None:
-        return None
-    pending = getattr(info, "num_pending", None)
-    return None if pending is None else int(pending)
 
 
 class KeyWatcher(_MetaWatcher):
