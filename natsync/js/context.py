@@ -273,6 +273,9 @@ class JetStream:
             cfg = config.evolve(**fields) if fields else config
         else:
             raise TypeError(f"config must be a ConsumerConfig, not {type(config).__name__}")
+        for given in (cfg.name, cfg.durable_name):
+            if given is not None:
+                check_name("consumer", given)
         name = cfg.name or cfg.durable_name
         if cfg.name and cfg.durable_name and cfg.name != cfg.durable_name:
             raise ValueError(
