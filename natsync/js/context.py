@@ -729,7 +729,9 @@ class JetStream:
 JetStreamManager = JetStream
 """nats-py's manager type: the same :class:`JetStream`."""
 
-_USER_NATS = frozenset({"Nats-Msg-Id", "Nats-Rollup", "Nats-Expected-Stream"})
+# Nats-* headers that belong to the stored message (kept in a direct get's answer);
+# Nats-Marker-Reason marks the server's own delete markers (KV TTL, server 2.11+).
+_USER_NATS = frozenset({"Nats-Msg-Id", "Nats-Rollup", "Nats-Expected-Stream", "Nats-Marker-Reason", "Nats-TTL"})
 
 
 def _pub_ack(data: bytes) -> PubAck:
