@@ -731,7 +731,9 @@ JetStreamManager = JetStream
 
 # Nats-* headers that belong to the stored message (kept in a direct get's answer);
 # Nats-Marker-Reason marks the server's own delete markers (KV TTL, server 2.11+).
-_USER_NATS = frozenset({"Nats-Msg-Id", "Nats-Rollup", "Nats-Expected-Stream", "Nats-Marker-Reason", "Nats-TTL"})
+_USER_NATS = frozenset(
+    {"Nats-Msg-Id", "Nats-Rollup", "Nats-Expected-Stream", "Nats-Marker-Reason", "Nats-TTL"}
+)
 
 
 def _pub_ack(data: bytes) -> PubAck:
