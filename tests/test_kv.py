@@ -314,3 +314,26 @@ def test_bucket_deleted_under_a_handle(js: object, direct: bool) -> None:
         kv.update("k", b"v2", last=1)
     with pytest.raises(BucketNotFoundError):
         kv.status()
+
+
+def test_server_placed_markers(js: object) -> None:
+    """Server 2.11+ buckets with limit markers: a key that ages out gets a marker with
+    ``Nats-Marker-Reason: MaxAge`` (no KV-Operation), read as a purge by get and watch."""
+    from natsync.js.kv import kv_stream_config
+
+    cfg = kv_stream_config(api.KeyValueConfig(bucket="MARKERS", ttl=1.0, storage=api.StorageType.MEMORY))
+    js.add_stream(cfg.evolve(allow_msg_ttl=True, subject_delete_marker_ttl=60.0))  # type: ignore[attr-defined]
+    try:
+        kv = js.key_value("MARKERS")  # type: ignore[attr-defined]
+        with kv.watch() as w:
+            assert w.updates(timeout=5) is None
+            kv.put("k", b"v")
+            assert w.updates(timeout=5).value == b"v"
+            marker = w.updates(timeout=15)
+        assert (marker.key, marker.operation, marker.value) == ("k", "PURGE", b"")
+        with pytest.raises(KeyDeletedError) as exc:
+            kv.get("k")
+        assert exc.value.op == "PURGE"
+        kv.create("k", b"again")  # a marker does not block create
+    finally:
+        js.delete_key_value("MARKERS")  # type: ignore[attr-defined]
