@@ -700,9 +700,6 @@ class _MetaWatcher:
         marker: bool,
         timeout: float | None,
     ) -> None:
-        from ._proto import parse_metadata
-
-        self._parse = parse_metadata
         self._lock = threading.Lock()
         self._stopped = False
         self._init_done = not marker
@@ -721,7 +718,7 @@ class _MetaWatcher:
             self._init_done = True
             self._ready.append(None)
 
-    def _convert(self, msg: Msg, md: Any) -> Any:  # pragma: no cover - overridden
+    def _convert(self, msg: Msg, sseq: int, ts: int, pending: int) -> Any:  # pragma: no cover
         raise NotImplementedError
 
     def updates(self, timeout: float | None = 5.0) -> Any:
@@ -749,11 +746,16 @@ class _MetaWatcher:
                 if self._stopped:
                     raise StopIteration from None
                 raise
-            md = self._parse(msg.reply)
-            item = self._convert(msg, md)
+            fields = _ack_fields(msg.reply)
+            if fields is None:
+                continue  # not a stream message (the ordered consumer filters those)
+            pending = fields[2]
+            item = self._convert(msg, fields[0], fields[1], pending)
             if item is not _SKIP:
+                if self._init_done or pending:
+                    return item
                 self._ready.append(item)
-            if not self._init_done and md is not None and md.num_pending == 0:
+            if not self._init_done and pending == 0:
                 self._init_done = True
                 self._ready.append(None)
 
@@ -783,6 +785,30 @@ class _MetaWatcher:
         self.stop()
 
 
+def _ack_fields(reply: str | None) -> tuple[int, int, int] | None:
+    """(stream sequence, timestamp ns, num_pending) of a JetStream ack subject (the
+    9-token form or the 11+-token form with domain and account hash), or None."""
+    if not reply:
+        return None
+    t = reply.split(".")
+    n = len(t)
+    try:
+        if n == 9:
+            return int(t[5]), int(t[7]), int(t[8])
+        if n >= 11:
+            return int(t[7]), int(t[9]), int(t[10])
+    except ValueError:
+        return None
+    return None
+
+
+_UTC = _dt.timezone.utc
+
+
+def _datetime_ns(ns: int) -> _dt.datetime:
+    return _dt.datetime.fromtimestamp(ns // 1000 / 1_000_000, _UTC)
+
+
 class KeyWatcher(_MetaWatcher):
     """A watch on keys of a bucket (see :meth:`KeyValue.watch`).
 
@@ -803,6 +829,7 @@ class KeyWatcher(_MetaWatcher):
     ) -> None:
         self._bucket = kv._name
         self._pre = kv._pre
+        self._prelen = len(kv._pre)
         self._ignore_deletes = ignore_deletes
         super().__init__(
             kv._js,
@@ -814,16 +841,16 @@ class KeyWatcher(_MetaWatcher):
             timeout=timeout,
         )
 
-    def _convert(self, msg: Msg, md: Any) -> Any:
-        op = entry_operation(msg.headers)
+    def _convert(self, msg: Msg, sseq: int, ts: int, pending: int) -> Any:
+        op = entry_operation(msg.headers) if msg._hdr is not None or msg._headers is not None else None
         if op is not None and self._ignore_deletes:
             return _SKIP
         return Entry(
-            bucket=self._bucket,
-            key=msg.subject[len(self._pre) :],
-            value=msg.data,
-            revision=md.sequence.stream if md is not None else 0,
-            delta=md.num_pending if md is not None else None,
-            created=md.timestamp if md is not None else None,
-            operation=op,
+            self._bucket,
+            msg.subject[self._prelen :],
+            msg.data,
+            sseq,
+            pending,
+            _datetime_ns(ts),
+            op,
         )

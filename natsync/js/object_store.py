@@ -42,7 +42,7 @@ from .errors import (
     ObjectNotFoundError,
     StreamNotFoundError,
 )
-from .kv import _SKIP, _MetaWatcher
+from .kv import _SKIP, _datetime_ns, _MetaWatcher
 
 __all__ = [
     "ObjectStore",
@@ -987,13 +987,12 @@ class ObjectWatcher(_MetaWatcher):
             timeout=timeout,
         )
 
-    def _convert(self, msg: Any, md: Any) -> Any:
+    def _convert(self, msg: Any, sseq: int, ts: int, pending: int) -> Any:
         try:
             info = info_from_json(msg.data)
         except ValueError:
             return _SKIP  # not a meta record this client understands
         if info.deleted and self._ignore_deletes:
             return _SKIP
-        if md is not None:
-            info.mtime = api.format_time(md.timestamp)
+        info.mtime = api.format_time(_datetime_ns(ts))
         return info
