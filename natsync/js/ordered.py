@@ -245,7 +245,7 @@ class OrderedConsumer(PushSubscription):
                     raise
                 continue  # an old deliver subscription ended under us
             now = time.monotonic()
-            rc = nc.stats.reconnects
+            rc = nc._reconnects  # the plain counter: nc.stats builds an object per call
             if rc != self._reconnects:
                 self._reconnects = rc
                 self._reset()
