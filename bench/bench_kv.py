@@ -219,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.ops, args.watch_keys, args.obj_mib, args.repeat = 500, 1000, 8, 1
 
-    import nats
 
     import natsync
     from natsync.js import api
