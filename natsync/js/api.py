@@ -755,12 +755,14 @@ class ObjectMetaOptions(Base):
 
 @dataclass
 class ObjectMeta(Base):
-    """What describes an object: name, description, headers, options."""
+    """What describes an object: name, description, headers, options, and user
+    ``metadata`` (a str -> str dict, as nats.go's ``ObjectMeta.Metadata``)."""
 
     name: str | None = None
     description: str | None = None
     headers: dict[str, Any] | None = None
     options: ObjectMetaOptions | None = None
+    metadata: dict[str, str] | None = None
 
 
 @dataclass
@@ -789,5 +791,9 @@ class ObjectInfo(Base):
     def meta(self) -> ObjectMeta:
         """The object's :class:`ObjectMeta`."""
         return ObjectMeta(
-            name=self.name, description=self.description, headers=self.headers, options=self.options
+            name=self.name,
+            description=self.description,
+            headers=self.headers,
+            options=self.options,
+            metadata=self.metadata,
         )
