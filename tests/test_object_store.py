@@ -300,3 +300,38 @@ def test_200_mib_object_in_bounded_memory(js: object, tmp_path: Path) -> None:
         assert get_peak - base < limit, f"get grew RSS by {(get_peak - base) / MiB:.1f} MiB"
     finally:
         js.delete_object_store("BIG")  # type: ignore[attr-defined]
+
+
+def test_metadata_round_trip(obs: ObjectStore) -> None:
+    meta = api.ObjectMeta(name="m", description="d", metadata={"owner": "ops", "tier": "1"})
+    info = obs.put("m", b"data", meta=meta)
+    assert info.metadata == {"owner": "ops", "tier": "1"}
+    assert obs.get_info("m").metadata == {"owner": "ops", "tier": "1"}
+    assert obs.get_info("m").meta.metadata == {"owner": "ops", "tier": "1"}
+    obs.update_meta("m", api.ObjectMeta(name="m", metadata={"owner": "dev"}))
+    got = obs.get_info("m")
+    assert got.metadata == {"owner": "dev"} and got.description is None
+
+
+def test_bucket_without_direct_get_and_deleted_buckets(js: object) -> None:
+    from natsync.js.object_store import obs_stream_config
+
+    cfg = obs_stream_config(api.ObjectStoreConfig(bucket="NODIRECT", storage=api.StorageType.MEMORY))
+    js.add_stream(cfg.evolve(allow_direct=False))  # type: ignore[attr-defined]
+    store = js.object_store("NODIRECT")  # type: ignore[attr-defined]
+    try:
+        store.put("x", b"old style bucket")
+        assert store.get("x").data == b"old style bucket"
+        other = js.create_object_store(bucket="DOOMED", storage=api.StorageType.MEMORY)  # type: ignore[attr-defined]
+        store.add_link("to-doomed", other.put("t", b"1"))
+        js.delete_object_store("DOOMED")  # type: ignore[attr-defined]
+        with pytest.raises(BucketNotFoundError):
+            store.get("to-doomed")
+        with pytest.raises(BucketNotFoundError):
+            other.get_info("t")
+        with pytest.raises(BucketNotFoundError):
+            other.put("t", b"2")
+        with pytest.raises(BucketNotFoundError):
+            js.delete_object_store("DOOMED")  # type: ignore[attr-defined]
+    finally:
+        js.delete_object_store("NODIRECT")  # type: ignore[attr-defined]

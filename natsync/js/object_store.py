@@ -40,6 +40,7 @@ from .errors import (
     NotFoundError,
     ObjectDeletedError,
     ObjectNotFoundError,
+    ServiceUnavailableError,
     StreamNotFoundError,
 )
 from .kv import _SKIP, _datetime_ns, _MetaWatcher
@@ -423,10 +424,13 @@ class ObjectStore:
     context's, per request) passed, and may be called from any thread.
     """
 
-    def __init__(self, js: Any, bucket: str, stream: str | None = None) -> None:
+    def __init__(self, js: Any, bucket: str, stream: str | None = None, direct: bool = True) -> None:
         self._js = js
         self._name = bucket
         self._stream = stream or stream_name(bucket)
+        # direct gets for meta records when the stream allows them (nats.go creates
+        # buckets with allow_direct; older ones may lack it)
+        self._direct = direct
 
     @property
     def bucket(self) -> str:
@@ -454,12 +458,18 @@ class ObjectStore:
         _check_name(name)
         try:
             msg = self._js.get_msg(
-                self._stream, subject=meta_subject(self._name, name), direct=True, timeout=timeout
+                self._stream, subject=meta_subject(self._name, name), direct=self._direct, timeout=timeout
             )
         except StreamNotFoundError as err:
             raise BucketNotFoundError(description=f"bucket {self._name!r} not found") from err
         except NotFoundError as err:
             raise ObjectNotFoundError(description=f"object {name!r} not found") from err
+        except ServiceUnavailableError as err:
+            if err.operation != "DIRECT.GET":
+                raise
+            raise BucketNotFoundError(
+                description=f"bucket {self._name!r} not found (or JetStream is unavailable)"
+            ) from err
         try:
             info = info_from_json(msg.data or b"")
         except ValueError as err:
@@ -503,7 +513,7 @@ class ObjectStore:
                 description=meta.description,
                 headers=meta.headers,
                 options=meta.options,
-                **_meta_extra(meta),
+                metadata=meta.metadata,
             )
         _check_name(meta.name)
         assert meta.name is not None
@@ -557,7 +567,7 @@ class ObjectStore:
                 description=meta.description,
                 headers=_headers_from_wire(_headers_to_wire(meta.headers)),
                 options=api.ObjectMetaOptions(link=None, max_chunk_size=size),
-                metadata=getattr(meta, "metadata", None),
+                metadata=dict(meta.metadata) if meta.metadata else None,
             )
             self._publish_meta(info, t)
         except BaseException:
@@ -623,7 +633,9 @@ class ObjectStore:
                     f"object {name!r} is a link to bucket {link.bucket!r}, not to an object: "
                     f"use js.object_store({link.bucket!r})"
                 )
-            target = self if link.bucket == self._name else ObjectStore(self._js, link.bucket)
+            target = (
+                self if link.bucket == self._name else object_store(self._js, link.bucket, timeout=timeout)
+            )
             return target.get(link.name, writeinto, timeout=timeout)
         result = ObjectResult(info=info)
         parts: list[bytes] = []
@@ -768,9 +780,7 @@ class ObjectStore:
         info.name = new_name
         info.description = meta.description
         info.headers = _headers_from_wire(_headers_to_wire(meta.headers))
-        extra = _meta_extra(meta)
-        if "metadata" in extra:
-            info.metadata = extra["metadata"]
+        info.metadata = dict(meta.metadata) if meta.metadata else None
         self._publish_meta(info, timeout)
         if new_name != name:
             self._js.purge_stream(self._stream, subject=meta_subject(self._name, name), timeout=timeout)
@@ -869,11 +879,6 @@ class ObjectStore:
         )
 
 
-def _meta_extra(meta: api.ObjectMeta) -> dict[str, Any]:
-    md = getattr(meta, "metadata", None)
-    return {"metadata": md} if md is not None else {}
-
-
 def _check_name(name: object) -> None:
     if not isinstance(name, str) or not name:
         raise ValueError(f"an object name must be a non-empty str, not {name!r}")
@@ -916,8 +921,8 @@ def create_object_store(
 
     cfg = _config_from(config, fields, api.ObjectStoreConfig)
     scfg = obs_stream_config(cfg)
-    js.add_stream(scfg, timeout=timeout)
-    return ObjectStore(js, cfg.bucket, scfg.name)
+    info = js.add_stream(scfg, timeout=timeout)
+    return ObjectStore(js, cfg.bucket, scfg.name, bool(info.config.allow_direct))
 
 
 def object_store(js: Any, bucket: str, *, timeout: float | None = None) -> ObjectStore:
@@ -934,7 +939,7 @@ def object_store(js: Any, bucket: str, *, timeout: float | None = None) -> Objec
         raise BucketNotFoundError(
             code=err.code, err_code=err.err_code, description=f"object store {bucket!r} not found"
         ) from err
-    return ObjectStore(js, bucket, info.config.name)
+    return ObjectStore(js, bucket, info.config.name, bool(info.config.allow_direct))
 
 
 def delete_object_store(js: Any, bucket: str, *, timeout: float | None = None) -> bool:
