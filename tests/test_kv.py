@@ -337,3 +337,30 @@ def test_server_placed_markers(js: object) -> None:
         kv.create("k", b"again")  # a marker does not block create
     finally:
         js.delete_key_value("MARKERS")  # type: ignore[attr-defined]
+
+
+def test_small_calls_and_bad_arguments(js: object, kv: KeyValue) -> None:
+    assert repr(kv) == f"<KeyValue bucket={kv.bucket!r}>"
+    st = kv.status()
+    assert st.storage == api.StorageType.MEMORY and st.replicas == 1 and st.max_bytes == -1 and st.ttl is None
+    r1 = kv.put("k", bytearray(b"ba"))
+    assert kv.get("k").value == b"ba"
+    with pytest.raises(ValueError, match="revision"):
+        kv.get("k", revision=0)
+    with pytest.raises(ValueError, match="last"):
+        kv.delete("k", last=-2)
+    with pytest.raises(KeyWrongLastSequenceError):
+        kv.purge("k", last=r1 + 100)
+    assert kv.purge("k", last=r1) is True
+    with kv.watchall() as w:
+        e = w.updates(timeout=5)
+        assert e is not None and e.operation == "PURGE"
+    with pytest.raises(TypeError, match="KeyValueConfig"):
+        js.create_key_value(config=api.StreamConfig(name="x"))  # type: ignore[attr-defined]
+    # a stream named like a bucket that is not one
+    js.add_stream(name="KV_NOTKV", subjects=["notkv.>"], storage=api.StorageType.MEMORY)  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(BucketNotFoundError, match="not a Key/Value bucket"):
+            js.key_value("NOTKV")  # type: ignore[attr-defined]
+    finally:
+        js.delete_stream("KV_NOTKV")  # type: ignore[attr-defined]

@@ -335,3 +335,41 @@ def test_bucket_without_direct_get_and_deleted_buckets(js: object) -> None:
             js.delete_object_store("DOOMED")  # type: ignore[attr-defined]
     finally:
         js.delete_object_store("NODIRECT")  # type: ignore[attr-defined]
+
+
+class _ReadOnly:
+    """A binary reader with read() only (no readinto)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._buf = io.BytesIO(data)
+
+    def read(self, n: int) -> bytes:
+        return self._buf.read(n)
+
+
+def test_small_calls_and_bad_arguments(js: object, obs: ObjectStore) -> None:
+    assert repr(obs) == f"<ObjectStore bucket={obs.bucket!r}>"
+    data = os.urandom(5000)
+    assert obs.put("r", _ReadOnly(data), chunk_size=1024).chunks == 5
+    assert obs.get("r").data == data
+    st = obs.status()
+    assert st.storage == api.StorageType.MEMORY and st.replicas == 1 and st.size > 5000
+    link_meta = api.ObjectMeta(
+        name="l", options=api.ObjectMetaOptions(link=api.ObjectLink(bucket="b", name="n"))
+    )
+    with pytest.raises(ValueError, match="link"):
+        obs.put("l", b"x", meta=link_meta)
+    with pytest.raises(ValueError, match="chunk_size"):
+        obs.put("l", b"x", chunk_size=-1)
+    with pytest.raises(ValueError, match="ObjectInfo"):
+        obs.add_link("l", None)  # type: ignore[arg-type]
+    deleted = api.ObjectInfo(name="d", bucket=obs.bucket, nuid="N", deleted=True)
+    with pytest.raises(ValueError, match="deleted"):
+        obs.add_link("l", deleted)
+    with pytest.raises(TypeError):
+        obs.add_bucket_link("l", "not a store")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ObjectStoreConfig"):
+        js.create_object_store(config=api.KeyValueConfig(bucket="x"))  # type: ignore[attr-defined]
+    # nats-py's spelling: put(name, data, meta) where meta names another object: name wins
+    info = obs.put("wins", b"1", meta=api.ObjectMeta(name="loses"))
+    assert info.name == "wins" and obs.get("wins").data == b"1"
