@@ -190,3 +190,15 @@ def test_watcher_survives_server_restart() -> None:
                     w.updates(timeout=0.5)  # nothing repeated
             finally:
                 w.stop()
+
+
+def test_watch_of_a_deleted_bucket(nc: natsync.Client) -> None:
+    from natsync.js.errors import BucketNotFoundError
+
+    js = nc.jetstream()
+    kv = js.create_key_value(bucket="GONE", storage=api.StorageType.MEMORY)
+    js.delete_key_value("GONE")
+    with pytest.raises(BucketNotFoundError):
+        kv.watch()
+    with pytest.raises(BucketNotFoundError):
+        kv.keys()

@@ -706,14 +706,17 @@ class _MetaWatcher:
         self._ready: list[Any] = []
         from .ordered import OrderedConsumer
 
-        self._sub = OrderedConsumer(
-            js,
-            stream,
-            subjects,
-            deliver_policy=deliver_policy,
-            headers_only=headers_only,
-            timeout=timeout,
-        )
+        try:
+            self._sub = OrderedConsumer(
+                js,
+                stream,
+                subjects,
+                deliver_policy=deliver_policy,
+                headers_only=headers_only,
+                timeout=timeout,
+            )
+        except StreamNotFoundError as err:
+            raise BucketNotFoundError(description=f"no bucket behind stream {stream!r}") from err
         if not self._init_done and self._sub.initial_pending == 0:
             self._init_done = True
             self._ready.append(None)
@@ -723,6 +726,8 @@ class _MetaWatcher:
 
     def updates(self, timeout: float | None = 5.0) -> Any:
         """Return the next update: an entry, or ``None`` once after the initial values.
+
+        Read a watcher from one thread at a time (:meth:`stop` may come from any).
 
         Raises:
             natsync.TimeoutError: nothing came within *timeout* seconds (None: wait
