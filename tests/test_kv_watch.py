@@ -202,3 +202,13 @@ def test_watch_of_a_deleted_bucket(nc: natsync.Client) -> None:
         kv.watch()
     with pytest.raises(BucketNotFoundError):
         kv.keys()
+
+
+def test_updates_only(kv: KeyValue) -> None:
+    kv.put("old", b"1")
+    with kv.watch(updates_only=True) as w:
+        with pytest.raises(natsync.TimeoutError):
+            w.updates(timeout=0.3)  # neither the current value nor a None marker
+        kv.put("new", b"2")
+        e = w.updates(timeout=5)
+        assert e is not None and (e.key, e.value) == ("new", b"2")

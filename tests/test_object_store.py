@@ -141,6 +141,8 @@ def test_put_get_bytes_str_file(obs: ObjectStore, tmp_path: Path) -> None:
     assert res.data == b"" and out.read_bytes() == data[:200_000]
     with open(src) as text_file, pytest.raises(TypeError, match="rb"):
         obs.put("bad", text_file)  # type: ignore[arg-type]
+    with open(tmp_path / "text.out", "w") as text_out, pytest.raises(TypeError, match="wb"):
+        obs.get("file", writeinto=text_out)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         obs.put("bad", 42)  # type: ignore[arg-type]
     with pytest.raises(ValueError):

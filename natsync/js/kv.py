@@ -571,6 +571,7 @@ class KeyValue:
         include_history: bool = False,
         ignore_deletes: bool = False,
         meta_only: bool = False,
+        updates_only: bool = False,
         timeout: float | None = None,
     ) -> KeyWatcher:
         """Watch the keys matching *keys* (a pattern or a list of patterns).
@@ -578,7 +579,8 @@ class KeyValue:
         The watcher first yields the current values (every kept revision with
         *include_history*), then ``None`` once they have all been delivered, then
         every change as it happens.  *ignore_deletes* leaves out delete and purge
-        markers; *meta_only* delivers entries without their values.  Use it as an
+        markers; *meta_only* delivers entries without their values; *updates_only*
+        (nats.go's ``UpdatesOnly``) skips the current values and the ``None``.  Use it as an
         iterator or call :meth:`KeyWatcher.updates`; :meth:`KeyWatcher.stop` (or a
         ``with`` block) ends it.  It is built on an ordered consumer: it survives
         reconnects and server restarts without missing or repeating a change.
@@ -592,6 +594,7 @@ class KeyValue:
             include_history=include_history,
             ignore_deletes=ignore_deletes,
             meta_only=meta_only,
+            updates_only=updates_only,
             timeout=timeout,
         )
 
@@ -830,6 +833,7 @@ class KeyWatcher(_MetaWatcher):
         include_history: bool,
         ignore_deletes: bool,
         meta_only: bool,
+        updates_only: bool = False,
         timeout: float | None,
     ) -> None:
         self._bucket = kv._name
@@ -840,9 +844,13 @@ class KeyWatcher(_MetaWatcher):
             kv._js,
             kv._stream,
             [kv._pre + p for p in patterns],
-            deliver_policy=api.DeliverPolicy.ALL if include_history else api.DeliverPolicy.LAST_PER_SUBJECT,
+            deliver_policy=api.DeliverPolicy.NEW
+            if updates_only
+            else api.DeliverPolicy.ALL
+            if include_history
+            else api.DeliverPolicy.LAST_PER_SUBJECT,
             headers_only=meta_only,
-            marker=True,
+            marker=not updates_only,
             timeout=timeout,
         )
 

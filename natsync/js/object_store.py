@@ -625,6 +625,8 @@ class ObjectStore:
             ValueError: the name is a link to a whole bucket.
             natsync.TimeoutError: a chunk did not come within *timeout*.
         """
+        if isinstance(writeinto, io.TextIOBase):
+            raise TypeError("get() needs a binary file object for writeinto: open the file in 'wb' mode")
         info = self.get_info(name, show_deleted=show_deleted, timeout=timeout)
         if info.options is not None and info.options.link is not None:
             link = info.options.link
