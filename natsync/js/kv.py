@@ -421,8 +421,11 @@ class KeyValue:
                 raise
             return self._update(key, data, entry.revision, timeout)
 
-    def update(self, key: str, value: bytes | str, last: int, *, timeout: float | None = None) -> int:
-        """Store *value* under *key* only if the key's newest revision is *last*.
+    def update(
+        self, key: str, value: bytes | str, last: int | None = None, *, timeout: float | None = None
+    ) -> int:
+        """Store *value* under *key* only if the key's newest revision is *last*
+        (``0`` or None: only if the key has no message at all, as nats-py).
 
         Returns the new revision.
 
@@ -431,6 +434,8 @@ class KeyValue:
             InvalidKeyError: for a bad key (nothing is sent).
         """
         validate_key(key)
+        if last is None:
+            last = 0
         if not isinstance(last, int) or isinstance(last, bool) or last < 0:
             raise ValueError(f"last must be a revision (an int >= 0), not {last!r}")
         return self._update(key, _as_value(value), last, timeout)
