@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +149,11 @@ def test_put_get_bytes_str_file(obs: ObjectStore, tmp_path: Path) -> None:
         obs.put("bad", 42)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         obs.put("", b"x")
+    # every get's private consumer is gone afterwards
+    deadline = time.monotonic() + 5
+    while obs._js.consumers_info(f"OBJ_{obs.bucket}"):
+        assert time.monotonic() < deadline, "a get left its consumer behind"
+        threading.Event().wait(0.05)
 
 
 def test_info_meta_update_delete_list(obs: ObjectStore) -> None:
