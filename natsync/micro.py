@@ -388,7 +388,11 @@ class Endpoint:
         }
 
     def stats(self) -> dict[str, Any]:
-        """This endpoint's ADR-32 ``EndpointStats`` (times in nanoseconds)."""
+        """This endpoint's ADR-32 ``EndpointStats`` (times in nanoseconds).
+
+        A request is counted when its handler returns (as nats.go does), which may be
+        just after the requester got the reply.
+        """
         with self.service._lock:
             n, t = self.num_requests, self.processing_time
             return {
