@@ -259,7 +259,8 @@ def test_errors_are_service_errors_and_counted(nc: natsync.Client) -> None:
         assert st["processing_time"] >= st["average_processing_time"] > 0
         svc.reset()
         st = svc.stats()["endpoints"][0]
-        assert (st["num_requests"], st["num_errors"], st["last_error"], st["processing_time"]) == (0, 0, "", 0)
+        assert (st["num_requests"], st["num_errors"], st["last_error"]) == (0, 0, "")
+        assert st["processing_time"] == 0
         assert calls == 5
 
 
@@ -458,7 +459,8 @@ def test_service_answers_again_after_a_reconnect(server: NATSServer) -> None:
             reconnected_cb=reconnected.set,
         )
         try:
-            with natsync.connect(server.url) as client, micro.add_service(nc, name="phoenix", version="1.0.0") as svc:
+            svc = micro.add_service(nc, name="phoenix", version="1.0.0")
+            with natsync.connect(server.url) as client, svc:
                 svc.add_endpoint("rise", echo)
                 assert client.request("rise", b"1", timeout=WAIT).data == b"1"
                 assert proxy.cut() >= 1
