@@ -986,6 +986,8 @@ def cmd_kv_watch(nc: Client, args: argparse.Namespace) -> int:
                 entry = watcher.updates(timeout=0.25)
             except NatsTimeoutError:
                 continue
+            except StopIteration:  # the watcher ended
+                break
             if entry is None:
                 if not args.json:
                     _status("(current values delivered; now watching for changes)")
