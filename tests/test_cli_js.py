@@ -144,7 +144,8 @@ def test_js_commands_in_process(
     server: NATSServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     s = ("-s", server.url)
-    status, _, err = call(capsys, "stream", "add", "INPROC", "--max-msgs", "10", "--max-age", "60", "--json", *s)
+    status, _, err = call(capsys, "stream", "add", "INPROC", "--max-msgs", "10", "--max-age", "60",
+                          "--json", *s)
     assert status == 0, err
     status, out, _ = call(capsys, "stream", "info", "INPROC", *s)
     assert status == 0 and "Stream INPROC" in out and "subjects: INPROC" in out
