@@ -458,3 +458,66 @@ def test_jsonable_covers_library_types() -> None:
     assert doc == {"c": "red", "when": "2024-01-02T00:00:00+00:00", "age": 1.5, "raw": "/w==", "tags": ["a"]}
     doc = json.loads(cli._dumps({"h": natsync.Headers({"A": ["1", "2"]}), "o": object()}))
     assert doc["h"] == {"A": ["1", "2"]}
+
+
+# --- every way of authenticating ------------------------------------------------------------
+
+
+def test_user_password_from_env_and_flags(capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    with NATSServer(user="cli-user", password="cli-pa55") as srv:
+        url = f"nats://127.0.0.1:{srv.port}"
+        status, out, err = call(capsys, "rtt", "--count", "1", "-s", url, "--user", "cli-user",
+                                "--password", "cli-pa55")
+        assert status == 0, err
+        monkeypatch.setenv("NATS_URL", url)
+        monkeypatch.setenv("NATS_USER", "cli-user")
+        monkeypatch.setenv("NATS_PASSWORD", "wrong")
+        status, out, err = call(capsys, "rtt")
+        assert status == 1 and "AuthorizationError" in err and "wrong" not in err
+        status, out, err = call(capsys, "rtt", "--password", "cli-pa55")  # the flag wins
+        assert status == 0, err
+
+
+def test_mutual_tls_flags_and_env(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("trustme")
+    from authkit import make_pki, tls_block
+
+    pki = make_pki(tmp_path)
+    with NATSServer(config=tls_block(pki, verify=True)) as srv:
+        url = f"tls://127.0.0.1:{srv.port}"
+        status, out, err = call(capsys, "rtt", "--count", "1", "-s", url, "--tls-ca", pki.ca_file,
+                                "--tls-cert", pki.client_file, "--tls-key", pki.client_file)
+        assert status == 0, err
+        monkeypatch.setenv("NATS_CA", pki.ca_file)
+        monkeypatch.setenv("NATS_CERT", pki.client_file)
+        monkeypatch.setenv("NATS_KEY", pki.client_file)
+        proc = run("server", "info", "--json", "-s", url,
+                   env={k: os.environ[k] for k in ("NATS_CA", "NATS_CERT", "NATS_KEY")})
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["tls_required"] is True
+        monkeypatch.delenv("NATS_CERT")
+        monkeypatch.delenv("NATS_KEY")
+        status, out, err = call(capsys, "rtt", "-s", url)  # no client certificate
+        assert status == 1 and out == "" and err.count("\n") == 1
+
+
+def test_creds_and_nkey(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("nkeys")
+    from authkit import make_operator_setup, new_key
+
+    setup = make_operator_setup(tmp_path)
+    with NATSServer(config=setup.config) as srv:
+        status, out, err = call(capsys, "rtt", "--count", "1", "-s", srv.url, "--creds", setup.creds_file)
+        assert status == 0, err
+        proc = run("rtt", "-s", srv.url, env={"NATS_CREDS": setup.creds_file})
+        assert proc.returncode == 0, proc.stderr
+    key = new_key()
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_text(key.seed + "\n")
+    config = "authorization {\n  users = [ { nkey: " + key.public + " } ]\n}\n"
+    with NATSServer(config=config) as srv:
+        status, out, err = call(capsys, "rtt", "--count", "1", "-s", srv.url, "--nkey", str(seed_file))
+        assert status == 0, err
+        assert key.seed not in out + err
