@@ -521,3 +521,100 @@ def test_creds_and_nkey(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
         status, out, err = call(capsys, "rtt", "--count", "1", "-s", srv.url, "--nkey", str(seed_file))
         assert status == 0, err
         assert key.seed not in out + err
+
+
+# --- more in-process paths --------------------------------------------------------------------
+
+
+def test_req_json_service_error_and_no_responders(capsys: pytest.CaptureFixture[str], server: NATSServer,
+                                                  nc: natsync.Client) -> None:
+    with micro.add_service(nc, name="jsonerr", version="1.0.0") as svc:
+        svc.add_endpoint("e", lambda r: r.respond_error(422, "bad input", b"details"), subject="cli.in.err")
+        status, out, err = call(capsys, "req", "cli.in.err", "--json", "-s", server.url)
+    assert status == 1
+    doc = json.loads(out)  # the reply is still shown, then the error line
+    assert doc["service_error"] == {"code": "422", "description": "bad input"} and doc["data"] == "details"
+    assert doc["headers"]["Nats-Service-Error-Code"] == ["422"]
+    assert err == "natsync: error: service error 422: bad input\n"
+    status, out, err = call(capsys, "req", "cli.in.nobody", "-s", server.url)
+    assert (status, out, err) == (1, "", "natsync: error: no responders on 'cli.in.nobody'\n")
+
+
+def test_reply_human_and_json_rtt_and_info(capsys: pytest.CaptureFixture[str], server: NATSServer,
+                                           nc: natsync.Client) -> None:
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(cli.main(
+        ["reply", "cli.in.rep2", "ok", "--count", "1", "-s", server.url])))
+    t.start()
+    try:
+        def answered() -> bool:
+            try:
+                return nc.request("cli.in.rep2", "héllo".encode(), timeout=WAIT).data == b"ok"
+            except natsync.NoRespondersError:
+                return False
+
+        wait_until(answered, WAIT, "the reply command to answer")
+    finally:
+        t.join(WAIT)
+    assert result == [0]
+    assert capsys.readouterr().out == "[#1] Request on 'cli.in.rep2': héllo\n"
+    status, out, _ = call(capsys, "rtt", "--count", "2", "--json", "-s", server.url)
+    doc = json.loads(out)
+    assert status == 0 and len(doc["rtts_us"]) == 2 and doc["server"] == f"nats://127.0.0.1:{server.port}"
+    status, out, _ = call(capsys, "server", "info", "--json", "-s", server.url)
+    assert status == 0 and json.loads(out)["port"] == server.port
+
+
+def test_micro_json_ls_and_none(capsys: pytest.CaptureFixture[str], server: NATSServer,
+                                nc: natsync.Client) -> None:
+    with micro.add_service(nc, name="lsme", version="1.0.0") as a, micro.add_service(
+        nc, name="lsme", version="1.0.1"
+    ) as b:
+        status, out, _ = call(capsys, "micro", "ls", "lsme", "--json", "-s", server.url, "--timeout", "0.3")
+        assert status == 0 and sorted(d["id"] for d in json.loads(out)) == sorted([a.id, b.id])
+        status, out, _ = call(capsys, "micro", "info", "lsme", "-s", server.url, "--timeout", "0.3")
+        assert status == 0 and out.count("Service lsme") == 2
+        status, out, _ = call(capsys, "micro", "ls", "-s", server.url, "--timeout", "0.3")
+        assert status == 0 and out.count("lsme") == 2
+    status, out, err = call(capsys, "micro", "ls", "-s", server.url, "--timeout", "0.1")
+    assert (status, out, err) == (1, "", "natsync: error: no services answered within 0.1 s\n")
+
+
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (("req", "x", "--timeout", "abc"), "not a number"),
+        (("pub", "x", "--count", "1.5"), "not an integer"),
+        (("bench", "pub", "--size", "-1"), "must be an integer >= 0"),
+        (("bench", "pub", "--size", "q"), "not an integer"),
+    ],
+)
+def test_bad_values_name_the_option(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], word: str
+) -> None:
+    status, out, err = call(capsys, *args)
+    assert status == 2 and word in err
+
+
+def test_ctrl_c_during_a_request_exits_0(capsys: pytest.CaptureFixture[str], server: NATSServer,
+                                         nc: natsync.Client) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+
+    def interrupt(msg: natsync.Msg) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would; the request is never answered
+
+    nc.subscribe("cli.in.ctrlc", cb=interrupt)
+    nc.flush()
+    status, out, err = call(capsys, "req", "cli.in.ctrlc", "--timeout", "30", "-s", server.url)
+    assert (status, out, err) == (0, "", "")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_broken_pipe_exits_quietly(server: NATSServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    class ClosedPipe(io.StringIO):
+        def write(self, s: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert cli.main(["pub", "cli.in.pipe", "x", "-s", server.url]) == 0
