@@ -276,6 +276,17 @@ def test_jetstream_commands_fail_cleanly_without_jetstream(server: NATSServer) -
     assert_one_line_error(proc)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [("stream", "ls"), ("kv", "get", "b", "k"), ("kv", "ls"), ("obj", "ls", "b"), ("kv", "watch", "b")],
+)
+def test_jetstream_commands_fail_in_one_line_in_process(
+    capsys: pytest.CaptureFixture[str], server: NATSServer, args: tuple[str, ...]
+) -> None:
+    status, out, err = call(capsys, *args, "-s", server.url)
+    assert status == 1 and out == "" and err.count("\n") == 1 and err.startswith("natsync: error: ")
+
+
 # --- in-process (finer cases) ------------------------------------------------------------------
 
 
