@@ -75,12 +75,12 @@ def test_kv_commands_as_processes(server: NATSServer) -> None:
     assert run("kv", "add", "cfg", "--history", "5", *s).returncode == 0
     p = run("kv", "put", "cfg", "color", "blue", *s)
     assert p.returncode == 0 and p.stdout.startswith(b"color = revision ")
-    p = run("kv", "put", "cfg", "blob", "-", *s, stdin=b"\x00\x01")
+    p = run("kv", "put", "cfg", "blob", "-", *s, stdin=b"\xff\x01")
     assert p.returncode == 0, p.stderr
     p = run("kv", "get", "cfg", "color", *s)
     assert p.stdout == b"blue\n"
     p = run("kv", "get", "cfg", "blob", "--json", *s)
-    assert json.loads(p.stdout)["value_b64"] == "AAE="
+    assert json.loads(p.stdout)["value_b64"] == "/wE="
     p = run("kv", "ls", *s)
     assert b"cfg" in p.stdout.split()
     p = run("kv", "ls", "cfg", "--json", *s)
