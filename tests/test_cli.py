@@ -629,3 +629,19 @@ def test_broken_pipe_exits_quietly(server: NATSServer, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert cli.main(["pub", "cli.in.pipe", "x", "-s", server.url]) == 0
+
+
+def test_readme_shows_the_current_help(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "88")
+    status, out, _ = call(capsys, "--help")
+    assert status == 0
+    readme = (ROOT / "README.rst").read_text()
+    block = readme.split("``natsync --help``:\n\n.. code-block:: text\n\n", 1)[1]
+    shown = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        shown.append(line[4:])
+    assert "\n".join(shown).strip() == out.strip(), "README's natsync --help is stale: paste the new output"
