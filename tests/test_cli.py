@@ -256,12 +256,12 @@ def test_bench_processes(server: NATSServer) -> None:
 def test_micro_commands_as_processes(server: NATSServer, nc: natsync.Client) -> None:
     with micro.add_service(nc, name="clisvc", version="3.1.4", description="for the CLI") as svc:
         svc.add_group("g").add_endpoint("e", lambda r: r.respond(b"ok"))
-        proc = run("micro", "ls", "-s", server.url, "--timeout", "0.5")
+        proc = run("micro", "ls", "-s", server.url, "--timeout", "1")
         assert proc.returncode == 0, proc.stderr
         lines = proc.stdout.splitlines()
         assert lines[0].split() == ["NAME", "VERSION", "ID", "DESCRIPTION", "ENDPOINTS"]
         assert any(line.split()[:3] == ["clisvc", "3.1.4", svc.id] for line in lines[1:])
-        proc = run("micro", "stats", "clisvc", svc.id, "--json", "-s", server.url, "--timeout", "0.5")
+        proc = run("micro", "stats", "clisvc", svc.id, "--json", "-s", server.url, "--timeout", "1")
         assert proc.returncode == 0, proc.stderr
         docs = json.loads(proc.stdout)
         assert [d["id"] for d in docs] == [svc.id]
@@ -425,11 +425,11 @@ def test_micro_in_process(capsys: pytest.CaptureFixture[str], server: NATSServer
         svc.add_endpoint("a", lambda r: r.respond_error(500, "nope"), queue_group="")
         nc.request("a", b"", timeout=WAIT)
         wait_until(lambda: svc.stats()["endpoints"][0]["num_errors"] == 1, WAIT)
-        status, out, _ = call(capsys, "micro", "info", "inproc", "-s", server.url, "--timeout", "0.3")
+        status, out, _ = call(capsys, "micro", "info", "inproc", "-s", server.url, "--timeout", "0.5")
         assert status == 0
         assert f"Service inproc 1.0.0 (id {svc.id})" in out and "description: desc" in out
         assert "metadata m: 1" in out and "  a" in out
-        status, out, _ = call(capsys, "micro", "stats", "inproc", "-s", server.url, "--timeout", "0.3")
+        status, out, _ = call(capsys, "micro", "stats", "inproc", "-s", server.url, "--timeout", "0.5")
         assert status == 0 and "500:nope" in out and "started: " in out
     status, out, err = call(capsys, "micro", "ls", "bad name", "-s", server.url)
     assert status == 1 and "not valid" in err
@@ -581,11 +581,11 @@ def test_micro_json_ls_and_none(capsys: pytest.CaptureFixture[str], server: NATS
     with micro.add_service(nc, name="lsme", version="1.0.0") as a, micro.add_service(
         nc, name="lsme", version="1.0.1"
     ) as b:
-        status, out, _ = call(capsys, "micro", "ls", "lsme", "--json", "-s", server.url, "--timeout", "0.3")
+        status, out, _ = call(capsys, "micro", "ls", "lsme", "--json", "-s", server.url, "--timeout", "0.5")
         assert status == 0 and sorted(d["id"] for d in json.loads(out)) == sorted([a.id, b.id])
-        status, out, _ = call(capsys, "micro", "info", "lsme", "-s", server.url, "--timeout", "0.3")
+        status, out, _ = call(capsys, "micro", "info", "lsme", "-s", server.url, "--timeout", "0.5")
         assert status == 0 and out.count("Service lsme") == 2
-        status, out, _ = call(capsys, "micro", "ls", "-s", server.url, "--timeout", "0.3")
+        status, out, _ = call(capsys, "micro", "ls", "-s", server.url, "--timeout", "0.5")
         assert status == 0 and out.count("lsme") == 2
     status, out, err = call(capsys, "micro", "ls", "-s", server.url, "--timeout", "0.1")
     assert (status, out, err) == (1, "", "natsync: error: no services answered within 0.1 s\n")

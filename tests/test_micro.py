@@ -154,9 +154,9 @@ def test_client_side_collects_every_instance(nc: natsync.Client, server: NATSSer
         with micro.add_service(nc, name="multi", version="0.1.0") as a, micro.add_service(
             nc2, name="multi", version="0.1.0"
         ) as b:
-            got = micro.ping(nc, "multi", timeout=0.5)
+            got = micro.ping(nc, "multi", timeout=WAIT, max_responses=2)
             assert sorted(d["id"] for d in got) == sorted([a.id, b.id])
-            assert [d["id"] for d in micro.ping(nc, "multi", b.id, timeout=0.3)] == [b.id]
+            assert [d["id"] for d in micro.ping(nc, "multi", b.id, timeout=WAIT, max_responses=1)] == [b.id]
             # max_responses returns early
             t0 = time.monotonic()
             assert len(micro.ping(nc, "multi", timeout=WAIT, max_responses=2)) == 2
@@ -467,7 +467,8 @@ def test_service_answers_again_after_a_reconnect(server: NATSServer) -> None:
                 assert reconnected.wait(WAIT)
                 nc.flush(timeout=WAIT)
                 assert client.request("rise", b"2", timeout=WAIT).data == b"2"
-                assert [d["id"] for d in micro.ping(client, "phoenix", timeout=0.3)] == [svc.id]
+                pings = micro.ping(client, "phoenix", timeout=WAIT, max_responses=1)
+                assert [d["id"] for d in pings] == [svc.id]
                 wait_until(lambda: svc.stats()["endpoints"][0]["num_requests"] == 2, WAIT)
         finally:
             nc.close()
