@@ -101,6 +101,9 @@ _SEMVER = re.compile(
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _BAD_SUBJECT_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
 _CODE = re.compile(r"^-?[0-9]+$")
+# The services whose handler runs on the current thread (so stop() knows not to wait
+# for itself).
+_handling = threading.local()
 
 
 class ServiceError(NatsError):
@@ -338,6 +341,8 @@ class Endpoint:
     def _handle(self, msg: Msg) -> None:
         req = Request(msg)
         start = time.perf_counter_ns()
+        active: list[Service] = _handling.__dict__.setdefault("services", [])
+        active.append(self.service)
         try:
             self.handler(req)
         except Exception as e:  # noqa: BLE001 - any handler failure becomes a service error
@@ -355,6 +360,8 @@ class Endpoint:
                     req.respond_error(code, desc)
                 except (NatsError, ValueError) as err:
                     log.warning("micro: could not send the error reply on %r: %s", self.subject, err)
+        finally:
+            active.pop()
         elapsed = time.perf_counter_ns() - start
         with self.service._lock:
             self.num_requests += 1
@@ -515,6 +522,8 @@ class Service(_EndpointAdder):
         self._stopping = False
         self._endpoints: list[Endpoint] = []
         self._verb_subs: list[Subscription] = []
+        self._stop_thread: threading.Thread | None = None
+        self._stats_handler: Callable[[Endpoint], Any] | None = None
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -589,7 +598,15 @@ class Service(_EndpointAdder):
         """
         doc = self._identity(STATS_RESPONSE_TYPE)
         doc["started"] = self.started.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        doc["endpoints"] = [ep.stats() for ep in self.endpoints]
+        doc["endpoints"] = []
+        for ep in self.endpoints:
+            st = ep.stats()
+            if self._stats_handler is not None:
+                try:
+                    st["data"] = self._stats_handler(ep)
+                except Exception:  # noqa: BLE001 - a failing stats_handler must not break STATS
+                    log.warning("micro: stats_handler failed for endpoint %r", ep.subject, exc_info=True)
+            doc["endpoints"].append(st)
         return doc
 
     def reset(self) -> None:
@@ -622,20 +639,33 @@ class Service(_EndpointAdder):
         handled and answered), end the discovery subscriptions, join the endpoints'
         threads, then set :attr:`stopped`.  Idempotent; works on a closed connection.
 
-        Do not call it from one of this service's handlers (it waits for them); from
-        there, call it on another thread.  *timeout* bounds each drain (default: the
-        client's ``drain_timeout``).
+        Called from one of this service's own handlers (say, a "shutdown" endpoint), it
+        returns at once and the stop completes on a thread of its own once the
+        handlers returned; wait for :attr:`stopped` elsewhere.  *timeout* bounds each
+        drain (default: the client's ``drain_timeout``).
         """
+        in_handler = self in getattr(_handling, "services", ())
         with self._lock:
-            if self._stopping:
-                already = True
-            else:
-                already = False
-                self._stopping = True
+            first = not self._stopping
+            self._stopping = True
             endpoints = list(self._endpoints)
-        if already:
-            self.stopped.wait(timeout)
+            if first and in_handler:
+                self._stop_thread = threading.Thread(
+                    target=self._finish_stop, args=(endpoints, timeout), name="natsync-micro-stop"
+                )
+                self._stop_thread.start()
+                return
+        if first:
+            self._finish_stop(endpoints, timeout)
             return
+        if in_handler:
+            return
+        t = self._stop_thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+        self.stopped.wait(timeout)
+
+    def _finish_stop(self, endpoints: list[Endpoint], timeout: float | None) -> None:
         try:
             for sub in self._verb_subs:
                 try:
@@ -675,6 +705,7 @@ def add_service(
     metadata: Mapping[str, str] | None = None,
     queue_group: str = DEFAULT_QUEUE_GROUP,
     *,
+    stats_handler: Callable[[Endpoint], Any] | None = None,
     timeout: float = 5.0,
 ) -> Service:
     """Start a service on client *nc* and return it once its discovery subscriptions are
@@ -685,7 +716,8 @@ def add_service(
     (:class:`ValueError`).  *queue_group* is the endpoints' default queue group
     (``""``: none).  *metadata* maps str to str and is reported by discovery.  Raises
     what :meth:`natsync.Client.subscribe` and :meth:`natsync.Client.flush` raise
-    (within *timeout* seconds).
+    (within *timeout* seconds).  *stats_handler*, given an :class:`Endpoint`, returns
+    JSON-serialisable data reported as that endpoint's ``data`` in STATS (ADR-32).
     """
     _check_name("service name", name)
     if not isinstance(version, str) or not _SEMVER.match(version):
@@ -694,7 +726,10 @@ def add_service(
         raise TypeError("description must be a str or None")
     md = _check_metadata("service", metadata)
     q = _check_queue(queue_group)
+    if stats_handler is not None and not callable(stats_handler):
+        raise TypeError("stats_handler must be callable or None")
     svc = Service(nc, name, version, description or "", md, DEFAULT_QUEUE_GROUP if q is None else q)
+    svc._stats_handler = stats_handler
     svc._start(timeout)
     return svc
 

@@ -264,6 +264,18 @@ def test_errors_are_service_errors_and_counted(nc: natsync.Client) -> None:
         assert calls == 5
 
 
+def test_service_error_from_replies_of_other_services(nc: natsync.Client) -> None:
+    def odd(msg: natsync.Msg) -> None:
+        kind = msg.data.decode()
+        headers = {micro.ERROR_CODE_HEADER: "E42", micro.ERROR_HEADER: "odd"} if kind == "odd" else {"A": "b"}
+        msg.respond(b"", headers=headers)
+
+    nc.subscribe("other.svc", cb=odd)
+    err = micro.ServiceError.from_msg(nc.request("other.svc", b"odd", timeout=WAIT))
+    assert err is not None and (err.code, err.description, str(err)) == ("500", "odd", "500:odd")
+    assert micro.ServiceError.from_msg(nc.request("other.svc", b"plain", timeout=WAIT)) is None
+
+
 def test_respond_error_checks_its_arguments(nc: natsync.Client) -> None:
     results: list[str] = []
 
@@ -440,6 +452,41 @@ def test_stop_drains_requests_in_flight(nc: natsync.Client) -> None:
     svc.stop()  # idempotent
     with pytest.raises(natsync.NoRespondersError):
         nc.request("slow", b"", timeout=WAIT)
+
+
+@pytest.mark.parametrize("max_concurrency", [1, 3])
+def test_stop_from_a_handler_finishes_on_its_own(nc: natsync.Client, max_concurrency: int) -> None:
+    svc = micro.add_service(nc, name="selfstop", version="1.0.0")
+
+    def shutdown(req: micro.Request) -> None:
+        svc.stop()  # returns at once: the stop completes when this handler returned
+        svc.stop()  # and again, still without waiting for itself
+        req.respond(b"bye")
+
+    svc.add_endpoint("shutdown", shutdown, max_concurrency=max_concurrency)
+    assert nc.request("shutdown", b"", timeout=WAIT).data == b"bye"
+    assert svc.stopped.wait(WAIT)
+    svc.stop()  # from outside: joins the stop thread
+    assert svc.stats()["endpoints"][0]["num_requests"] == 1
+    with pytest.raises(natsync.NoRespondersError):
+        nc.request("shutdown", b"", timeout=WAIT)
+
+
+def test_stats_handler_adds_endpoint_data(nc: natsync.Client) -> None:
+    def data(ep: micro.Endpoint) -> Any:
+        if ep.name == "bad":
+            raise RuntimeError("no data")
+        return {"subject_len": len(ep.subject)}
+
+    with micro.add_service(nc, name="withdata", version="1.0.0", stats_handler=data) as svc:
+        svc.add_endpoint("good", echo)
+        svc.add_endpoint("bad", echo)
+        [doc] = micro.stats(nc, "withdata", timeout=WAIT, max_responses=1)
+    validate("STATS", doc)
+    assert doc["endpoints"][0]["data"] == {"subject_len": 4}
+    assert "data" not in doc["endpoints"][1]
+    with pytest.raises(TypeError, match="stats_handler"):
+        micro.add_service(nc, name="x", version="1.0.0", stats_handler=42)  # type: ignore[arg-type]
 
 
 def test_stop_after_the_connection_closed(server: NATSServer) -> None:
