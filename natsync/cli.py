@@ -608,33 +608,48 @@ def cmd_bench(nc: Client, args: argparse.Namespace) -> int:
         result.update(_bench_pubsub(args, count, size, progress))
     else:
         result.update(_bench_req(args, count, size, progress))
+    interrupted = _interrupt.event.is_set()
+    if interrupted:
+        result["interrupted"] = True
+    failed = not result.get("complete", True) and not interrupted
     if args.json:
         _out(_dumps(result))
-        return 0 if result.get("complete", True) else 1
-    _out(f"natsync bench {mode}: {result['msgs']:,} msgs of {size} B")
+        return 1 if failed else 0
+    note = " (interrupted: partial figures)" if interrupted else ""
+    _out(f"natsync bench {mode}: {result['msgs']:,} msgs of {size} B{note}")
     if "rate" in result:
         mb = result["rate"] * size / 1e6
         _out(f"  {_fmt_rate(result['rate'])} msgs/s, {mb:,.2f} MB/s, {result['seconds']:.3f} s")
     if "latency_us" in result:
         lat = result["latency_us"]
         _out("  latency (µs): " + ", ".join(f"{k} {v:,.1f}" for k, v in lat.items()))
-    if not result.get("complete", True):
+    if failed:
         raise CommandError(f"bench {mode}: only {result.get('received', 0):,} of {count:,} messages arrived")
     return 0
+
+
+_CHUNK = 65536  # messages published between two looks at Ctrl-C
+
+
+def _publish_n(publish: Callable[[str, bytes], None], subject: str, payload: bytes, count: int) -> int:
+    # The inner loop is bench/bench.py's; Ctrl-C is looked at between chunks only.
+    sent = 0
+    while sent < count and not _interrupt.event.is_set():
+        n = min(_CHUNK, count - sent)
+        for _ in range(n):
+            publish(subject, payload)
+        sent += n
+    return sent
 
 
 def _bench_pub(nc: Client, args: argparse.Namespace, count: int, size: int, progress: bool) -> dict[str, Any]:
     payload = b"x" * size
     subject = _bench_subject(args, nc)
-    sent = 0
+    out = nc.stats.out_msgs
     nc.flush()
-    with _Progress("published", count, lambda: sent, progress, args.progress_interval):
+    with _Progress("published", count, lambda: nc.stats.out_msgs - out, progress, args.progress_interval):
         t0 = time.perf_counter()
-        pub = nc.publish
-        for sent in range(1, count + 1):  # noqa: B007 - read by the progress thread
-            pub(subject, payload)
-            if _interrupt.event.is_set():
-                break
+        sent = _publish_n(nc.publish, subject, payload, count)
         nc.flush(timeout=120)
         dt = time.perf_counter() - t0
     return {"msgs": sent, "rate": sent / dt, "seconds": dt}
@@ -649,10 +664,10 @@ def _bench_sub(nc: Client, args: argparse.Namespace, count: int, progress: bool)
     def cb(msg: Msg) -> None:
         nonlocal received, first, last
         received += 1
+        last = time.perf_counter()
         if received == 1:
-            first = time.perf_counter()
+            first = last
         if received == count:
-            last = time.perf_counter()
             done.set()
 
     nc.subscribe(subject, cb=cb, pending_msgs_limit=None, pending_bytes_limit=None)
@@ -660,9 +675,9 @@ def _bench_sub(nc: Client, args: argparse.Namespace, count: int, progress: bool)
     _status(f"Waiting for {count:,} messages on {subject!r}")
     with _Progress("received", count, lambda: received, progress, args.progress_interval):
         _wait_for(done, lambda: received, args.timeout)
-    ok = received == count
-    dt = (last - first) if ok and count > 1 else 0.0
-    return {"received": received, "complete": ok, "rate": (count - 1) / dt if dt > 0 else 0.0, "seconds": dt}
+    n, dt = received, last - first
+    return {"received": n, "complete": n == count, "rate": (n - 1) / dt if n > 1 and dt > 0 else 0.0,
+            "seconds": dt}
 
 
 def _wait_for(done: threading.Event, counter: Callable[[], int], stall: float) -> None:
@@ -708,17 +723,18 @@ def _bench_pubsub(args: argparse.Namespace, count: int, size: int, progress: boo
         pub_nc.flush()
         with _Progress("received", count, lambda: received, progress, args.progress_interval):
             t0 = time.perf_counter()
-            pub = pub_nc.publish
-            for _ in range(count):
-                pub(subject, payload)
+            _publish_n(pub_nc.publish, subject, payload, count)
             pub_nc.flush(timeout=120)
             _wait_for(done, lambda: received, args.timeout)
+            stopped = time.perf_counter()
     finally:
         pub_nc.close()
         sub_nc.close()
     ok = received == count
-    dt = last - t0 if ok else 0.0
-    return {"received": received, "complete": ok, "rate": count / dt if ok else 0.0, "seconds": dt}
+    if not ok:  # interrupted or stalled: what arrived until now
+        last = stopped
+    dt = last - t0
+    return {"received": received, "complete": ok, "rate": received / dt if dt > 0 else 0.0, "seconds": dt}
 
 
 def _bench_req(args: argparse.Namespace, count: int, size: int, progress: bool) -> dict[str, Any]:

@@ -251,6 +251,17 @@ def test_bench_processes(server: NATSServer) -> None:
     proc = run("bench", "req", "--msgs", "300", "-s", server.url)
     assert proc.returncode == 0, proc.stderr
     assert "msgs/s" in proc.stdout and "latency (µs): p50" in proc.stdout and "p99" in proc.stdout
+    # Ctrl-C ends a run with what was measured so far, status 0
+    bsub = spawn("bench", "sub", "--msgs", "10", "--subject", "cli.bench.none", "-s", server.url)
+    try:
+        wait_ready(bsub, "Waiting for 10 messages on 'cli.bench.none'")
+        bsub.send_signal(signal.SIGINT)
+        out, err = bsub.communicate(timeout=WAIT)
+    finally:
+        bsub.kill()
+        bsub.wait()
+    assert bsub.returncode == 0, err
+    assert "(interrupted: partial figures)" in out and "Traceback" not in err
 
 
 def test_micro_commands_as_processes(server: NATSServer, nc: natsync.Client) -> None:
