@@ -195,6 +195,24 @@ def test_flush_returns_by_its_timeout_when_the_peer_stops_reading(
     assert isinstance(out.error, natsync.TimeoutError), out.error
 
 
+def test_drain_returns_by_its_timeout_when_the_peer_stops_reading(proxy: TCPProxy) -> None:
+    """Why #1 (every call that takes a timeout returns by it, whatever the socket does):
+    nc.drain(timeout=1) on a connection whose peer stopped reading returns (raising
+    natsync.TimeoutError, the client closed) by its timeout, closing included."""
+    nc = natsync.connect(proxy.url, ping_interval=0)
+    try:
+        nc.subscribe("lifecycle.sdrain.stall", cb=lambda m: None)
+        nc.flush(timeout=WAIT)
+        proxy.stall_client()
+        jam(nc)
+        out = bounded(lambda: nc.drain(timeout=1.0), 1.0 + 1.5)
+        assert out.finished, "drain(timeout=1) still running 2.5 s later: the peer stopped reading"
+        assert isinstance(out.error, natsync.TimeoutError), repr(out.error)
+        assert nc.is_closed
+    finally:
+        bounded(nc.close, WAIT)
+
+
 def test_respond_and_large_publish_return_when_the_peer_stops_reading(
     server: NATSServer, proxy: TCPProxy, clients: Clients
 ) -> None:
