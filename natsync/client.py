@@ -640,6 +640,7 @@ class Client:
             # What was buffered for the broken connection may hold PINGs and SUBs of its own;
             # messages in it were never acknowledged: at-most-once, dropped.
             self._w.buf = bytearray()
+            self._w.idle.notify_all()  # publishers waiting for room: there is no connection now
             self._pending_size = 0
             pongs = list(self._pongs)
             self._pongs.clear()
@@ -1242,7 +1243,8 @@ class Client:
                 except NatsError:
                     pass
         finally:
-            self.close()
+            # closing included: the final flush gets what is left of the drain's timeout
+            self._close(None, from_reader=False, flush_deadline=deadline)
         if timed_out:
             raise TimeoutError(f"drain did not finish within {timeout} s; the client was closed")
 
@@ -1279,7 +1281,9 @@ class Client:
         self._close_done.set()
         return True
 
-    def _close(self, reason: NatsError | None, from_reader: bool) -> None:
+    def _close(
+        self, reason: NatsError | None, from_reader: bool, flush_deadline: float | None = None
+    ) -> None:
         o = self._opts
         me = threading.current_thread()
         with self._lock:
@@ -1310,15 +1314,17 @@ class Client:
         _live_clients.discard(self)
         if dialing is not None and dialing is not transport:
             dialing.shutdown()  # a reconnect in its handshake: stop it now
-        limit = (o.flush_timeout if o is not None else None) or _CLOSE_FLUSH_DEFAULT
-        start = time.monotonic()
+        if flush_deadline is None:
+            limit = (o.flush_timeout if o is not None else None) or _CLOSE_FLUSH_DEFAULT
+            flush_deadline = time.monotonic() + limit
         # Send what was published before close(), bounded: a server that stopped reading
         # must not hang close().
         if was_connected and transport is not None and me is not self._w.thread:
-            self._w.write_pending(start + limit)
+            self._w.write_pending(flush_deadline)
         with self._lock:
             self._closing_flush = False
             self._w.buf = bytearray()
+            self._w.idle.notify_all()  # publishers waiting for room
         self._close_event.set()
         if transport is not None:
             transport.close()  # wakes the reader in recv and the writer in send
