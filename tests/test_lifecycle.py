@@ -1073,6 +1073,25 @@ def test_last_error_holds_the_error_that_broke_the_connection(server: NATSServer
         assert str(err)
 
 
+def test_last_error_is_the_protocol_error_that_broke_the_connection() -> None:
+    """Why #11: nc.last_error holds the error that broke the connection: here a server
+    that sends an unknown operation (a ProtocolError), with no reconnect after it."""
+
+    def garbage(c: FakeConn) -> None:
+        c.handshake()
+        c.send(b"BOGUS nonsense\r\n")
+        c.wait(2)
+
+    rec = Recorder()
+    with FakeServer([garbage]) as fake:
+        nc = natsync.connect(fake.url, allow_reconnect=False, **rec.options())
+        try:
+            assert rec.wait_count("closed")
+            assert isinstance(nc.last_error, natsync.ProtocolError), repr(nc.last_error)
+        finally:
+            nc.close()
+
+
 def test_empty_port_means_4222() -> None:
     """Why #11: "localhost:" (empty port) was refused where nats.go and nats-py read
     port 4222."""
