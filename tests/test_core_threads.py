@@ -52,7 +52,9 @@ def test_connect_flush_close_starts_only_the_reader(server: NATSServer) -> None:
         ({"flusher_timeout": None}, TypeError, "flusher_timeout"),
     ],
 )
-def test_new_options_are_checked(listener: object, options: dict[str, object], error: type, text: str) -> None:
+def test_new_options_are_checked(
+    listener: object, options: dict[str, object], error: type, text: str
+) -> None:
     with pytest.raises(error, match=text):
         natsync.connect("nats://127.0.0.1:1", **options)  # type: ignore[arg-type]
 
