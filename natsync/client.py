@@ -851,8 +851,8 @@ class Client:
         """publish() when not CONNECTED: connect a lazy client, buffer while
         reconnecting (charging the wire bytes to ``reconnect_buffer_size``), refuse when
         closed or in the last phase of a drain."""
-        if self._state == LAZY:
-            self._ensure_connected()
+        if self._state == LAZY or (self._lazy and self._state == CONNECTING):
+            self._ensure_connected()  # the first use connects; later first uses wait for it
         with self._lock:
             if self._state != CONNECTED:
                 self._check_publish_state(len(prefix) + len(line) + len(payload) + 2)
@@ -923,8 +923,8 @@ class Client:
         elif timeout <= 0:
             raise ValueError("flush timeout must be > 0")
         deadline = time.monotonic() + timeout
-        if self._state == LAZY:
-            self._ensure_connected()
+        if self._state == LAZY or (self._lazy and self._state == CONNECTING):
+            self._ensure_connected()  # the first use connects; later first uses wait for it
         while True:
             w = Waiter()
             with self._lock:
@@ -993,8 +993,8 @@ class Client:
         pb = o.pending_bytes_limit if isinstance(pending_bytes_limit, _Default) else pending_bytes_limit
         check_number("pending_msgs_limit", pm, gt=0, allow_none=True, integer=True)
         check_number("pending_bytes_limit", pb, gt=0, allow_none=True, integer=True)
-        if self._state == LAZY:
-            self._ensure_connected()
+        if self._state == LAZY or (self._lazy and self._state == CONNECTING):
+            self._ensure_connected()  # the first use connects; later first uses wait for it
         with self._lock:
             st = self._state
             if st in (CLOSED, DISCONNECTED, LAZY):
@@ -1127,8 +1127,8 @@ class Client:
             raise ValueError("request timeout must be > 0")
         st = self._state
         if st != CONNECTED:
-            if st == LAZY:
-                self._ensure_connected()
+            if st == LAZY or (self._lazy and st == CONNECTING):
+                self._ensure_connected()  # the first use connects; later first uses wait for it
                 st = self._state
             if st in (RECONNECTING, CONNECTING):
                 # nothing could answer before the connection is back: say so now rather
