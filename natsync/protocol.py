@@ -140,7 +140,7 @@ class MsgRun:
 
 # A buffer up to this size is split at every CRLF once, and runs of MSG lines are taken
 # from the pieces (a larger buffer holds a large payload: it is parsed by position).
-_SPLIT_MAX: Final = 256 * 1024
+_SPLIT_MAX: Final = 1024 * 1024
 
 
 class Parser:

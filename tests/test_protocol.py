@@ -277,9 +277,9 @@ def test_many_distinct_lines_and_a_large_buffer() -> None:
     # more distinct lines than the parser remembers, then a buffer too large to split
     wire = b"".join(b"MSG s.%d %d 1\r\nx\r\n" % (i, i) for i in range(600))
     assert [e[1] for e in Parser().feed(wire * 2)] == list(range(600)) * 2
-    big = b"MSG a 1 300000\r\n" + b"z\r\n" * 100000 + b"\r\n" + b"MSG a 1 1\r\nx\r\n" * 3
+    big = b"MSG a 1 1200000\r\n" + b"z\r\n" * 400000 + b"\r\n" + b"MSG a 1 1\r\nx\r\n" * 3
     events = Parser().feed(big)
-    assert len(events) == 4 and events[0][4] == b"z\r\n" * 100000 and events[3][4] == b"x"
+    assert len(events) == 4 and events[0][4] == b"z\r\n" * 400000 and events[3][4] == b"x"
 
 
 def test_invalid_utf8_subject_is_decoded_with_replacement() -> None:
