@@ -1306,12 +1306,19 @@ class Client:
                 for s in subs:
                     s._end(closed, discard=True)
                 self._closing_flush = was_connected
+                pongs = list(self._pongs)
+                self._pongs.clear()
                 self._state_cond.notify_all()
         if already:
             if not ours:
                 done.wait(_CLOSE_FLUSH_DEFAULT + 2 * _JOIN_GRACE)  # the first close is bounded
             return
         _live_clients.discard(self)
+        # every waiting flush() and request() wakes at once
+        for w in pongs:
+            if w is not None:
+                w.set(False, closed)
+        self._mux.fail_all(closed)
         if dialing is not None and dialing is not transport:
             dialing.shutdown()  # a reconnect in its handshake: stop it now
         if flush_deadline is None:
@@ -1331,14 +1338,8 @@ class Client:
         deadline = time.monotonic() + _JOIN_GRACE  # one deadline for every thread
         self._w.stop(deadline)
         with self._lock:
-            pongs = list(self._pongs)
-            self._pongs.clear()
             self._transport = None
             self._parser = None
-        for w in pongs:
-            if w is not None:
-                w.set(False, closed)
-        self._mux.fail_all(closed)
         reader = self._reader
         if reader is not None and reader is not me:
             # wakes on the closed socket or _close_event; a handshake in progress was shut down
