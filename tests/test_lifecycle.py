@@ -6,6 +6,14 @@ loopback proxy of ``tests/proxy.py``; ``proxy.stall_client()`` reproduces a peer
 stops reading.  The scripted fake server is used only for a handshake that a real
 server never gets wrong.  Each docstring names the bullet it covers.
 
+Bullets of "Why", as numbered in the docstrings: #1 a peer that stops reading (request,
+flush, respond, large publish, the reconnect's resend); #2 close() and unsubscribe()
+with queued callback messages, pending_bytes; #3 drain during a reconnect; #4 nc.drain()
+and auto-unsubscribed or unsubscribing subscriptions; #5 next_msg() wake-ups and the
+max_msgs race; #6 fork; #7 exit without close(); #8 drain()/request() while
+disconnected; #9 a callback that always raises; #10 reconnect_buffer_size charging;
+#11 the quieter gaps (one test per gap).
+
 Calls that could hang run on a thread joined with a bound (the call's own timeout plus
 a generous margin), so that a hang fails the test instead of blocking the suite.
 """
@@ -1134,7 +1142,9 @@ def test_auto_unsubscribe_counts_the_remainder_after_a_reconnect(
     server: NATSServer, proxy: TCPProxy, clients: Clients
 ) -> None:
     """Why #11: after a reconnect an auto-unsubscribe's UNSUB counted from the new SUB.
-    unsubscribe(limit=10), 4 received, reconnect, 10 published: exactly 6 more arrive."""
+    unsubscribe(limit=10), 4 received, reconnect, 10 published: exactly 6 more arrive.
+    (The old code already resent the remainder here, so this one passes on it too; the
+    next test is the case it got wrong.)"""
     rec = Recorder()
     nc = clients.connect(proxy.url, **FAST, **rec.options())
     pub = clients.connect(server.url)
