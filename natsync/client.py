@@ -6,6 +6,7 @@ Modules, one job each (each readable alone):
 * ``_handshake``: dialling one server (TCP, TLS, INFO/CONNECT/PONG); no locks, no threads.
 * ``_writer``: the one writer of the socket, with a deadline (``flusher_timeout``).
 * ``_requests``: the request mux (one wildcard inbox subscription, a waiter per request).
+* ``_subs``: the subscription table (routing by sid, delivery threads still running).
 * ``subscription``: one subscription's state (ACTIVE -> DRAINING -> ENDED) and queue.
 * ``dispatch``: the event thread (``error_cb`` and the other event callbacks), bounded.
 * this module: the connection state machine, the reader, reconnect, the subscription
@@ -48,7 +49,6 @@ from __future__ import annotations
 import atexit
 import builtins
 import functools
-import itertools
 import logging
 import os
 import random
@@ -68,6 +68,7 @@ from ._handshake import VERSION, Connection, handshake, handshake_error
 from ._options import DEFAULT as _DEFAULT
 from ._options import Options, _Default, build_options, check_number
 from ._requests import RequestMux, Waiter
+from ._subs import SubTable
 from ._writer import Writer
 from .dispatch import EventDispatcher
 from .errors import (
@@ -207,11 +208,8 @@ class Client:
         self._pings_out = 0
         self._next_ping = 0.0
         self._tick: float | None = None
-        self._subs: dict[int, Subscription] = {}  # routing table: ACTIVE and DRAINING subs
-        self._cb_subs: dict[int, Subscription] = {}  # callback subs whose thread runs
-        self._sid_counter = itertools.count(1)
+        self._table = SubTable()
         self._pub_cache: dict[str, bytes] = {}
-        self._resp_sub: Subscription | None = None
         self._mux = RequestMux("")
         self._events = EventDispatcher("natsync-events")
         self._reader: threading.Thread | None = None
@@ -431,17 +429,7 @@ class Client:
             was_reconnect = not self._initial_connect
             self._initial_connect = False  # also after a retry_on_failed_connect success
             self._apply_info(conn.info, initial=not was_reconnect)
-            out = bytearray()
-            for sub in self._subs.values():
-                if sub._state != ACTIVE:
-                    continue  # a draining subscription's interest ended with the old connection
-                out += protocol.encode_sub(sub.subject, sub.sid, sub.queue)
-                sub._received_at_sub = sub._received
-                if sub._max is not None:
-                    left = sub._max - sub._received
-                    out += (
-                        protocol.encode_unsub(sub.sid, left) if left > 0 else protocol.encode_unsub(sub.sid)
-                    )
+            out = self._table.resend()  # ACTIVE ones only
             if out:
                 self._w.buf[0:0] = out
             self._pending_size = 0
@@ -531,9 +519,9 @@ class Client:
 
     def _process(self, events: list[Any]) -> None:
         """Route parsed events (reader thread)."""
-        subs = self._subs
+        subs = self._table.by_sid
         # hoisted: the inbox subscription cannot receive in the batch in which it is created
-        resp_sub = self._resp_sub
+        resp_sub = self._table.resp
         for ev in events:
             if ev.__class__ is Msg:
                 self._in_msgs += 1
@@ -1001,13 +989,11 @@ class Client:
                 raise self._closed_error()
             if st in (DRAINING_SUBS, DRAINING_PUBS):
                 raise ConnectionDrainingError("connection is draining: subscribe refused")
-            sid = next(self._sid_counter)
+            sid = self._table.next_sid()
             sub = Subscription(self, sid, subject, queue, cb, pm, pb)
             if max_msgs is not None:
                 sub._max = max_msgs
-            self._subs[sid] = sub
-            if cb is not None:
-                self._cb_subs[sid] = sub
+            self._table.add(sub)
             if st == CONNECTED:
                 self._w.buf += protocol.encode_sub(subject, sid, queue)
                 if max_msgs is not None:
@@ -1042,12 +1028,12 @@ class Client:
                     self._w.buf += protocol.encode_unsub(sub.sid, max(limit - sub._received_at_sub, 1))
                 # the reader may have counted the last message before it saw _max
                 if sub._received >= limit:
-                    self._subs.pop(sub.sid, None)
+                    self._table.remove(sub)
                     sub._end(
                         BadSubscriptionError(f"subscription {sub.sid} reached its limit of {limit} messages")
                     )
             else:
-                self._subs.pop(sub.sid, None)
+                self._table.remove(sub)
                 if connected:
                     self._w.buf += protocol.encode_unsub(sub.sid)
                 sub._end(
@@ -1058,15 +1044,13 @@ class Client:
     def _sub_reached_max(self, sub: Subscription) -> None:
         """The reader counted a subscription's last message (its auto-unsubscribe limit)."""
         with self._lock:
-            if self._subs.get(sub.sid) is sub:
-                del self._subs[sub.sid]
+            self._table.remove(sub)
             sub._end(BadSubscriptionError(f"subscription {sub.sid} reached its limit of {sub._max} messages"))
 
     def _sub_finished(self, sub: Subscription) -> None:
         """A callback subscription's delivery thread ends."""
         with self._lock:
-            if self._cb_subs.get(sub.sid) is sub:
-                del self._cb_subs[sub.sid]
+            self._table.finished(sub)
 
     def _drain_sub(self, sub: Subscription, timeout: float | None) -> None:
         o = self._opts
@@ -1092,8 +1076,7 @@ class Client:
         except NatsError:  # timed out or reconnecting: deliver what did arrive
             pass
         with self._lock:
-            if self._subs.get(sub.sid) is sub:
-                del self._subs[sub.sid]
+            self._table.remove(sub)
             sub._end(BadSubscriptionError(f"subscription {sub.sid} was drained"))
         if sub._thread is not None and sub._thread is not threading.current_thread():
             if not sub._done.wait(max(deadline - time.monotonic(), 0)):
@@ -1137,7 +1120,7 @@ class Client:
                     f"request on {subject!r} not sent: the client is not connected (reconnecting "
                     f"to {self._server_name()}); retry when it is connected"
                 )
-        if self._resp_sub is None:
+        if self._table.resp is None:
             self._init_resp_sub()
         mux = self._mux
         reply, w = mux.register()
@@ -1164,15 +1147,15 @@ class Client:
 
     def _init_resp_sub(self) -> None:
         with self._lock:
-            if self._resp_sub is not None:
+            if self._table.resp is not None:
                 return
             st = self._state
             if st in (CLOSED, DISCONNECTED, LAZY):
                 raise self._closed_error()
-            sid = next(self._sid_counter)
+            sid = self._table.next_sid()
             sub = Subscription(self, sid, self._mux.prefix + "*", None, None, None, None)
-            self._subs[sid] = sub
-            self._resp_sub = sub
+            self._table.add(sub)
+            self._table.resp = sub
             if st in _CONNECTED_STATES:
                 self._w.buf += protocol.encode_sub(sub.subject, sid, None)
 
@@ -1203,7 +1186,7 @@ class Client:
             disconnected = st != CONNECTED
             subs: list[Subscription] = []
             if not disconnected:
-                subs = [s for s in self._subs.values() if s is not self._resp_sub]
+                subs = self._table.user_subs()
                 self._state = DRAINING_SUBS
                 for s in subs:
                     if s._state == ACTIVE:
@@ -1221,11 +1204,10 @@ class Client:
                 pass
             with self._lock:
                 for s in subs:
-                    if self._subs.get(s.sid) is s:
-                        del self._subs[s.sid]
+                    self._table.remove(s)
                     s._end(BadSubscriptionError(f"subscription {s.sid} was drained"))
                 # with the ones that ended by their limit and still deliver
-                delivering = list(self._cb_subs.values())
+                delivering = list(self._table.delivering.values())
             me = threading.current_thread()
             for s in delivering:
                 if s._thread is not None and s._thread is not me:
@@ -1301,8 +1283,7 @@ class Client:
                 dialing = self._dialing
                 closed = self._closed_error()
                 # stop delivery at once: what is queued is discarded
-                subs = list(self._subs.values()) + list(self._cb_subs.values())
-                self._subs.clear()
+                subs = self._table.take_all()
                 for s in subs:
                     s._end(closed, discard=True)
                 self._closing_flush = was_connected
@@ -1437,13 +1418,11 @@ class Client:
                 "or create the client with connect(..., lazy=True) so that it connects on first use"
             )
             closed = ConnectionClosedError(self._fork_error)
-        for sub in list(self._subs.values()) + list(self._cb_subs.values()):
+        for sub in self._table.take_all():
             sub._after_fork(closed)  # what is pending belongs to the parent
-        self._subs.clear()
-        self._cb_subs.clear()
+        self._table = SubTable()
         self._pongs.clear()
         self._mux = RequestMux("")
-        self._resp_sub = None
         self._pings_out = 0
         self._client_id = None
         self._server_info = {}
@@ -1473,6 +1452,10 @@ class Client:
     @property
     def _resp_prefix(self) -> str:
         return self._mux.prefix
+
+    @property
+    def _subs(self) -> dict[int, Subscription]:
+        return self._table.by_sid
 
     def __enter__(self) -> Client:
         return self
