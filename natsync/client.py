@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import atexit
 import builtins
-import functools
 import logging
 import os
 import random
@@ -91,7 +90,7 @@ from .errors import (
 from .headers import HeadersInput, encode_headers
 from .msg import Msg
 from .nuid import next_nuid, reseed_nuid
-from .protocol import OK, PING, PONG, Err, Info, Parser
+from .protocol import OK, PING, PONG, Err, Info, MsgRun, Parser
 from .servers import Server, ServerPool
 from .subscription import ACTIVE, DRAINING, ENDED, MsgHandler, Subscription
 from .transport import Transport
@@ -410,7 +409,8 @@ class Client:
         return conn.leftover
 
     def _make_parser(self) -> Parser:
-        return Parser(functools.partial(Msg, self))
+        # messages are built by the parser itself (no call per message), bound to this client
+        return Parser(msg_type=Msg, owner=self)
 
     def _install(self, srv: Server, conn: Connection) -> None:
         """Make *conn* the live connection: resend the ACTIVE subscriptions (with what is
@@ -494,7 +494,7 @@ class Client:
                 if leftover:
                     self._process(leftover)
                     leftover = None
-                feed = parser.feed
+                feed = parser.feed_runs
                 recv_into = transport.recv_into
                 process = self._process
                 while True:
@@ -523,7 +523,19 @@ class Client:
         # hoisted: the inbox subscription cannot receive in the batch in which it is created
         resp_sub = self._table.resp
         for ev in events:
-            if ev.__class__ is Msg:
+            if ev.__class__ is MsgRun:  # consecutive messages of one sid: routed once
+                msgs = ev.msgs
+                self._in_msgs += len(msgs)
+                self._in_bytes += ev.nbytes
+                sub = subs.get(ev.sid)
+                if sub is None:
+                    continue
+                if sub is resp_sub:
+                    for m in msgs:
+                        self._mux.on_response(m)
+                else:
+                    sub._enqueue_run(msgs, ev.nbytes)
+            elif ev.__class__ is Msg:
                 self._in_msgs += 1
                 self._in_bytes += len(ev.data)
                 sub = subs.get(ev.sid)

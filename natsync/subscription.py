@@ -193,6 +193,31 @@ class Subscription:
             with self._cond:
                 self._cond.notify()
 
+    def _enqueue_run(self, msgs: list[Msg], nbytes: int) -> None:
+        """Called on the reader thread for consecutive messages of this subscription
+        (*nbytes*: their payload bytes): one append and at most one wake-up for all."""
+        if self._state == ENDED:
+            return
+        q = self._queue
+        n = len(msgs)
+        if (
+            self._max is not None
+            or len(q) + n > self._pmsgs
+            or self._in_bytes - self._out_bytes + nbytes > self._pbytes
+        ):
+            for msg in msgs:  # near a limit: message by message
+                self._enqueue(msg)
+            return
+        if self._slow:
+            self._slow = False
+        self._in_bytes += nbytes
+        q.extend(msgs)
+        self._received += n
+        if self._waiters and not self._kicked:
+            self._kicked = True
+            with self._cond:
+                self._cond.notify()
+
     def _end(self, error: NatsError, discard: bool = False) -> None:
         """No more messages will arrive (ENDED). Called with the client's lock held (or in a
         forked child); safe more than once. *discard* drops what is pending."""
@@ -295,13 +320,25 @@ class Subscription:
         cb = self._cb
         assert cb is not None
         client = self._client
+        # This thread is the only consumer: while messages are queued it takes them
+        # without the lock; _next() (locked: "ended" and "take" in one step) when empty.
+        popleft = self._queue.popleft
         try:
             while True:
+                msg: Msg | None
                 try:
-                    msg = self._next(None)
-                except NatsError:
-                    break  # ended and nothing left
-                if msg is None or self._discard:  # discarded (closed) after it was taken
+                    msg = popleft()
+                except IndexError:
+                    try:
+                        msg = self._next(None)
+                    except NatsError:
+                        break  # ended and nothing left
+                    if msg is None:  # pragma: no cover - no deadline given
+                        break
+                else:
+                    self._out_bytes += len(msg.data)
+                    self.delivered += 1
+                if self._discard:  # discarded (closed) after it was taken
                     break
                 try:
                     cb(msg)
