@@ -7,10 +7,12 @@ Modules, one job each (each readable alone):
 * ``_writer``: the one writer of the socket, with a deadline (``flusher_timeout``).
 * ``_requests``: the request mux (one wildcard inbox subscription, a waiter per request).
 * ``_subs``: the subscription table (routing by sid, delivery threads still running).
+* ``_lifecycle``: drain, close, fork and interpreter exit.
+* ``_state``: the connection states.
 * ``subscription``: one subscription's state (ACTIVE -> DRAINING -> ENDED) and queue.
 * ``dispatch``: the event thread (``error_cb`` and the other event callbacks), bounded.
-* this module: the connection state machine, the reader, reconnect, the subscription
-  table, drain and close, fork and exit.
+* this module: the façade (the public API), the connection state machine, the reader
+  and reconnect.
 
 Threads of one client (all named ``natsync-...``, all daemon, all joined by ``close()``
 against one shared deadline):
@@ -46,7 +48,6 @@ subscriptions call back through ``SubOwner`` (``_unsubscribe``, ``_drain_sub``,
 
 from __future__ import annotations
 
-import atexit
 import builtins
 import logging
 import os
@@ -54,19 +55,32 @@ import random
 import ssl
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
-from . import protocol
+from . import _lifecycle, protocol
 from ._handshake import AUTH_ERRORS as _AUTH_ERRORS
 from ._handshake import VERSION, Connection, handshake, handshake_error
+from ._lifecycle import JOIN_GRACE as _JOIN_GRACE
+from ._lifecycle import live_clients as _live_clients
 from ._options import DEFAULT as _DEFAULT
 from ._options import Options, _Default, build_options, check_number
 from ._requests import RequestMux, Waiter
+from ._state import (
+    CLOSED,
+    CONNECTED,
+    CONNECTED_STATES,
+    CONNECTING,
+    DISCONNECTED,
+    DRAINING_PUBS,
+    DRAINING_SUBS,
+    LAZY,
+    RECONNECTING,
+    STATE_NAMES,
+)
 from ._subs import SubTable
 from ._writer import Writer
 from .dispatch import EventDispatcher
@@ -89,7 +103,7 @@ from .errors import (
 )
 from .headers import HeadersInput, encode_headers
 from .msg import Msg
-from .nuid import next_nuid, reseed_nuid
+from .nuid import next_nuid
 from .protocol import OK, PING, PONG, Err, Info, MsgRun, Parser
 from .servers import Server, ServerPool
 from .subscription import ACTIVE, DRAINING, ENDED, MsgHandler, Subscription
@@ -101,34 +115,10 @@ log = logging.getLogger("natsync")
 
 __version__ = VERSION
 
-# connection states
-DISCONNECTED: Final = 0
-CONNECTING: Final = 1
-CONNECTED: Final = 2
-RECONNECTING: Final = 3
-DRAINING_SUBS: Final = 4
-DRAINING_PUBS: Final = 5
-CLOSED: Final = 6
-LAZY: Final = 7  # connect(lazy=True) and not used yet: the first use connects
-
-_STATE_NAMES = {
-    DISCONNECTED: "disconnected",
-    CONNECTING: "connecting",
-    CONNECTED: "connected",
-    RECONNECTING: "reconnecting",
-    DRAINING_SUBS: "draining",
-    DRAINING_PUBS: "draining",
-    CLOSED: "closed",
-    LAZY: "lazy",
-}
-
 _READ_SIZE: Final = 64 * 1024
 # More than this waiting for the writer makes a publisher wait for room (back-pressure).
 _FLUSH_THRESHOLD: Final = 1024 * 1024
-_CLOSE_FLUSH_DEFAULT: Final = 2.0
 _FLUSH_DEFAULT: Final = 10.0
-_JOIN_GRACE: Final = 5.0  # close(): threads (a running callback) get this long in all
-_EXIT_FLUSH: Final = 2.0  # flush_on_exit: every client together, at most this long
 _MAX_TICK: Final = 1.0  # the reader's receive timeout at most
 
 _SUBJECT_CACHE_MAX: Final = 4096
@@ -139,8 +129,6 @@ _STALE = "stale connection"
 _PERMISSIONS = "permissions violation"
 # -ERRs after which the server keeps the connection open
 _NON_FATAL = ("invalid subject", "invalid publish subject", "maximum subscriptions exceeded")
-
-_CONNECTED_STATES: Final = (CONNECTED, DRAINING_SUBS, DRAINING_PUBS)
 
 PayloadType = bytes | bytearray | memoryview | str
 
@@ -155,31 +143,6 @@ class Stats:
     out_bytes: int = 0
     reconnects: int = 0
     errors_received: int = 0
-
-
-# Clients alive in this process: to disable (or reset, when lazy) them in a forked
-# child, and to flush them at interpreter exit.
-_live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    reseed_nuid()  # before any client makes a new inbox prefix
-    for c in list(_live_clients):
-        c._forked()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _flush_at_exit() -> None:
-    """atexit: send what live clients buffered, all of them within _EXIT_FLUSH seconds."""
-    deadline = time.monotonic() + _EXIT_FLUSH
-    for c in list(_live_clients):
-        c._exit_flush(deadline)
-
-
-atexit.register(_flush_at_exit)
 
 
 class Client:
@@ -762,7 +725,7 @@ class Client:
     def _write(self, data: bytes) -> None:
         """Queue protocol bytes if connected (dropped otherwise: they belong to this connection)."""
         with self._lock:
-            if self._state in _CONNECTED_STATES:
+            if self._state in CONNECTED_STATES:
                 self._w.buf += data
         self._w.send_soon()
 
@@ -931,7 +894,7 @@ class Client:
                 st = self._state
                 if st in (CLOSED, DISCONNECTED, LAZY):
                     raise self._closed_error()
-                if st in _CONNECTED_STATES:
+                if st in CONNECTED_STATES:
                     self._w.buf += protocol.PING_CMD
                     self._pongs.append(w)
                     sent = True
@@ -1032,7 +995,7 @@ class Client:
                 )
             if sub._state == ENDED:
                 raise BadSubscriptionError(f"subscription {sub.sid} has already ended")
-            connected = st in _CONNECTED_STATES
+            connected = st in CONNECTED_STATES
             if limit is not None and sub._received < limit:
                 sub._max = limit
                 if connected and sub._state == ACTIVE:
@@ -1078,7 +1041,7 @@ class Client:
                 raise BadSubscriptionError(f"subscription {sub.sid} has already ended")
             if sub._state == ACTIVE:
                 sub._state = DRAINING  # never resent by a reconnect
-                if st in _CONNECTED_STATES:
+                if st in CONNECTED_STATES:
                     self._w.buf += protocol.encode_unsub(sub.sid)
         # every message sent before the server processed UNSUB arrives before its PONG
         try:
@@ -1168,10 +1131,10 @@ class Client:
             sub = Subscription(self, sid, self._mux.prefix + "*", None, None, None, None)
             self._table.add(sub)
             self._table.resp = sub
-            if st in _CONNECTED_STATES:
+            if st in CONNECTED_STATES:
                 self._w.buf += protocol.encode_sub(sub.subject, sid, None)
 
-    # --- lifecycle -----------------------------------------------------------------------
+    # --- lifecycle (see _lifecycle) --------------------------------------------------------
 
     def drain(self, timeout: float | None = None) -> None:
         """Drain every subscription, send what is buffered, then close.
@@ -1180,67 +1143,7 @@ class Client:
         client closes at once. Raises :class:`natsync.TimeoutError` after *timeout*
         (default ``drain_timeout``); the client is closed anyway.
         """
-        self._check_fork()
-        o = self._opts
-        if o is None:
-            raise self._closed_error()
-        if timeout is None:
-            timeout = o.drain_timeout
-        deadline = time.monotonic() + timeout
-        if self._state == LAZY and self._close_lazy():
-            return  # never connected: nothing to drain
-        with self._lock:
-            st = self._state
-            if st in (CLOSED, DISCONNECTED):
-                raise self._closed_error()
-            if st in (DRAINING_SUBS, DRAINING_PUBS):
-                raise ConnectionDrainingError("drain() is already running")
-            disconnected = st != CONNECTED
-            subs: list[Subscription] = []
-            if not disconnected:
-                subs = self._table.user_subs()
-                self._state = DRAINING_SUBS
-                for s in subs:
-                    if s._state == ACTIVE:
-                        s._state = DRAINING
-                        self._w.buf += protocol.encode_unsub(s.sid)
-        if disconnected:
-            log.info("drain() while not connected: closing at once")
-            self.close()
-            return
-        timed_out = False
-        try:
-            try:
-                self.flush(max(deadline - time.monotonic(), 0.001))
-            except NatsError:  # timed out, reconnecting or closed: drain what did arrive
-                pass
-            with self._lock:
-                for s in subs:
-                    self._table.remove(s)
-                    s._end(BadSubscriptionError(f"subscription {s.sid} was drained"))
-                # with the ones that ended by their limit and still deliver
-                delivering = list(self._table.delivering.values())
-            me = threading.current_thread()
-            for s in delivering:
-                if s._thread is not None and s._thread is not me:
-                    if not s._done.wait(max(deadline - time.monotonic(), 0)):
-                        timed_out = True
-                        break
-            with self._lock:
-                if self._state == DRAINING_SUBS:
-                    self._state = DRAINING_PUBS
-            if not timed_out:
-                try:
-                    self.flush(max(deadline - time.monotonic(), 0.001))
-                except TimeoutError:
-                    timed_out = True
-                except NatsError:
-                    pass
-        finally:
-            # closing included: the final flush gets what is left of the drain's timeout
-            self._close(None, from_reader=False, flush_deadline=deadline)
-        if timed_out:
-            raise TimeoutError(f"drain did not finish within {timeout} s; the client was closed")
+        _lifecycle.drain(self, timeout)
 
     def close(self) -> None:
         """Stop delivery at once (queued messages are discarded; a callback already
@@ -1259,118 +1162,15 @@ class Client:
         self._close(None, from_reader=False)
 
     def _close_lazy(self) -> bool:
-        """Close a lazy client that never connected (no I/O). False if it connected meanwhile."""
-        with self._lazy_lock:
-            with self._lock:
-                if self._state != LAZY:
-                    return False
-                self._state = CLOSED
-                self._state_cond.notify_all()
-        self._close_event.set()
-        _live_clients.discard(self)
-        o = self._opts
-        if o is not None:
-            self._post_cb(o.closed_cb)
-        self._events.stop(_JOIN_GRACE)
-        self._close_done.set()
-        return True
+        return _lifecycle.close_lazy(self)
 
     def _close(
         self, reason: NatsError | None, from_reader: bool, flush_deadline: float | None = None
     ) -> None:
-        o = self._opts
-        me = threading.current_thread()
-        with self._lock:
-            if self._state == CLOSED:
-                done = self._close_done
-                ours = me.name.startswith("natsync")
-                already = True
-            else:
-                already = False
-                transport = self._transport
-                was_connected = transport is not None
-                self._state = CLOSED
-                self._closed_reason = reason
-                self._client_id = None
-                dialing = self._dialing
-                closed = self._closed_error()
-                # stop delivery at once: what is queued is discarded
-                subs = self._table.take_all()
-                for s in subs:
-                    s._end(closed, discard=True)
-                self._closing_flush = was_connected
-                pongs = list(self._pongs)
-                self._pongs.clear()
-                self._state_cond.notify_all()
-        if already:
-            if not ours:
-                done.wait(_CLOSE_FLUSH_DEFAULT + 2 * _JOIN_GRACE)  # the first close is bounded
-            return
-        _live_clients.discard(self)
-        # every waiting flush() and request() wakes at once
-        for w in pongs:
-            if w is not None:
-                w.set(False, closed)
-        self._mux.fail_all(closed)
-        if dialing is not None and dialing is not transport:
-            dialing.shutdown()  # a reconnect in its handshake: stop it now
-        if flush_deadline is None:
-            limit = (o.flush_timeout if o is not None else None) or _CLOSE_FLUSH_DEFAULT
-            flush_deadline = time.monotonic() + limit
-        # Send what was published before close(), bounded: a server that stopped reading
-        # must not hang close().
-        if was_connected and transport is not None and me is not self._w.thread:
-            self._w.write_pending(flush_deadline)
-        with self._lock:
-            self._closing_flush = False
-            self._w.buf = bytearray()
-            self._w.idle.notify_all()  # publishers waiting for room
-        self._close_event.set()
-        if transport is not None:
-            transport.close()  # wakes the reader in recv and the writer in send
-        deadline = time.monotonic() + _JOIN_GRACE  # one deadline for every thread
-        self._w.stop(deadline)
-        with self._lock:
-            self._transport = None
-            self._parser = None
-        reader = self._reader
-        if reader is not None and reader is not me:
-            # wakes on the closed socket or _close_event; a handshake in progress was shut down
-            reader.join(max(deadline - time.monotonic(), 0.0))
-        for s in subs:
-            t = s._thread
-            if t is not None and t is not me and t.is_alive():
-                t.join(max(deadline - time.monotonic(), 0.0))  # a running callback finishes
-                if t.is_alive():
-                    log.warning("callback of subscription %d still running after close()", s.sid)
-        if reason is not None and not isinstance(reason, NoServersError):
-            log.info("closed: %s", reason)
-        elif reason is not None:
-            self._last_error = reason
-            self._report_error(reason)
-        if o is not None:
-            if was_connected:
-                self._post_cb(o.disconnected_cb)
-            self._post_cb(o.closed_cb)
-        self._events.stop(max(deadline - time.monotonic(), 0.0))
-        self._close_done.set()
+        _lifecycle.close(self, reason, from_reader, flush_deadline)
 
     def _exit_flush(self, deadline: float) -> None:
-        """Interpreter exit: send what was published, if flush_on_exit (bounded)."""
-        o = self._opts
-        if o is None or not o.flush_on_exit or self._fork_error is not None:
-            return
-        if self._state not in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS, RECONNECTING):
-            return
-        if not self._out_msgs and not self._w.buf:
-            return
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        try:
-            self.flush(timeout=left)
-        except Exception as e:  # noqa: BLE001 - exiting: nothing else to do
-            log.debug("flush at exit failed: %s", e)
+        _lifecycle.exit_flush(self, deadline)
 
     def _closed_error(self) -> ConnectionClosedError:
         if self._fork_error is not None:
@@ -1391,75 +1191,7 @@ class Client:
             raise ConnectionClosedError(self._fork_error)
 
     def _forked(self) -> None:
-        """In a forked child: this copy must never touch the parent's socket.
-
-        Every lock copied from the parent is replaced, never acquired: a thread of the
-        parent may have held it at the fork, and that thread does not exist here. A lazy
-        client goes back to "not connected yet", so that its next use connects the
-        child; any other client is closed for good, with an error that says why.
-        """
-        parent = self._pid
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._lazy_lock = threading.Lock()
-        self._state_cond = threading.Condition(self._lock)
-        was_closed = self._state == CLOSED
-        for t in (self._transport, self._dialing):
-            if t is not None:
-                t.detach_without_shutdown()
-        self._transport = None
-        self._dialing = None
-        self._parser = None
-        self._reader = None
-        o = self._opts
-        self._w = Writer(self, self._lock, o.flusher_timeout if o is not None else 10.0, "natsync-writer")
-        self._pending_size = 0
-        self._events = EventDispatcher("natsync-events")
-        self._close_done = threading.Event()
-        lazy = self._lazy and not was_closed
-        if lazy:
-            self._fork_error = None
-            closed = ConnectionClosedError(
-                f"subscription made in process {parent} before os.fork(): it does not exist in the "
-                f"forked child (process {self._pid}); subscribe again in the child"
-            )
-        else:
-            self._fork_error = (
-                f"this client was created in process {parent} and cannot be used after os.fork() "
-                f"in the forked child (process {self._pid}): connect again in the child with a new client, "
-                "or create the client with connect(..., lazy=True) so that it connects on first use"
-            )
-            closed = ConnectionClosedError(self._fork_error)
-        for sub in self._table.take_all():
-            sub._after_fork(closed)  # what is pending belongs to the parent
-        self._table = SubTable()
-        self._pongs.clear()
-        self._mux = RequestMux("")
-        self._pings_out = 0
-        self._client_id = None
-        self._server_info = {}
-        if not lazy:
-            self._state = CLOSED
-            self._close_event = threading.Event()
-            self._close_event.set()
-            self._close_done.set()
-            return
-        assert o is not None
-        self._close_event = threading.Event()
-        self._initial_connect = True
-        self._disconnect_reason = None
-        self._reason_reported = False
-        self._closed_reason = None
-        self._last_error = None
-        self._in_msgs = self._in_bytes = self._out_msgs = self._out_bytes = 0
-        self._reconnects = self._errors_received = 0
-        for srv in self._server_list:
-            srv.reconnects = 0
-            srv.last_error = None
-            srv.did_connect = False
-        self._pool = ServerPool(self._server_list, randomize=not o.dont_randomize)
-        self._mux = RequestMux(f"{o.inbox_prefix}.{next_nuid()}.")  # the NUID was reseeded first
-        self._state = LAZY
+        _lifecycle.forked(self)
 
     @property
     def _resp_prefix(self) -> str:
@@ -1564,7 +1296,7 @@ class Client:
     def __repr__(self) -> str:
         url = self.connected_url
         where = f" {url}" if url else ""
-        return f"<natsync.Client {_STATE_NAMES.get(self._state, '?')}{where}>"
+        return f"<natsync.Client {STATE_NAMES.get(self._state, '?')}{where}>"
 
 
 def _as_nats_error(e: BaseException, what: str) -> NatsError:
