@@ -121,9 +121,8 @@ _FLUSH_THRESHOLD: Final = 1024 * 1024
 _FLUSH_DEFAULT: Final = 10.0
 _MAX_TICK: Final = 1.0  # the reader's receive timeout at most
 
-_SUBJECT_CACHE_MAX: Final = 4096
-# "<size>\r\n" of PUB lines for payloads under 64 KiB: a lookup costs less than formatting
-_SIZE_LINES: dict[int, bytes] = {}
+_SUBJECT_CACHE_MAX: Final = 4096  # subjects whose PUB lines are kept
+_SIZES_PER_SUBJECT: Final = 64  # payload sizes whose whole PUB line is kept, per subject
 
 _STALE = "stale connection"
 _PERMISSIONS = "permissions violation"
@@ -171,7 +170,8 @@ class Client:
         self._next_ping = 0.0
         self._tick: float | None = None
         self._table = SubTable()
-        self._pub_cache: dict[str, bytes] = {}
+        # subject -> {payload size -> "PUB <subject> <size>\r\n"} (subjects validated)
+        self._pub_cache: dict[str, dict[int, bytes]] = {}
         self._mux = RequestMux("")
         self._events = EventDispatcher("natsync-events")
         self._reader: threading.Thread | None = None
@@ -256,9 +256,11 @@ class Client:
 
         With ``lazy=True`` the options are checked now but nothing is opened: the first
         call that needs the connection (``publish``, ``subscribe``, ``request``,
-        ``flush``, ``rtt``, ``drain``) connects, once, however many threads make it at
-        the same time, and raises what ``connect()`` would raise. In a forked child the
-        first use opens the child's own connection. See the README, "Lazy client".
+        ``flush``, ``rtt``) connects, once, however many threads make it at the same
+        time, and raises what ``connect()`` would raise (the client stays lazy then).
+        ``close()`` and ``drain()`` of a client that never connected close it without
+        I/O. In a forked child the first use opens the child's own connection. See the
+        README, "Lazy client".
         """
         kw = dict(locals())
         del kw["self"], kw["servers"], kw["lazy"]
@@ -748,49 +750,49 @@ class Client:
         """
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
-        hdr: bytes | None = None
-        if reply is not None or headers is not None:
-            prefix, hdr = self._slow_prefix(subject, reply, headers)
-        else:
-            cached = self._pub_cache.get(subject)
-            if cached is None:
-                cached = protocol.pub_prefix(subject)
-                cache = self._pub_cache
-                if len(cache) >= _SUBJECT_CACHE_MAX:
-                    cache.clear()
-                cache[subject] = cached
-            prefix = cached
         size = len(payload)
-        if hdr is None:
+        # head: everything before the payload ("PUB <subject> <size>\r\n", or the HPUB
+        # line and the header block), so that three appends write any message
+        if reply is None and headers is None:
+            heads = self._pub_cache.get(subject)
+            if heads is None:
+                heads = self._pub_heads(subject)
             if size > self._max_payload:
                 raise MaxPayloadError(
                     f"payload of {size} bytes is over the server's max_payload of {self._max_payload} bytes: "
                     "send less, or raise max_payload in the server config"
                 )
-            line = _SIZE_LINES.get(size)
-            if line is None:
-                line = b"%d\r\n" % size
-                if size < 65536:
-                    _SIZE_LINES[size] = line
+            head = heads.get(size)
+            if head is None:
+                if len(heads) >= _SIZES_PER_SUBJECT:
+                    heads.clear()
+                head = heads[size] = b"PUB %s %d\r\n" % (subject.encode(), size)
         else:
-            hl = len(hdr)
-            if hl + size > self._max_payload:
-                raise MaxPayloadError(
-                    f"payload of {size} bytes plus {hl} bytes of headers is over the server's max_payload "
-                    f"of {self._max_payload} bytes: send less, or raise max_payload in the server config"
-                )
-            prefix += b"%d %d\r\n" % (hl, hl + size)
-            line = hdr
+            prefix, hdr = self._slow_prefix(subject, reply, headers)
+            if hdr is None:
+                if size > self._max_payload:
+                    raise MaxPayloadError(
+                        f"payload of {size} bytes is over the server's max_payload of {self._max_payload} "
+                        "bytes: send less, or raise max_payload in the server config"
+                    )
+                head = prefix + b"%d\r\n" % size
+            else:
+                hl = len(hdr)
+                if hl + size > self._max_payload:
+                    raise MaxPayloadError(
+                        f"payload of {size} bytes plus {hl} bytes of headers is over the server's max_payload "
+                        f"of {self._max_payload} bytes: send less, or raise max_payload in the server config"
+                    )
+                head = prefix + b"%d %d\r\n" % (hl, hl + size) + hdr
         lock = self._lock
         lock.acquire()
         if self._state != CONNECTED:
             lock.release()
-            self._publish_slow(prefix, line, payload, _kick)
+            self._publish_slow(head, b"", payload, _kick)
             return
         w = self._w
         buf = w.buf
-        buf += prefix
-        buf += line
+        buf += head
         buf += payload
         buf += b"\r\n"
         self._out_msgs += 1
@@ -804,6 +806,16 @@ class Client:
             w.event.set()
         if big and _kick:
             self._backpressure()
+
+    def _pub_heads(self, subject: str) -> dict[int, bytes]:
+        """The (new, empty) PUB line cache of *subject*, once it is validated."""
+        protocol.validate_subject(subject)
+        cache = self._pub_cache
+        if len(cache) >= _SUBJECT_CACHE_MAX:
+            cache.clear()
+        heads: dict[int, bytes] = {}
+        cache[subject] = heads
+        return heads
 
     def _backpressure(self) -> None:
         o = self._opts
