@@ -780,8 +780,9 @@ class Client:
                 hl = len(hdr)
                 if hl + size > self._max_payload:
                     raise MaxPayloadError(
-                        f"payload of {size} bytes plus {hl} bytes of headers is over the server's max_payload "
-                        f"of {self._max_payload} bytes: send less, or raise max_payload in the server config"
+                        f"payload of {size} bytes plus {hl} bytes of headers is over the server's "
+                        f"max_payload of {self._max_payload} bytes: send less, or raise max_payload in the "
+                        "server config"
                     )
                 head = prefix + b"%d %d\r\n" % (hl, hl + size) + hdr
         lock = self._lock
