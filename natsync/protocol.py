@@ -245,7 +245,7 @@ class Parser:
         run_sid = -1
         run_add: Callable[[Any], None] = events.append
         while pos < n:
-            if lim >= 0:
+            if lim >= 0 and buf[pos] == 77:  # "M": maybe a MSG line seen before (HMSG: never)
                 if parts is None:
                     parts = buf.split(b"\r\n")
                     lim = len(parts) - 2  # the last part is not followed by CRLF
