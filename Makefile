@@ -39,7 +39,7 @@ fuzz: $(STAMP)
 
 soak: $(STAMP)
 	$(PY) bench/soak.py
-	NATSYNC_STRESS_SECONDS=$${NATSYNC_STRESS_SECONDS:-300} $(PY) -m pytest -q -p no:cacheprovider --timeout=0 tests/test_stress.py
+	NATSYNC_STRESS_SECONDS=$${NATSYNC_STRESS_SECONDS:-300} $(PY) -m pytest -q -s -p no:cacheprovider --timeout=0 tests/test_stress.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis \

@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connects", type=int, default=200, help="connect+flush+close cycles (default 200)")
     ap.add_argument("--conns", type=int, default=100, help="connections open for the RSS (default 100)")
     ap.add_argument("--subs", type=int, default=1000, help="subscriptions for the RSS figures (default 1000)")
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each scenario (default 3)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs of each scenario (default 5)")
     ap.add_argument("--stat", choices=("median", "best"), default="median", help="how repeats are summarised")
     ap.add_argument("--quick", action="store_true", help="a small smoke run")
     ap.add_argument(

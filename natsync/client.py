@@ -6,10 +6,13 @@ Modules, one job each (each readable alone):
 * ``_handshake``: dialling one server (TCP, TLS, INFO/CONNECT/PONG); no locks, no threads.
 * ``_writer``: the one writer of the socket, with a deadline (``flusher_timeout``).
 * ``_requests``: the request mux (one wildcard inbox subscription, a waiter per request).
+* ``_subs``: the subscription table (routing by sid, delivery threads still running).
+* ``_lifecycle``: drain, close, fork and interpreter exit.
+* ``_state``: the connection states.
 * ``subscription``: one subscription's state (ACTIVE -> DRAINING -> ENDED) and queue.
 * ``dispatch``: the event thread (``error_cb`` and the other event callbacks), bounded.
-* this module: the connection state machine, the reader, reconnect, the subscription
-  table, drain and close, fork and exit.
+* this module: the façade (the public API), the connection state machine, the reader
+  and reconnect.
 
 Threads of one client (all named ``natsync-...``, all daemon, all joined by ``close()``
 against one shared deadline):
@@ -45,29 +48,40 @@ subscriptions call back through ``SubOwner`` (``_unsubscribe``, ``_drain_sub``,
 
 from __future__ import annotations
 
-import atexit
 import builtins
-import functools
-import itertools
 import logging
 import os
 import random
 import ssl
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
-from . import protocol
+from . import _lifecycle, protocol
 from ._handshake import AUTH_ERRORS as _AUTH_ERRORS
 from ._handshake import VERSION, Connection, handshake, handshake_error
+from ._lifecycle import JOIN_GRACE as _JOIN_GRACE
+from ._lifecycle import live_clients as _live_clients
 from ._options import DEFAULT as _DEFAULT
 from ._options import Options, _Default, build_options, check_number
 from ._requests import RequestMux, Waiter
+from ._state import (
+    CLOSED,
+    CONNECTED,
+    CONNECTED_STATES,
+    CONNECTING,
+    DISCONNECTED,
+    DRAINING_PUBS,
+    DRAINING_SUBS,
+    LAZY,
+    RECONNECTING,
+    STATE_NAMES,
+)
+from ._subs import SubTable
 from ._writer import Writer
 from .dispatch import EventDispatcher
 from .errors import (
@@ -89,8 +103,8 @@ from .errors import (
 )
 from .headers import HeadersInput, encode_headers
 from .msg import Msg
-from .nuid import next_nuid, reseed_nuid
-from .protocol import OK, PING, PONG, Err, Info, Parser
+from .nuid import next_nuid
+from .protocol import OK, PING, PONG, Err, Info, MsgRun, Parser
 from .servers import Server, ServerPool
 from .subscription import ACTIVE, DRAINING, ENDED, MsgHandler, Subscription
 from .transport import Transport
@@ -104,46 +118,19 @@ log = logging.getLogger("natsync")
 
 __version__ = VERSION
 
-# connection states
-DISCONNECTED: Final = 0
-CONNECTING: Final = 1
-CONNECTED: Final = 2
-RECONNECTING: Final = 3
-DRAINING_SUBS: Final = 4
-DRAINING_PUBS: Final = 5
-CLOSED: Final = 6
-LAZY: Final = 7  # connect(lazy=True) and not used yet: the first use connects
-
-_STATE_NAMES = {
-    DISCONNECTED: "disconnected",
-    CONNECTING: "connecting",
-    CONNECTED: "connected",
-    RECONNECTING: "reconnecting",
-    DRAINING_SUBS: "draining",
-    DRAINING_PUBS: "draining",
-    CLOSED: "closed",
-    LAZY: "lazy",
-}
-
 _READ_SIZE: Final = 64 * 1024
 # More than this waiting for the writer makes a publisher wait for room (back-pressure).
 _FLUSH_THRESHOLD: Final = 1024 * 1024
-_CLOSE_FLUSH_DEFAULT: Final = 2.0
 _FLUSH_DEFAULT: Final = 10.0
-_JOIN_GRACE: Final = 5.0  # close(): threads (a running callback) get this long in all
-_EXIT_FLUSH: Final = 2.0  # flush_on_exit: every client together, at most this long
 _MAX_TICK: Final = 1.0  # the reader's receive timeout at most
 
-_SUBJECT_CACHE_MAX: Final = 4096
-# "<size>\r\n" of PUB lines for payloads under 64 KiB: a lookup costs less than formatting
-_SIZE_LINES: dict[int, bytes] = {}
+_SUBJECT_CACHE_MAX: Final = 4096  # subjects whose PUB lines are kept
+_SIZES_PER_SUBJECT: Final = 64  # payload sizes whose whole PUB line is kept, per subject
 
 _STALE = "stale connection"
 _PERMISSIONS = "permissions violation"
 # -ERRs after which the server keeps the connection open
 _NON_FATAL = ("invalid subject", "invalid publish subject", "maximum subscriptions exceeded")
-
-_CONNECTED_STATES: Final = (CONNECTED, DRAINING_SUBS, DRAINING_PUBS)
 
 PayloadType = bytes | bytearray | memoryview | str
 
@@ -158,31 +145,6 @@ class Stats:
     out_bytes: int = 0
     reconnects: int = 0
     errors_received: int = 0
-
-
-# Clients alive in this process: to disable (or reset, when lazy) them in a forked
-# child, and to flush them at interpreter exit.
-_live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    reseed_nuid()  # before any client makes a new inbox prefix
-    for c in list(_live_clients):
-        c._forked()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _flush_at_exit() -> None:
-    """atexit: send what live clients buffered, all of them within _EXIT_FLUSH seconds."""
-    deadline = time.monotonic() + _EXIT_FLUSH
-    for c in list(_live_clients):
-        c._exit_flush(deadline)
-
-
-atexit.register(_flush_at_exit)
 
 
 class Client:
@@ -210,11 +172,9 @@ class Client:
         self._pings_out = 0
         self._next_ping = 0.0
         self._tick: float | None = None
-        self._subs: dict[int, Subscription] = {}  # routing table: ACTIVE and DRAINING subs
-        self._cb_subs: dict[int, Subscription] = {}  # callback subs whose thread runs
-        self._sid_counter = itertools.count(1)
-        self._pub_cache: dict[str, bytes] = {}
-        self._resp_sub: Subscription | None = None
+        self._table = SubTable()
+        # subject -> {payload size -> "PUB <subject> <size>\r\n"} (subjects validated)
+        self._pub_cache: dict[str, dict[int, bytes]] = {}
         self._mux = RequestMux("")
         self._events = EventDispatcher("natsync-events")
         self._reader: threading.Thread | None = None
@@ -299,9 +259,11 @@ class Client:
 
         With ``lazy=True`` the options are checked now but nothing is opened: the first
         call that needs the connection (``publish``, ``subscribe``, ``request``,
-        ``flush``, ``rtt``, ``drain``) connects, once, however many threads make it at
-        the same time, and raises what ``connect()`` would raise. In a forked child the
-        first use opens the child's own connection. See the README, "Lazy client".
+        ``flush``, ``rtt``) connects, once, however many threads make it at the same
+        time, and raises what ``connect()`` would raise (the client stays lazy then).
+        ``close()`` and ``drain()`` of a client that never connected close it without
+        I/O. In a forked child the first use opens the child's own connection. See the
+        README, "Lazy client".
         """
         kw = dict(locals())
         del kw["self"], kw["servers"], kw["lazy"]
@@ -415,7 +377,8 @@ class Client:
         return conn.leftover
 
     def _make_parser(self) -> Parser:
-        return Parser(functools.partial(Msg, self))
+        # messages are built by the parser itself (no call per message), bound to this client
+        return Parser(msg_type=Msg, owner=self)
 
     def _install(self, srv: Server, conn: Connection) -> None:
         """Make *conn* the live connection: resend the ACTIVE subscriptions (with what is
@@ -434,17 +397,7 @@ class Client:
             was_reconnect = not self._initial_connect
             self._initial_connect = False  # also after a retry_on_failed_connect success
             self._apply_info(conn.info, initial=not was_reconnect)
-            out = bytearray()
-            for sub in self._subs.values():
-                if sub._state != ACTIVE:
-                    continue  # a draining subscription's interest ended with the old connection
-                out += protocol.encode_sub(sub.subject, sub.sid, sub.queue)
-                sub._received_at_sub = sub._received
-                if sub._max is not None:
-                    left = sub._max - sub._received
-                    out += (
-                        protocol.encode_unsub(sub.sid, left) if left > 0 else protocol.encode_unsub(sub.sid)
-                    )
+            out = self._table.resend()  # ACTIVE ones only
             if out:
                 self._w.buf[0:0] = out
             self._pending_size = 0
@@ -509,7 +462,7 @@ class Client:
                 if leftover:
                     self._process(leftover)
                     leftover = None
-                feed = parser.feed
+                feed = parser.feed_runs
                 recv_into = transport.recv_into
                 process = self._process
                 while True:
@@ -534,11 +487,23 @@ class Client:
 
     def _process(self, events: list[Any]) -> None:
         """Route parsed events (reader thread)."""
-        subs = self._subs
+        subs = self._table.by_sid
         # hoisted: the inbox subscription cannot receive in the batch in which it is created
-        resp_sub = self._resp_sub
+        resp_sub = self._table.resp
         for ev in events:
-            if ev.__class__ is Msg:
+            if ev.__class__ is MsgRun:  # consecutive messages of one sid: routed once
+                msgs = ev.msgs
+                self._in_msgs += len(msgs)
+                self._in_bytes += ev.nbytes
+                sub = subs.get(ev.sid)
+                if sub is None:
+                    continue
+                if sub is resp_sub:
+                    for m in msgs:
+                        self._mux.on_response(m)
+                else:
+                    sub._enqueue_run(msgs, ev.nbytes)
+            elif ev.__class__ is Msg:
                 self._in_msgs += 1
                 self._in_bytes += len(ev.data)
                 sub = subs.get(ev.sid)
@@ -643,6 +608,7 @@ class Client:
             # What was buffered for the broken connection may hold PINGs and SUBs of its own;
             # messages in it were never acknowledged: at-most-once, dropped.
             self._w.buf = bytearray()
+            self._w.idle.notify_all()  # publishers waiting for room: there is no connection now
             self._pending_size = 0
             pongs = list(self._pongs)
             self._pongs.clear()
@@ -764,7 +730,7 @@ class Client:
     def _write(self, data: bytes) -> None:
         """Queue protocol bytes if connected (dropped otherwise: they belong to this connection)."""
         with self._lock:
-            if self._state in _CONNECTED_STATES:
+            if self._state in CONNECTED_STATES:
                 self._w.buf += data
         self._w.send_soon()
 
@@ -787,49 +753,50 @@ class Client:
         """
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
-        hdr: bytes | None = None
-        if reply is not None or headers is not None:
-            prefix, hdr = self._slow_prefix(subject, reply, headers)
-        else:
-            cached = self._pub_cache.get(subject)
-            if cached is None:
-                cached = protocol.pub_prefix(subject)
-                cache = self._pub_cache
-                if len(cache) >= _SUBJECT_CACHE_MAX:
-                    cache.clear()
-                cache[subject] = cached
-            prefix = cached
         size = len(payload)
-        if hdr is None:
+        # head: everything before the payload ("PUB <subject> <size>\r\n", or the HPUB
+        # line and the header block), so that three appends write any message
+        if reply is None and headers is None:
+            heads = self._pub_cache.get(subject)
+            if heads is None:
+                heads = self._pub_heads(subject)
             if size > self._max_payload:
                 raise MaxPayloadError(
                     f"payload of {size} bytes is over the server's max_payload of {self._max_payload} bytes: "
                     "send less, or raise max_payload in the server config"
                 )
-            line = _SIZE_LINES.get(size)
-            if line is None:
-                line = b"%d\r\n" % size
-                if size < 65536:
-                    _SIZE_LINES[size] = line
+            head = heads.get(size)
+            if head is None:
+                if len(heads) >= _SIZES_PER_SUBJECT:
+                    heads.clear()
+                head = heads[size] = b"PUB %s %d\r\n" % (subject.encode(), size)
         else:
-            hl = len(hdr)
-            if hl + size > self._max_payload:
-                raise MaxPayloadError(
-                    f"payload of {size} bytes plus {hl} bytes of headers is over the server's max_payload "
-                    f"of {self._max_payload} bytes: send less, or raise max_payload in the server config"
-                )
-            prefix += b"%d %d\r\n" % (hl, hl + size)
-            line = hdr
+            prefix, hdr = self._slow_prefix(subject, reply, headers)
+            if hdr is None:
+                if size > self._max_payload:
+                    raise MaxPayloadError(
+                        f"payload of {size} bytes is over the server's max_payload of {self._max_payload} "
+                        "bytes: send less, or raise max_payload in the server config"
+                    )
+                head = prefix + b"%d\r\n" % size
+            else:
+                hl = len(hdr)
+                if hl + size > self._max_payload:
+                    raise MaxPayloadError(
+                        f"payload of {size} bytes plus {hl} bytes of headers is over the server's "
+                        f"max_payload of {self._max_payload} bytes: send less, or raise max_payload in the "
+                        "server config"
+                    )
+                head = prefix + b"%d %d\r\n" % (hl, hl + size) + hdr
         lock = self._lock
         lock.acquire()
         if self._state != CONNECTED:
             lock.release()
-            self._publish_slow(prefix, line, payload, _kick)
+            self._publish_slow(head, b"", payload, _kick)
             return
         w = self._w
         buf = w.buf
-        buf += prefix
-        buf += line
+        buf += head
         buf += payload
         buf += b"\r\n"
         self._out_msgs += 1
@@ -844,6 +811,16 @@ class Client:
         if big and _kick:
             self._backpressure()
 
+    def _pub_heads(self, subject: str) -> dict[int, bytes]:
+        """The (new, empty) PUB line cache of *subject*, once it is validated."""
+        protocol.validate_subject(subject)
+        cache = self._pub_cache
+        if len(cache) >= _SUBJECT_CACHE_MAX:
+            cache.clear()
+        heads: dict[int, bytes] = {}
+        cache[subject] = heads
+        return heads
+
     def _backpressure(self) -> None:
         o = self._opts
         assert o is not None
@@ -853,8 +830,8 @@ class Client:
         """publish() when not CONNECTED: connect a lazy client, buffer while
         reconnecting (charging the wire bytes to ``reconnect_buffer_size``), refuse when
         closed or in the last phase of a drain."""
-        if self._state == LAZY:
-            self._ensure_connected()
+        if self._state == LAZY or (self._lazy and self._state == CONNECTING):
+            self._ensure_connected()  # the first use connects; later first uses wait for it
         with self._lock:
             if self._state != CONNECTED:
                 self._check_publish_state(len(prefix) + len(line) + len(payload) + 2)
@@ -925,15 +902,15 @@ class Client:
         elif timeout <= 0:
             raise ValueError("flush timeout must be > 0")
         deadline = time.monotonic() + timeout
-        if self._state == LAZY:
-            self._ensure_connected()
+        if self._state == LAZY or (self._lazy and self._state == CONNECTING):
+            self._ensure_connected()  # the first use connects; later first uses wait for it
         while True:
             w = Waiter()
             with self._lock:
                 st = self._state
                 if st in (CLOSED, DISCONNECTED, LAZY):
                     raise self._closed_error()
-                if st in _CONNECTED_STATES:
+                if st in CONNECTED_STATES:
                     self._w.buf += protocol.PING_CMD
                     self._pongs.append(w)
                     sent = True
@@ -995,21 +972,19 @@ class Client:
         pb = o.pending_bytes_limit if isinstance(pending_bytes_limit, _Default) else pending_bytes_limit
         check_number("pending_msgs_limit", pm, gt=0, allow_none=True, integer=True)
         check_number("pending_bytes_limit", pb, gt=0, allow_none=True, integer=True)
-        if self._state == LAZY:
-            self._ensure_connected()
+        if self._state == LAZY or (self._lazy and self._state == CONNECTING):
+            self._ensure_connected()  # the first use connects; later first uses wait for it
         with self._lock:
             st = self._state
             if st in (CLOSED, DISCONNECTED, LAZY):
                 raise self._closed_error()
             if st in (DRAINING_SUBS, DRAINING_PUBS):
                 raise ConnectionDrainingError("connection is draining: subscribe refused")
-            sid = next(self._sid_counter)
+            sid = self._table.next_sid()
             sub = Subscription(self, sid, subject, queue, cb, pm, pb)
             if max_msgs is not None:
                 sub._max = max_msgs
-            self._subs[sid] = sub
-            if cb is not None:
-                self._cb_subs[sid] = sub
+            self._table.add(sub)
             if st == CONNECTED:
                 self._w.buf += protocol.encode_sub(subject, sid, queue)
                 if max_msgs is not None:
@@ -1036,7 +1011,7 @@ class Client:
                 )
             if sub._state == ENDED:
                 raise BadSubscriptionError(f"subscription {sub.sid} has already ended")
-            connected = st in _CONNECTED_STATES
+            connected = st in CONNECTED_STATES
             if limit is not None and sub._received < limit:
                 sub._max = limit
                 if connected and sub._state == ACTIVE:
@@ -1044,12 +1019,12 @@ class Client:
                     self._w.buf += protocol.encode_unsub(sub.sid, max(limit - sub._received_at_sub, 1))
                 # the reader may have counted the last message before it saw _max
                 if sub._received >= limit:
-                    self._subs.pop(sub.sid, None)
+                    self._table.remove(sub)
                     sub._end(
                         BadSubscriptionError(f"subscription {sub.sid} reached its limit of {limit} messages")
                     )
             else:
-                self._subs.pop(sub.sid, None)
+                self._table.remove(sub)
                 if connected:
                     self._w.buf += protocol.encode_unsub(sub.sid)
                 sub._end(
@@ -1060,15 +1035,13 @@ class Client:
     def _sub_reached_max(self, sub: Subscription) -> None:
         """The reader counted a subscription's last message (its auto-unsubscribe limit)."""
         with self._lock:
-            if self._subs.get(sub.sid) is sub:
-                del self._subs[sub.sid]
+            self._table.remove(sub)
             sub._end(BadSubscriptionError(f"subscription {sub.sid} reached its limit of {sub._max} messages"))
 
     def _sub_finished(self, sub: Subscription) -> None:
         """A callback subscription's delivery thread ends."""
         with self._lock:
-            if self._cb_subs.get(sub.sid) is sub:
-                del self._cb_subs[sub.sid]
+            self._table.finished(sub)
 
     def _drain_sub(self, sub: Subscription, timeout: float | None) -> None:
         o = self._opts
@@ -1084,7 +1057,7 @@ class Client:
                 raise BadSubscriptionError(f"subscription {sub.sid} has already ended")
             if sub._state == ACTIVE:
                 sub._state = DRAINING  # never resent by a reconnect
-                if st in _CONNECTED_STATES:
+                if st in CONNECTED_STATES:
                     self._w.buf += protocol.encode_unsub(sub.sid)
         # every message sent before the server processed UNSUB arrives before its PONG
         try:
@@ -1094,8 +1067,7 @@ class Client:
         except NatsError:  # timed out or reconnecting: deliver what did arrive
             pass
         with self._lock:
-            if self._subs.get(sub.sid) is sub:
-                del self._subs[sub.sid]
+            self._table.remove(sub)
             sub._end(BadSubscriptionError(f"subscription {sub.sid} was drained"))
         if sub._thread is not None and sub._thread is not threading.current_thread():
             if not sub._done.wait(max(deadline - time.monotonic(), 0)):
@@ -1129,8 +1101,8 @@ class Client:
             raise ValueError("request timeout must be > 0")
         st = self._state
         if st != CONNECTED:
-            if st == LAZY:
-                self._ensure_connected()
+            if st == LAZY or (self._lazy and st == CONNECTING):
+                self._ensure_connected()  # the first use connects; later first uses wait for it
                 st = self._state
             if st in (RECONNECTING, CONNECTING):
                 # nothing could answer before the connection is back: say so now rather
@@ -1139,7 +1111,7 @@ class Client:
                     f"request on {subject!r} not sent: the client is not connected (reconnecting "
                     f"to {self._server_name()}); retry when it is connected"
                 )
-        if self._resp_sub is None:
+        if self._table.resp is None:
             self._init_resp_sub()
         mux = self._mux
         reply, w = mux.register()
@@ -1166,19 +1138,19 @@ class Client:
 
     def _init_resp_sub(self) -> None:
         with self._lock:
-            if self._resp_sub is not None:
+            if self._table.resp is not None:
                 return
             st = self._state
             if st in (CLOSED, DISCONNECTED, LAZY):
                 raise self._closed_error()
-            sid = next(self._sid_counter)
+            sid = self._table.next_sid()
             sub = Subscription(self, sid, self._mux.prefix + "*", None, None, None, None)
-            self._subs[sid] = sub
-            self._resp_sub = sub
-            if st in _CONNECTED_STATES:
+            self._table.add(sub)
+            self._table.resp = sub
+            if st in CONNECTED_STATES:
                 self._w.buf += protocol.encode_sub(sub.subject, sid, None)
 
-    # --- lifecycle -----------------------------------------------------------------------
+    # --- lifecycle (see _lifecycle) --------------------------------------------------------
 
     def drain(self, timeout: float | None = None) -> None:
         """Drain every subscription, send what is buffered, then close.
@@ -1187,67 +1159,7 @@ class Client:
         client closes at once. Raises :class:`natsync.TimeoutError` after *timeout*
         (default ``drain_timeout``); the client is closed anyway.
         """
-        self._check_fork()
-        o = self._opts
-        if o is None:
-            raise self._closed_error()
-        if timeout is None:
-            timeout = o.drain_timeout
-        deadline = time.monotonic() + timeout
-        if self._state == LAZY and self._close_lazy():
-            return  # never connected: nothing to drain
-        with self._lock:
-            st = self._state
-            if st in (CLOSED, DISCONNECTED):
-                raise self._closed_error()
-            if st in (DRAINING_SUBS, DRAINING_PUBS):
-                raise ConnectionDrainingError("drain() is already running")
-            disconnected = st != CONNECTED
-            subs: list[Subscription] = []
-            if not disconnected:
-                subs = [s for s in self._subs.values() if s is not self._resp_sub]
-                self._state = DRAINING_SUBS
-                for s in subs:
-                    if s._state == ACTIVE:
-                        s._state = DRAINING
-                        self._w.buf += protocol.encode_unsub(s.sid)
-        if disconnected:
-            log.info("drain() while not connected: closing at once")
-            self.close()
-            return
-        timed_out = False
-        try:
-            try:
-                self.flush(max(deadline - time.monotonic(), 0.001))
-            except NatsError:  # timed out, reconnecting or closed: drain what did arrive
-                pass
-            with self._lock:
-                for s in subs:
-                    if self._subs.get(s.sid) is s:
-                        del self._subs[s.sid]
-                    s._end(BadSubscriptionError(f"subscription {s.sid} was drained"))
-                # with the ones that ended by their limit and still deliver
-                delivering = list(self._cb_subs.values())
-            me = threading.current_thread()
-            for s in delivering:
-                if s._thread is not None and s._thread is not me:
-                    if not s._done.wait(max(deadline - time.monotonic(), 0)):
-                        timed_out = True
-                        break
-            with self._lock:
-                if self._state == DRAINING_SUBS:
-                    self._state = DRAINING_PUBS
-            if not timed_out:
-                try:
-                    self.flush(max(deadline - time.monotonic(), 0.001))
-                except TimeoutError:
-                    timed_out = True
-                except NatsError:
-                    pass
-        finally:
-            self.close()
-        if timed_out:
-            raise TimeoutError(f"drain did not finish within {timeout} s; the client was closed")
+        _lifecycle.drain(self, timeout)
 
     def close(self) -> None:
         """Stop delivery at once (queued messages are discarded; a callback already
@@ -1266,114 +1178,15 @@ class Client:
         self._close(None, from_reader=False)
 
     def _close_lazy(self) -> bool:
-        """Close a lazy client that never connected (no I/O). False if it connected meanwhile."""
-        with self._lazy_lock:
-            with self._lock:
-                if self._state != LAZY:
-                    return False
-                self._state = CLOSED
-                self._state_cond.notify_all()
-        self._close_event.set()
-        _live_clients.discard(self)
-        o = self._opts
-        if o is not None:
-            self._post_cb(o.closed_cb)
-        self._events.stop(_JOIN_GRACE)
-        self._close_done.set()
-        return True
+        return _lifecycle.close_lazy(self)
 
-    def _close(self, reason: NatsError | None, from_reader: bool) -> None:
-        o = self._opts
-        me = threading.current_thread()
-        with self._lock:
-            if self._state == CLOSED:
-                done = self._close_done
-                ours = me.name.startswith("natsync")
-                already = True
-            else:
-                already = False
-                transport = self._transport
-                was_connected = transport is not None
-                self._state = CLOSED
-                self._closed_reason = reason
-                self._client_id = None
-                dialing = self._dialing
-                closed = self._closed_error()
-                # stop delivery at once: what is queued is discarded
-                subs = list(self._subs.values()) + list(self._cb_subs.values())
-                self._subs.clear()
-                for s in subs:
-                    s._end(closed, discard=True)
-                self._closing_flush = was_connected
-                self._state_cond.notify_all()
-        if already:
-            if not ours:
-                done.wait(_CLOSE_FLUSH_DEFAULT + 2 * _JOIN_GRACE)  # the first close is bounded
-            return
-        _live_clients.discard(self)
-        if dialing is not None and dialing is not transport:
-            dialing.shutdown()  # a reconnect in its handshake: stop it now
-        limit = (o.flush_timeout if o is not None else None) or _CLOSE_FLUSH_DEFAULT
-        start = time.monotonic()
-        # Send what was published before close(), bounded: a server that stopped reading
-        # must not hang close().
-        if was_connected and transport is not None and me is not self._w.thread:
-            self._w.write_pending(start + limit)
-        with self._lock:
-            self._closing_flush = False
-            self._w.buf = bytearray()
-        self._close_event.set()
-        if transport is not None:
-            transport.close()  # wakes the reader in recv and the writer in send
-        deadline = time.monotonic() + _JOIN_GRACE  # one deadline for every thread
-        self._w.stop(deadline)
-        with self._lock:
-            pongs = list(self._pongs)
-            self._pongs.clear()
-            self._transport = None
-            self._parser = None
-        for w in pongs:
-            if w is not None:
-                w.set(False, closed)
-        self._mux.fail_all(closed)
-        reader = self._reader
-        if reader is not None and reader is not me:
-            # wakes on the closed socket or _close_event; a handshake in progress was shut down
-            reader.join(max(deadline - time.monotonic(), 0.0))
-        for s in subs:
-            t = s._thread
-            if t is not None and t is not me and t.is_alive():
-                t.join(max(deadline - time.monotonic(), 0.0))  # a running callback finishes
-                if t.is_alive():
-                    log.warning("callback of subscription %d still running after close()", s.sid)
-        if reason is not None and not isinstance(reason, NoServersError):
-            log.info("closed: %s", reason)
-        elif reason is not None:
-            self._last_error = reason
-            self._report_error(reason)
-        if o is not None:
-            if was_connected:
-                self._post_cb(o.disconnected_cb)
-            self._post_cb(o.closed_cb)
-        self._events.stop(max(deadline - time.monotonic(), 0.0))
-        self._close_done.set()
+    def _close(
+        self, reason: NatsError | None, from_reader: bool, flush_deadline: float | None = None
+    ) -> None:
+        _lifecycle.close(self, reason, from_reader, flush_deadline)
 
     def _exit_flush(self, deadline: float) -> None:
-        """Interpreter exit: send what was published, if flush_on_exit (bounded)."""
-        o = self._opts
-        if o is None or not o.flush_on_exit or self._fork_error is not None:
-            return
-        if self._state not in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS, RECONNECTING):
-            return
-        if not self._out_msgs and not self._w.buf:
-            return
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        try:
-            self.flush(timeout=left)
-        except Exception as e:  # noqa: BLE001 - exiting: nothing else to do
-            log.debug("flush at exit failed: %s", e)
+        _lifecycle.exit_flush(self, deadline)
 
     def _closed_error(self) -> ConnectionClosedError:
         if self._fork_error is not None:
@@ -1394,81 +1207,15 @@ class Client:
             raise ConnectionClosedError(self._fork_error)
 
     def _forked(self) -> None:
-        """In a forked child: this copy must never touch the parent's socket.
-
-        Every lock copied from the parent is replaced, never acquired: a thread of the
-        parent may have held it at the fork, and that thread does not exist here. A lazy
-        client goes back to "not connected yet", so that its next use connects the
-        child; any other client is closed for good, with an error that says why.
-        """
-        parent = self._pid
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._lazy_lock = threading.Lock()
-        self._state_cond = threading.Condition(self._lock)
-        was_closed = self._state == CLOSED
-        for t in (self._transport, self._dialing):
-            if t is not None:
-                t.detach_without_shutdown()
-        self._transport = None
-        self._dialing = None
-        self._parser = None
-        self._reader = None
-        o = self._opts
-        self._w = Writer(self, self._lock, o.flusher_timeout if o is not None else 10.0, "natsync-writer")
-        self._pending_size = 0
-        self._events = EventDispatcher("natsync-events")
-        self._close_done = threading.Event()
-        lazy = self._lazy and not was_closed
-        if lazy:
-            self._fork_error = None
-            closed = ConnectionClosedError(
-                f"subscription made in process {parent} before os.fork(): it does not exist in the "
-                f"forked child (process {self._pid}); subscribe again in the child"
-            )
-        else:
-            self._fork_error = (
-                f"this client was created in process {parent} and cannot be used after os.fork() "
-                f"in the forked child (process {self._pid}): connect again in the child with a new client, "
-                "or create the client with connect(..., lazy=True) so that it connects on first use"
-            )
-            closed = ConnectionClosedError(self._fork_error)
-        for sub in list(self._subs.values()) + list(self._cb_subs.values()):
-            sub._after_fork(closed)  # what is pending belongs to the parent
-        self._subs.clear()
-        self._cb_subs.clear()
-        self._pongs.clear()
-        self._mux = RequestMux("")
-        self._resp_sub = None
-        self._pings_out = 0
-        self._client_id = None
-        self._server_info = {}
-        if not lazy:
-            self._state = CLOSED
-            self._close_event = threading.Event()
-            self._close_event.set()
-            self._close_done.set()
-            return
-        assert o is not None
-        self._close_event = threading.Event()
-        self._initial_connect = True
-        self._disconnect_reason = None
-        self._reason_reported = False
-        self._closed_reason = None
-        self._last_error = None
-        self._in_msgs = self._in_bytes = self._out_msgs = self._out_bytes = 0
-        self._reconnects = self._errors_received = 0
-        for srv in self._server_list:
-            srv.reconnects = 0
-            srv.last_error = None
-            srv.did_connect = False
-        self._pool = ServerPool(self._server_list, randomize=not o.dont_randomize)
-        self._mux = RequestMux(f"{o.inbox_prefix}.{next_nuid()}.")  # the NUID was reseeded first
-        self._state = LAZY
+        _lifecycle.forked(self)
 
     @property
     def _resp_prefix(self) -> str:
         return self._mux.prefix
+
+    @property
+    def _subs(self) -> dict[int, Subscription]:
+        return self._table.by_sid
 
     def __enter__(self) -> Client:
         return self
@@ -1565,7 +1312,7 @@ class Client:
     def __repr__(self) -> str:
         url = self.connected_url
         where = f" {url}" if url else ""
-        return f"<natsync.Client {_STATE_NAMES.get(self._state, '?')}{where}>"
+        return f"<natsync.Client {STATE_NAMES.get(self._state, '?')}{where}>"
 
     # --- JetStream (natsync.js, imported on first use) -----------------------------------
 

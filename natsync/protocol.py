@@ -140,7 +140,7 @@ class MsgRun:
 
 # A buffer up to this size is split at every CRLF once, and runs of MSG lines are taken
 # from the pieces (a larger buffer holds a large payload: it is parsed by position).
-_SPLIT_MAX: Final = 256 * 1024
+_SPLIT_MAX: Final = 1024 * 1024
 
 
 class Parser:
@@ -245,7 +245,7 @@ class Parser:
         run_sid = -1
         run_add: Callable[[Any], None] = events.append
         while pos < n:
-            if lim >= 0:
+            if lim >= 0 and buf[pos] == 77:  # "M": maybe a MSG line seen before (HMSG: never)
                 if parts is None:
                     parts = buf.split(b"\r\n")
                     lim = len(parts) - 2  # the last part is not followed by CRLF

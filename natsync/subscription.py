@@ -14,8 +14,11 @@ Threads and locks:
 * a consumer (a user thread in ``next_msg`` or the delivery thread) takes the next
   message and checks "ended" in one critical section under ``_cond``, so the last
   message before the end is never left behind;
-* each waiting consumer is counted in ``_waiters``; the reader notifies ``_cond`` once per
-  message while someone waits, so two waiters are each woken by their own message;
+* a consumer announces itself in ``_waiters`` (under ``_cond``) *before* it looks at the
+  queue, and the reader looks at ``_waiters`` *after* it appended, so no wake-up is lost;
+  the reader notifies once per sleep (``_kicked``), and a consumer that takes a message
+  and sees more, and more waiters, wakes the next one: two waiters are each woken by
+  their own message;
 * nothing slow and no user code runs under ``_cond``; ``_cond`` is taken after the
   client's lock, never before it.
 
@@ -96,7 +99,8 @@ class Subscription:
         self._cb = cb
         self._queue: deque[Msg] = deque()
         self._cond = threading.Condition(threading.Lock())
-        self._waiters = 0  # consumers waiting in _cond (changed under _cond)
+        self._waiters = 0  # consumers looking at or sleeping on the queue (changed under _cond)
+        self._kicked = False  # the reader notified and no consumer has woken since
         self._pmsgs = _NO_LIMIT if pending_msgs_limit is None else pending_msgs_limit
         self._pbytes = _NO_LIMIT if pending_bytes_limit is None else pending_bytes_limit
         self._in_bytes = 0  # reader
@@ -184,7 +188,33 @@ class Subscription:
         self._received += 1
         if self._max is not None and self._received >= self._max:
             self._client._sub_reached_max(self)  # ends it (and wakes every waiter)
-        elif self._waiters:
+        elif self._waiters and not self._kicked:
+            self._kicked = True
+            with self._cond:
+                self._cond.notify()
+
+    def _enqueue_run(self, msgs: list[Msg], nbytes: int) -> None:
+        """Called on the reader thread for consecutive messages of this subscription
+        (*nbytes*: their payload bytes): one append and at most one wake-up for all."""
+        if self._state == ENDED:
+            return
+        q = self._queue
+        n = len(msgs)
+        if (
+            self._max is not None
+            or len(q) + n > self._pmsgs
+            or self._in_bytes - self._out_bytes + nbytes > self._pbytes
+        ):
+            for msg in msgs:  # near a limit: message by message
+                self._enqueue(msg)
+            return
+        if self._slow:
+            self._slow = False
+        self._in_bytes += nbytes
+        q.extend(msgs)
+        self._received += n
+        if self._waiters and not self._kicked:
+            self._kicked = True
             with self._cond:
                 self._cond.notify()
 
@@ -210,6 +240,7 @@ class Subscription:
         anything the parent's threads may have held (locks are replaced, not acquired)."""
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0
+        self._kicked = False
         self._done = threading.Event()
         self._thread = None
         self._end(error, discard=True)
@@ -223,15 +254,21 @@ class Subscription:
         "Ended" and "take" are checked in one critical section.
         """
         cond = self._cond
+        q = self._queue
         with cond:
             while True:
-                q = self._queue
+                self._kicked = False
+                self._waiters += 1  # announced before looking: the reader appends, then looks
                 if q:
+                    self._waiters -= 1
                     msg = q.popleft()
                     self._out_bytes += len(msg.data)
                     self.delivered += 1
+                    if q and self._waiters:
+                        cond.notify()  # more for another waiter: wake it (the reader may not)
                     return msg
                 if self._state == ENDED:
+                    self._waiters -= 1
                     if self._thread is None:
                         self._done.set()
                     raise self._end_error or BadSubscriptionError(f"subscription {self.sid} has ended")
@@ -240,8 +277,8 @@ class Subscription:
                 else:
                     left = deadline - time.monotonic()
                     if left <= 0:
+                        self._waiters -= 1
                         return None
-                self._waiters += 1
                 try:
                     cond.wait(left)
                 finally:
@@ -283,13 +320,25 @@ class Subscription:
         cb = self._cb
         assert cb is not None
         client = self._client
+        # This thread is the only consumer: while messages are queued it takes them
+        # without the lock; _next() (locked: "ended" and "take" in one step) when empty.
+        popleft = self._queue.popleft
         try:
             while True:
+                msg: Msg | None
                 try:
-                    msg = self._next(None)
-                except NatsError:
-                    break  # ended and nothing left
-                if msg is None or self._discard:  # pragma: no cover - no deadline given
+                    msg = popleft()
+                except IndexError:
+                    try:
+                        msg = self._next(None)
+                    except NatsError:
+                        break  # ended and nothing left
+                    if msg is None:  # pragma: no cover - no deadline given
+                        break
+                else:
+                    self._out_bytes += len(msg.data)
+                    self.delivered += 1
+                if self._discard:  # discarded (closed) after it was taken
                     break
                 try:
                     cb(msg)

@@ -153,12 +153,18 @@ class Transport:
         """
         if self.tls:
             return 0
+        # full: a send would wait (a socket with a timeout polls first)
         poll = self._poll
         if poll is None:
-            poll = self._poll = select.poll()
-            poll.register(self._sock, select.POLLOUT)
-        if not poll.poll(0):
-            return 0  # full: a send would wait (a socket with a timeout polls first)
+            poll_type = getattr(select, "poll", None)  # gevent's monkey-patching removes it
+            if poll_type is None:
+                if not select.select([], [self._sock], [], 0)[1]:
+                    return 0
+            else:
+                poll = self._poll = poll_type()
+                poll.register(self._sock, select.POLLOUT)
+        if poll is not None and not poll.poll(0):
+            return 0
         try:
             return self._sock.send(data, socket.MSG_DONTWAIT)
         except (BlockingIOError, TimeoutError):

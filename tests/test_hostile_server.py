@@ -188,8 +188,8 @@ def test_err_flood_non_fatal() -> None:
             # issue 7: the event queue is bounded; errors beyond it are counted and reported
             # to error_cb in one summary error ("N more errors were not passed ...")
             def reported() -> int:
-                missed = sum(int(str(e).split()[0]) for e in rec.errors if "more errors were not passed" in str(e))
-                return len(rec.errors) - sum(1 for e in rec.errors if "more errors were not passed" in str(e)) + missed
+                summaries = [str(e) for e in rec.errors if "more errors were not passed" in str(e)]
+                return len(rec.errors) - len(summaries) + sum(int(t.split()[0]) for t in summaries)
 
             wait_until(lambda: reported() >= n, HANG, "every -ERR reported or counted")
             nc.flush(timeout=HANG)

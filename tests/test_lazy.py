@@ -118,6 +118,7 @@ def test_concurrent_first_use_opens_one_connection(server: NATSServer) -> None:
     errors: list[BaseException] = []
     try:
         watch = watcher.subscribe("lazy.many")
+        watcher.subscribe("lazy.many.svc", cb=lambda m: m.respond(m.data))
         watcher.flush(timeout=WAIT)
 
         def first_use(i: int) -> None:
@@ -127,6 +128,8 @@ def test_concurrent_first_use_opens_one_connection(server: NATSServer) -> None:
                     nc.subscribe(f"lazy.many.{i}")
                 elif i % 4 == 1:
                     nc.flush(timeout=WAIT)
+                elif i % 4 == 2:  # waits for the connect another thread is making
+                    assert nc.request("lazy.many.svc", b"%d" % i, timeout=WAIT).data == b"%d" % i
                 nc.publish("lazy.many", b"%d" % i)
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)

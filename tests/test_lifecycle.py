@@ -6,6 +6,14 @@ loopback proxy of ``tests/proxy.py``; ``proxy.stall_client()`` reproduces a peer
 stops reading.  The scripted fake server is used only for a handshake that a real
 server never gets wrong.  Each docstring names the bullet it covers.
 
+Bullets of "Why", as numbered in the docstrings: #1 a peer that stops reading (request,
+flush, respond, large publish, the reconnect's resend); #2 close() and unsubscribe()
+with queued callback messages, pending_bytes; #3 drain during a reconnect; #4 nc.drain()
+and auto-unsubscribed or unsubscribing subscriptions; #5 next_msg() wake-ups and the
+max_msgs race; #6 fork; #7 exit without close(); #8 drain()/request() while
+disconnected; #9 a callback that always raises; #10 reconnect_buffer_size charging;
+#11 the quieter gaps (one test per gap).
+
 Calls that could hang run on a thread joined with a bound (the call's own timeout plus
 a generous margin), so that a hang fails the test instead of blocking the suite.
 """
@@ -135,6 +143,24 @@ def bounded(fn: Callable[[], Any], bound: float) -> Outcome:
     return out
 
 
+def raw_publish(server: NATSServer, messages: list[tuple[str, bytes]]) -> None:
+    """Publish *messages* over a plain socket (CONNECT, the PUBs, PING; wait for PONG)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"INFO ")
+        out = bytearray(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
+        for subject, data in messages:
+            out += b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(data), data)
+        out += b"PING\r\n"
+        s.sendall(out)
+        while True:
+            line = f.readline()
+            assert line, "the server closed the connection"
+            if line.startswith(b"PONG"):
+                return
+            assert not line.startswith(b"-ERR"), line
+
+
 def natsync_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("natsync") and t.is_alive()}
 
@@ -193,6 +219,24 @@ def test_flush_returns_by_its_timeout_when_the_peer_stops_reading(
     out = bounded(lambda: nc.flush(timeout=0.5), 0.5 + MARGIN)
     assert out.finished, "flush(timeout=0.5) still blocked 2.5 s later: the peer stopped reading"
     assert isinstance(out.error, natsync.TimeoutError), out.error
+
+
+def test_drain_returns_by_its_timeout_when_the_peer_stops_reading(proxy: TCPProxy) -> None:
+    """Why #1 (every call that takes a timeout returns by it, whatever the socket does):
+    nc.drain(timeout=1) on a connection whose peer stopped reading returns (raising
+    natsync.TimeoutError, the client closed) by its timeout, closing included."""
+    nc = natsync.connect(proxy.url, ping_interval=0)
+    try:
+        nc.subscribe("lifecycle.sdrain.stall", cb=lambda m: None)
+        nc.flush(timeout=WAIT)
+        proxy.stall_client()
+        jam(nc)
+        out = bounded(lambda: nc.drain(timeout=1.0), 1.0 + 1.5)
+        assert out.finished, "drain(timeout=1) still running 2.5 s later: the peer stopped reading"
+        assert isinstance(out.error, natsync.TimeoutError), repr(out.error)
+        assert nc.is_closed
+    finally:
+        bounded(nc.close, WAIT)
 
 
 def test_respond_and_large_publish_return_when_the_peer_stops_reading(
@@ -308,7 +352,6 @@ def test_close_discards_queued_callback_messages_and_returns_promptly(
     50 ms callbacks: 20 s, 1,593 callbacks) and left threads alive.  Now: it returns
     promptly, no callback starts after it returned (one already running may finish),
     no natsync thread is left, disconnected_cb then closed_cb run exactly once."""
-    pub = clients.connect(server.url)
     before = natsync_threads()
     events: list[str] = []
     lock = threading.Lock()
@@ -341,10 +384,8 @@ def test_close_discards_queued_callback_messages_and_returns_promptly(
         for i in range(4):
             nc.subscribe(f"lifecycle.close.{i}", cb=slow)
         nc.flush(timeout=WAIT)
-        for i in range(4):
-            for _ in range(400):
-                pub.publish(f"lifecycle.close.{i}", b"x")
-        pub.flush(timeout=WAIT)
+        # published from a raw socket: no other client's threads to tell apart
+        raw_publish(server, [(f"lifecycle.close.{i}", b"x") for i in range(4) for _ in range(400)])
         nc.flush(timeout=WAIT)  # every message is queued by now (the server sent them before the PONG)
         assert first.wait(WAIT)
     finally:
@@ -1040,6 +1081,25 @@ def test_last_error_holds_the_error_that_broke_the_connection(server: NATSServer
         assert str(err)
 
 
+def test_last_error_is_the_protocol_error_that_broke_the_connection() -> None:
+    """Why #11: nc.last_error holds the error that broke the connection: here a server
+    that sends an unknown operation (a ProtocolError), with no reconnect after it."""
+
+    def garbage(c: FakeConn) -> None:
+        c.handshake()
+        c.send(b"BOGUS nonsense\r\n")
+        c.wait(2)
+
+    rec = Recorder()
+    with FakeServer([garbage]) as fake:
+        nc = natsync.connect(fake.url, allow_reconnect=False, **rec.options())
+        try:
+            assert rec.wait_count("closed")
+            assert isinstance(nc.last_error, natsync.ProtocolError), repr(nc.last_error)
+        finally:
+            nc.close()
+
+
 def test_empty_port_means_4222() -> None:
     """Why #11: "localhost:" (empty port) was refused where nats.go and nats-py read
     port 4222."""
@@ -1082,7 +1142,9 @@ def test_auto_unsubscribe_counts_the_remainder_after_a_reconnect(
     server: NATSServer, proxy: TCPProxy, clients: Clients
 ) -> None:
     """Why #11: after a reconnect an auto-unsubscribe's UNSUB counted from the new SUB.
-    unsubscribe(limit=10), 4 received, reconnect, 10 published: exactly 6 more arrive."""
+    unsubscribe(limit=10), 4 received, reconnect, 10 published: exactly 6 more arrive.
+    (The old code already resent the remainder here, so this one passes on it too; the
+    next test is the case it got wrong.)"""
     rec = Recorder()
     nc = clients.connect(proxy.url, **FAST, **rec.options())
     pub = clients.connect(server.url)

@@ -233,6 +233,23 @@ def test_msg_type_builds_messages_without_make_msg() -> None:
     assert (m2.subject, m2.sid, m2.reply, m2._hdr, m2.data) == ("b", 2, None, HDR, b"yz")
 
 
+def test_msg_type_fills_every_slot_of_natsync_msg() -> None:
+    # The parser builds natsync.Msg without calling it: the slots it assigns must be all of
+    # Msg's, and the result must be the Msg that Msg(...) builds.
+    from natsync.msg import Msg
+
+    assert set(Msg.__slots__) == set(SlotMsg.__slots__)
+    p = Parser(msg_type=Msg)
+    wire = b"MSG a 1 r 1\r\nx\r\nHMSG b 2 18 20\r\n" + HDR + b"yz\r\n"
+    got = _flat(p.feed_runs(wire)) + _flat(p.feed_runs(b"MSG a 1 r 1\r\nx\r\n" * 2))
+    built = [Msg(None, "a", 1, "r", None, b"x"), Msg(None, "b", 2, None, HDR, b"yz")] + [
+        Msg(None, "a", 1, "r", None, b"x")
+    ] * 2
+    assert got == built
+    assert [repr(m) for m in got] == [repr(m) for m in built]
+    assert got[1].headers is not None and got[1].headers["A"] == "b"
+
+
 def test_feed_runs_groups_consecutive_messages_of_one_sid() -> None:
     p = Parser(msg_type=SlotMsg)
     one = b"MSG a 1 2\r\nhi\r\n"
@@ -277,9 +294,9 @@ def test_many_distinct_lines_and_a_large_buffer() -> None:
     # more distinct lines than the parser remembers, then a buffer too large to split
     wire = b"".join(b"MSG s.%d %d 1\r\nx\r\n" % (i, i) for i in range(600))
     assert [e[1] for e in Parser().feed(wire * 2)] == list(range(600)) * 2
-    big = b"MSG a 1 300000\r\n" + b"z\r\n" * 100000 + b"\r\n" + b"MSG a 1 1\r\nx\r\n" * 3
+    big = b"MSG a 1 1200000\r\n" + b"z\r\n" * 400000 + b"\r\n" + b"MSG a 1 1\r\nx\r\n" * 3
     events = Parser().feed(big)
-    assert len(events) == 4 and events[0][4] == b"z\r\n" * 100000 and events[3][4] == b"x"
+    assert len(events) == 4 and events[0][4] == b"z\r\n" * 400000 and events[3][4] == b"x"
 
 
 def test_invalid_utf8_subject_is_decoded_with_replacement() -> None:
