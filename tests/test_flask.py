@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from webkit import EXAMPLES, PYTHON, Proc, connz
+from webkit import EXAMPLES, PYTHON, Proc, connz, wait_for
 
 import natsync
 from natsync import _web
@@ -588,3 +589,45 @@ def test_example_worker_cli_errors(tmp_path: Path) -> None:
     assert bad.proc.wait(30) == 2
     bad.kill()
     assert "handler 'nope' matches no handler" in bad.output and "greet_service" in bad.output
+
+
+def test_worker_cli_in_process(server: NATSServer, nc: natsync.Client) -> None:
+    """``flask natsync worker`` on the main thread (as the CLI runs it); SIGTERM once it answers."""
+    app = _app("cli_app", NATS_URL=server.url)
+    ext = NATS(app)
+
+    @ext.subscribe("cli.greet")
+    def greet(msg: natsync.Msg) -> str:
+        from flask import current_app
+
+        return f"{current_app.name}: hello"  # handlers run in an app context
+
+    def terminate_when_answering() -> None:
+        def answers() -> bool:
+            try:
+                return nc.request("cli.greet", b"", timeout=0.5).data == b"cli_app: hello"
+            except (natsync.NoRespondersError, natsync.TimeoutError):
+                return False
+
+        if wait_for(answers, 15):
+            os.kill(os.getpid(), signal.SIGTERM)  # the worker's handler is installed by now
+
+    stopper = threading.Thread(target=terminate_when_answering, name="test-stopper")
+    stopper.start()
+    try:
+        result = app.test_cli_runner().invoke(args=["natsync", "worker", "--threads", "2"])
+    finally:
+        stopper.join(15)
+    assert result.exit_code == 0, result.output
+    assert "natsync worker: ready" in result.output and "natsync worker: stopped" in result.output
+    assert ext.client.is_closed
+
+
+def test_worker_cli_without_handlers(server: NATSServer) -> None:
+    app = _app("empty_app", NATS_URL=server.url)
+    NATS(app)
+    try:
+        result = app.test_cli_runner().invoke(args=["natsync", "worker"])
+        assert result.exit_code == 1 and "no NATS handlers are declared" in result.output
+    finally:
+        _close(app)
