@@ -631,3 +631,88 @@ def test_worker_cli_without_handlers(server: NATSServer) -> None:
         assert result.exit_code == 1 and "no NATS handlers are declared" in result.output
     finally:
         _close(app)
+
+
+def test_make_client_remembers_errors_and_calls_the_users_error_cb(server: NATSServer) -> None:
+    seen: list[natsync.NatsError] = []
+    reported = threading.Event()
+
+    def user_cb(err: natsync.NatsError) -> None:
+        seen.append(err)
+        reported.set()
+
+    client = _web.make_client(server.url, {"error_cb": user_cb}, drain_at_exit=False)
+    try:
+
+        def broken(msg: natsync.Msg) -> None:
+            raise RuntimeError("callback broke")
+
+        client.subscribe("err.x", cb=broken)
+        client.publish("err.x", b"")
+        assert reported.wait(5)
+        assert "callback broke" in str(seen[0])
+        body, code = _web.health(client)
+        assert code == 200 and "callback broke" in body["last_error"]
+    finally:
+        client.close()
+
+
+def test_exit_drain_sends_what_was_published(server: NATSServer, nc: natsync.Client) -> None:
+    sub = nc.subscribe("exit.x")
+    nc.flush()
+    client = _web.make_client(server.url, {})
+    for i in range(100):
+        client.publish("exit.x", str(i))
+    _web._drain_exit_clients()  # what atexit runs
+    assert client.is_closed
+    assert [int(sub.next_msg(timeout=5).data) for _ in range(100)] == list(range(100))
+    untouched = _web.make_client(server.url, {})
+    _web._drain_exit_clients()
+    assert untouched.is_closed and untouched.client_id is None  # closed without connecting
+
+
+def test_close_quietly_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    class Failing:
+        is_closed = False
+        is_connected = True
+        closed = False
+
+        def drain(self, timeout: float) -> None:
+            raise natsync.TimeoutError("drain took too long")
+
+        def close(self) -> None:
+            self.closed = True
+
+    failing = Failing()
+    _web.close_quietly(failing, 0.1)  # type: ignore[arg-type]
+    assert failing.closed and "drain took too long" in caplog.text
+
+
+def test_worker_with_nats_down_starts_and_stops_without_drain(
+    listener: socket.socket, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = listener.getsockname()[1]
+    listener.close()
+    reg = _web.HandlerRegistry()
+    reg.subscribe("down.x")(lambda m: None)
+    client = _web.make_client(f"nats://127.0.0.1:{port}", {"connect_timeout": 0.5}, drain_at_exit=False)
+    worker = _web.Worker(client, list(reg), threads=2)
+    caplog.set_level(logging.INFO, logger="natsync.worker")
+    t, _, status = _run_worker(worker)
+    worker.stop()
+    t.join(15)
+    assert status == [0] and client.is_closed
+    assert "not reachable yet" in caplog.text and "closing without a drain" in caplog.text
+
+
+def test_worker_second_signal_closes_at_once(server: NATSServer) -> None:
+    reg = _web.HandlerRegistry()
+    reg.subscribe("sig2.x")(lambda m: None)
+    client = natsync.connect(server.url, lazy=True)
+    worker = _web.Worker(client, list(reg))
+    t, _, status = _run_worker(worker)
+    worker._on_signal(signal.SIGTERM, None)
+    assert worker.stopping
+    worker._on_signal(signal.SIGTERM, None)
+    t.join(15)
+    assert status in ([0], [1]) and client.is_closed
