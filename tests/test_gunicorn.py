@@ -66,6 +66,7 @@ CASES = [
     ),
     Case("gthread -w 2 + HUP reload", ["-k", "gthread", "-w", "2", "--threads", "4"], 2, hup=True),
     Case("gevent -w 2", ["-k", "gevent", "-w", "2", "--worker-connections", "100"], 2),
+    Case("gevent -w 2 --preload", ["-k", "gevent", "-w", "2", "--preload"], 2),
     Case("django: sync -w 2", ["-k", "sync", "-w", "2", "--threads", "1"], 2, django=True),
 ]
 
