@@ -716,3 +716,52 @@ def test_worker_second_signal_closes_at_once(server: NATSServer) -> None:
     worker._on_signal(signal.SIGTERM, None)
     t.join(15)
     assert status in ([0], [1]) and client.is_closed
+
+
+def test_rolling_restart_of_workers_loses_no_request(
+    server: NATSServer, nc: natsync.Client, tmp_path: Path
+) -> None:
+    """Two ``flask natsync worker`` processes share svc.greet (queue group); one is sent
+    SIGTERM while requests keep coming: it drains, the other takes over, none fails."""
+    env = {"FLASK_NATS_URL": server.url}
+    args = [PYTHON, "-m", "flask", "--app", "app", "natsync", "worker", "--handler", "greet_service"]
+    workers = [Proc(args, env=env, cwd=EXAMPLES / "flask_app", log=tmp_path / f"w{i}.log") for i in range(2)]
+    failures: list[str] = []
+    answered = 0
+    stop = threading.Event()
+
+    count_lock = threading.Lock()
+
+    def ask() -> None:
+        nonlocal answered
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                if nc.request("svc.greet", f"r{i}".encode(), timeout=5).data != f"hello, r{i}".encode():
+                    failures.append(f"r{i}: wrong answer")
+                with count_lock:
+                    answered += 1
+            except natsync.NatsError as e:
+                failures.append(f"r{i}: {e!r}")
+
+    askers = [threading.Thread(target=ask, name=f"test-asker-{i}") for i in range(8)]
+    try:
+        for w in workers:
+            assert w.wait_for_line("natsync worker: ready", 30), w.output
+        for a in askers:
+            a.start()
+        assert wait_for(lambda: answered >= 200, 10)
+        rc = workers[0].stop(signal.SIGTERM)
+        before = answered
+        assert wait_for(lambda: answered >= before + 200, 10)
+    finally:
+        stop.set()
+        for a in askers:
+            if a.is_alive():
+                a.join(10)
+        for w in workers:
+            w.kill()
+    assert not failures, failures[:5]
+    assert rc == 0, workers[0].output
+    assert "natsync worker: stopped" in workers[0].output and "Traceback" not in workers[0].output
