@@ -681,8 +681,7 @@ class Worker:
             self._client.close()
             for t in self._loops:
                 t.join(max(0.01, deadline - time.monotonic()))
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            self._stop_pool(deadline)
             return
         try:
             for sub in self._subs:
@@ -697,13 +696,29 @@ class Worker:
                     worker_log.warning("natsync worker: drain of %s failed: %s", sub.subject, _describe(e))
             for t in self._loops:
                 t.join(max(0.01, deadline - time.monotonic()))
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            self._stop_pool(deadline)
             remaining = max(0.01, deadline - time.monotonic())
             close_quietly(self._client, remaining)
         finally:
             if not self._client.is_closed:
                 self._client.close()
+
+    def _stop_pool(self, deadline: float) -> None:
+        """Wait (until *deadline*) for the handlers running on the pool, then stop it."""
+        if self._pool is None or self._slots is None:
+            return
+        # Every slot free = no handler running; a handler stuck past the deadline is
+        # reported, not waited for (its thread is the interpreter's to join at exit).
+        taken = 0
+        for _ in range(self._threads):
+            if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            taken += 1
+        if taken < self._threads:
+            worker_log.warning(
+                "natsync worker: %d handler(s) still running after the drain timeout", self._threads - taken
+            )
+        self._pool.shutdown(wait=taken == self._threads)
 
     # --- core handlers ---
 

@@ -765,3 +765,29 @@ def test_rolling_restart_of_workers_loses_no_request(
     assert not failures, failures[:5]
     assert rc == 0, workers[0].output
     assert "natsync worker: stopped" in workers[0].output and "Traceback" not in workers[0].output
+
+
+def test_worker_drain_timeout_bounds_a_stuck_handler(
+    server: NATSServer, nc: natsync.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg = _web.HandlerRegistry()
+    started = threading.Event()
+    release = threading.Event()
+
+    @reg.subscribe("stuck.x")
+    def stuck(msg: natsync.Msg) -> None:
+        started.set()
+        release.wait(30)
+
+    worker = _web.Worker(natsync.connect(server.url, lazy=True), list(reg), threads=2, drain_timeout=0.5)
+    t, _, status = _run_worker(worker)
+    try:
+        nc.publish("stuck.x", b"")
+        assert started.wait(5)
+        worker.stop()
+        t.join(10)
+        assert not t.is_alive() and status == [0]
+        assert "1 handler(s) still running after the drain timeout" in caplog.text
+    finally:
+        release.set()
+        t.join(10)
