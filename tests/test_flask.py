@@ -60,7 +60,7 @@ def _app(name: str = "testapp", **config: Any) -> Flask:
 
 def _close(*apps: Flask) -> None:
     for app in apps:
-        app.extensions[EXTENSION_KEY].client.close()
+        app.extensions[EXTENSION_KEY].clients.close()
 
 
 # --------------------------------------------------------------------- import rule
@@ -572,7 +572,7 @@ def test_example_flask_app_with_its_worker(server: NATSServer, nc: natsync.Clien
         assert worker.wait_for_line("billing order 42", 10), worker.output
         health = web.get("/health/nats")
         assert health.status_code == 200 and health.get_json()["status"] == "ok"
-        example.app.extensions[EXTENSION_KEY].client.close()
+        example.app.extensions[EXTENSION_KEY].clients.close()
     finally:
         rc = worker.stop(signal.SIGTERM)
         worker.kill()
@@ -791,3 +791,34 @@ def test_worker_drain_timeout_bounds_a_stuck_handler(
     finally:
         release.set()
         t.join(10)
+
+
+def test_each_process_makes_its_own_client(server: NATSServer, nc: natsync.Client) -> None:
+    """A forked child gets a client of its own, made in the child; the parent's is untouched."""
+    app = _app("fork_app", NATS_URL=server.url)
+    ext = NATS(app)
+    sub = nc.subscribe("fork.>")
+    nc.flush()
+    try:
+        parent = ext.client
+        parent.publish("fork.parent", b"1")
+        parent.flush(5)
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit status only
+            code = 1
+            try:
+                child = ext.client
+                if child is not parent and app.extensions[EXTENSION_KEY].clients.current is child:
+                    child.publish("fork.child", str(os.getpid()))
+                    child.flush(5)
+                    child.close()
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        got = {sub.next_msg(timeout=5).subject for _ in range(2)}
+        assert got == {"fork.parent", "fork.child"}
+        assert ext.client is parent and parent.is_connected
+    finally:
+        _close(app)
