@@ -46,6 +46,7 @@ from .msg import Msg
 from .protocol import validate_queue, validate_subject
 
 __all__ = [
+    "check_options",
     "EXIT_DRAIN_TIMEOUT",
     "ProcessClient",
     "UNAVAILABLE_ERRORS",
@@ -173,6 +174,28 @@ def ready_client(client: Client, limit: float = CONNECTING_WAIT) -> Client:
     return client
 
 
+def _quiet(*args: object) -> None:
+    return None
+
+
+def check_options(servers: str | Sequence[str] | None, options: Mapping[str, Any]) -> None:
+    """Check *servers* and *options* as :func:`natsync.connect` does, without any I/O.
+
+    A lazy client is built and closed at once; the user's callbacks are checked for
+    being callable but replaced for it, so that, for example, ``closed_cb`` is not
+    called by a check.
+
+    Raises:
+        TypeError, ValueError: as :func:`natsync.connect` would.
+    """
+    merged = dict(WEB_DEFAULTS)
+    merged.update(options)
+    for key, value in merged.items():
+        if key.endswith("_cb") and callable(value):
+            merged[key] = _quiet
+    connect(servers, lazy=True, **merged).close()
+
+
 class ProcessClient:
     """One lazy client per process, created in the process that first asks for it.
 
@@ -195,9 +218,7 @@ class ProcessClient:
     def __init__(self, servers: str | Sequence[str] | None, options: Mapping[str, Any]) -> None:
         self._servers = servers
         self._options = dict(options)
-        check = dict(WEB_DEFAULTS)
-        check.update(self._options)
-        connect(servers, lazy=True, **check).close()
+        check_options(servers, self._options)
         self._lock = threading.Lock()
         self._pid = 0
         self._client: Client | None = None

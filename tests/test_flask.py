@@ -822,3 +822,17 @@ def test_each_process_makes_its_own_client(server: NATSServer, nc: natsync.Clien
         assert ext.client is parent and parent.is_connected
     finally:
         _close(app)
+
+
+def test_checking_options_calls_no_callback(server: NATSServer) -> None:
+    called: list[str] = []
+    app = _app(
+        "cb_app",
+        NATS_URL=server.url,
+        NATS_OPTIONS={"closed_cb": lambda: called.append("closed"), "error_cb": called.append},
+    )
+    NATS(app)
+    _close(app)  # never used: nothing to close
+    assert called == []
+    with pytest.raises(TypeError, match="closed_cb"):
+        NATS(_app(NATS_URL=server.url, NATS_OPTIONS={"closed_cb": 42}))
