@@ -3,8 +3,9 @@
 :mod:`natsync.flask` and :mod:`natsync.django` are thin layers over this module, which
 imports neither Flask nor Django:
 
-* :func:`make_client` builds the process's *lazy* client (``natsync.connect(...,
-  lazy=True)``) with web-safe defaults, and drains it when the process exits;
+* :class:`ProcessClient` hands each process its own *lazy* client
+  (``natsync.connect(..., lazy=True)``), made in that process on first use by
+  :func:`make_client` with web-safe defaults, and drained when the process exits;
 * :class:`HandlerRegistry` collects message handlers declared with ``@subscribe`` (core
   NATS) and ``@consume`` (JetStream pull consumers);
 * :class:`Worker` runs handlers in a worker process and drains on SIGTERM/SIGINT;
