@@ -431,3 +431,29 @@ def test_worker_command_errors_in_process(natsync_settings: NATSServer) -> None:
     out = io.StringIO()
     call_command("natsync_worker", "--list", stdout=out)
     assert "orders.nats_handlers.greet_service (subject 'svc.greet' queue 'greeters')" in out.getvalue()
+
+
+def test_system_check_reports_a_bad_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NATSYNC_NO_ECHO", "maybe")
+    errors = checks.run_checks(tags=["natsync"])
+    assert [e.id for e in errors] == ["natsync.E002"] and "NATSYNC_NO_ECHO" in errors[0].msg
+
+
+def test_middleware_leaves_other_errors_to_django() -> None:
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+
+    from natsync.django.middleware import NatsUnavailableMiddleware
+
+    middleware = NatsUnavailableMiddleware(lambda request: HttpResponse("ok"))
+    request = RequestFactory().get("/x")
+    assert middleware(request).content == b"ok"
+    assert middleware.process_exception(request, ValueError("a bug")) is None
+    assert middleware.process_exception(request, natsync.BadSubjectError("bad")) is None
+    response = middleware.process_exception(request, natsync.NoRespondersError("svc"))
+    assert response is not None and response.status_code == 503
+
+
+def test_worker_command_rejects_bad_threads() -> None:
+    with pytest.raises(CommandError, match="threads"):
+        call_command("natsync_worker", "--threads", "0")
