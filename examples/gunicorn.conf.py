@@ -35,7 +35,11 @@ logconfig_dict = {
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stdout"},
-        "error_console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},
+        "error_console": {
+            "class": "logging.StreamHandler",
+            "formatter": "generic",
+            "stream": "ext://sys.stderr",
+        },
     },
     "formatters": {
         "generic": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},

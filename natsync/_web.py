@@ -3,8 +3,9 @@
 :mod:`natsync.flask` and :mod:`natsync.django` are thin layers over this module, which
 imports neither Flask nor Django:
 
-* :func:`make_client` builds the process's *lazy* client (``natsync.connect(...,
-  lazy=True)``) with web-safe defaults, and drains it when the process exits;
+* :class:`ProcessClient` hands each process its own *lazy* client
+  (``natsync.connect(..., lazy=True)``), made in that process on first use by
+  :func:`make_client` with web-safe defaults, and drained when the process exits;
 * :class:`HandlerRegistry` collects message handlers declared with ``@subscribe`` (core
   NATS) and ``@consume`` (JetStream pull consumers);
 * :class:`Worker` runs handlers in a worker process and drains on SIGTERM/SIGINT;
@@ -46,7 +47,9 @@ from .msg import Msg
 from .protocol import validate_queue, validate_subject
 
 __all__ = [
+    "check_options",
     "EXIT_DRAIN_TIMEOUT",
+    "ProcessClient",
     "UNAVAILABLE_ERRORS",
     "WEB_DEFAULTS",
     "Handler",
@@ -83,7 +86,7 @@ UNAVAILABLE_ERRORS: Final[tuple[type[NatsError], ...]] = (
 
 #: Seconds a web process waits at exit for its buffered publishes to reach the server.
 EXIT_DRAIN_TIMEOUT: Final = 5.0
-#: Upper bound of :func:`wait_while_connecting`.
+#: Upper bound of :func:`ready_client`.
 CONNECTING_WAIT: Final = 10.0
 #: Seconds the health check waits for a round trip to the server.
 HEALTH_TIMEOUT: Final = 1.0
@@ -155,21 +158,98 @@ def make_client(
     return client
 
 
-def wait_while_connecting(client: Client, limit: float = CONNECTING_WAIT) -> Client:
+def ready_client(client: Client, limit: float = CONNECTING_WAIT) -> Client:
     """Return *client* once no first connect is in progress (waiting at most *limit* s).
 
-    A lazy client's first use connects on the calling thread; another thread that calls
-    ``request()`` meanwhile would be told "not connected" at once instead of waiting for
-    a handshake that takes a millisecond.  The integrations hand out their client
-    through this function, so the second thread waits for the first connect attempt to
-    end (it ends within ``connect_timeout`` per server; with NATS down the client is
-    then reconnecting and requests fail fast, as they should).
+    A lazy client's first use connects on the calling thread; with some natsync
+    versions another thread calling ``request()`` meanwhile is told "not connected" at
+    once instead of waiting for a handshake that takes a millisecond.  The integrations
+    hand out their client through this function, so the second thread waits for the
+    first connect attempt to end (it ends within ``connect_timeout`` per server; with
+    NATS down the client is then reconnecting and requests fail fast, as they should).
     """
     if client.is_connecting:
         deadline = time.monotonic() + limit
         while client.is_connecting and time.monotonic() < deadline:
             time.sleep(0.002)
     return client
+
+
+def _quiet(*args: object) -> None:
+    return None
+
+
+def check_options(servers: str | Sequence[str] | None, options: Mapping[str, Any]) -> None:
+    """Check *servers* and *options* as :func:`natsync.connect` does, without any I/O.
+
+    A lazy client is built and closed at once; the user's callbacks are checked for
+    being callable but replaced for it, so that, for example, ``closed_cb`` is not
+    called by a check.
+
+    Raises:
+        TypeError, ValueError: as :func:`natsync.connect` would.
+    """
+    merged = dict(WEB_DEFAULTS)
+    merged.update(options)
+    for key, value in merged.items():
+        if key.endswith("_cb") and callable(value):
+            merged[key] = _quiet
+    connect(servers, lazy=True, **merged).close()
+
+
+class ProcessClient:
+    """One lazy client per process, created in the process that first asks for it.
+
+    The options are checked when this object is made (a throw-away lazy client is built
+    and closed: no I/O).  :meth:`get` creates the process's client on its first call in
+    each process.  Creating it there, rather than once in the parent, matters beyond
+    fork safety: gunicorn's ``-k gevent`` worker monkey-patches *after* the fork, so a
+    client made in the master (``--preload``) would hold locks that are not green, and
+    a greenlet blocking on one of them blocks every greenlet of the worker.  A process
+    that never asks (gunicorn's master) never has a client at all.
+
+    Args:
+        servers: as for :func:`natsync.connect`.
+        options: any other :func:`natsync.connect` option (over :data:`WEB_DEFAULTS`).
+
+    Raises:
+        TypeError, ValueError: for bad options, as :func:`natsync.connect` does.
+    """
+
+    def __init__(self, servers: str | Sequence[str] | None, options: Mapping[str, Any]) -> None:
+        self._servers = servers
+        self._options = dict(options)
+        check_options(servers, self._options)
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._client: Client | None = None
+
+    def get(self) -> Client:
+        """The client of the calling process (created, without I/O, on first call here)."""
+        client = self._client
+        if client is None or self._pid != os.getpid():
+            # No I/O and no yielding happens under this lock (connect(lazy=True) only
+            # checks options), so it is safe even when it is not a green lock.
+            with self._lock:
+                if self._client is None or self._pid != os.getpid():
+                    self._client = make_client(self._servers, self._options)
+                    self._pid = os.getpid()
+                client = self._client
+        return ready_client(client)
+
+    @property
+    def current(self) -> Client | None:
+        """The calling process's client if it made one, else None (never creates one)."""
+        return self._client if self._pid == os.getpid() else None
+
+    def close(self, timeout: float = EXIT_DRAIN_TIMEOUT) -> None:
+        """Drain (or close) this process's client, if any; the next :meth:`get` makes a new one."""
+        with self._lock:
+            client = self._client if self._pid == os.getpid() else None
+            self._client = None
+            self._pid = 0
+        if client is not None:
+            close_quietly(client, timeout)
 
 
 _last_errors: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
@@ -681,8 +761,7 @@ class Worker:
             self._client.close()
             for t in self._loops:
                 t.join(max(0.01, deadline - time.monotonic()))
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            self._stop_pool(deadline)
             return
         try:
             for sub in self._subs:
@@ -697,13 +776,29 @@ class Worker:
                     worker_log.warning("natsync worker: drain of %s failed: %s", sub.subject, _describe(e))
             for t in self._loops:
                 t.join(max(0.01, deadline - time.monotonic()))
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            self._stop_pool(deadline)
             remaining = max(0.01, deadline - time.monotonic())
             close_quietly(self._client, remaining)
         finally:
             if not self._client.is_closed:
                 self._client.close()
+
+    def _stop_pool(self, deadline: float) -> None:
+        """Wait (until *deadline*) for the handlers running on the pool, then stop it."""
+        if self._pool is None or self._slots is None:
+            return
+        # Every slot free = no handler running; a handler stuck past the deadline is
+        # reported, not waited for (its thread is the interpreter's to join at exit).
+        taken = 0
+        for _ in range(self._threads):
+            if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            taken += 1
+        if taken < self._threads:
+            worker_log.warning(
+                "natsync worker: %d handler(s) still running after the drain timeout", self._threads - taken
+            )
+        self._pool.shutdown(wait=taken == self._threads)
 
     # --- core handlers ---
 

@@ -62,10 +62,16 @@ PermanentError = _web.PermanentError
 
 @dataclass
 class _AppState:
-    """What one app holds in ``app.extensions["natsync"]``."""
+    """What one app holds in ``app.extensions["natsync"]``: the extension and the app's
+    per-process client (``.client``, created on first use in each process)."""
 
     ext: NATS
-    client: Client
+    clients: _web.ProcessClient
+
+    @property
+    def client(self) -> Client:
+        """This process's lazy client for the app (created, without I/O, on first use)."""
+        return self.clients.get()
 
 
 class NATS:
@@ -93,8 +99,8 @@ class NATS:
         """
         servers, options = _options_from_config(app.config)
         options.setdefault("name", app.import_name)
-        client = _web.make_client(servers, options)
-        app.extensions[EXTENSION_KEY] = _AppState(self, client)
+        clients = _web.ProcessClient(servers, options)  # checks the options now
+        app.extensions[EXTENSION_KEY] = _AppState(self, clients)
         if app.config.get("NATS_ERROR_RESPONSES", True):
             for exc in _web.UNAVAILABLE_ERRORS:
                 app.register_error_handler(exc, _nats_error_response)
@@ -119,7 +125,7 @@ class NATS:
             RuntimeError: outside an app context (for an extension made without an app),
                 or when the app was not initialised with this extension.
         """
-        return _web.wait_while_connecting(self._state().client)
+        return self._state().client
 
     # --- handlers ---
 

@@ -44,6 +44,7 @@ app.conf.update(
     broker_transport_options={
         "data_folder_in": str(QUEUE),
         "data_folder_out": str(QUEUE),
+        "control_folder": str(QUEUE / "control"),
         "polling_interval": 0.1,
     },
     task_ignore_result=True,
@@ -76,6 +77,7 @@ def tasks_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     (tmp_path / "queue").mkdir()
     (tmp_path / "celery_tasks.py").write_text(TASKS_MODULE)
     monkeypatch.setenv("CELERY_QUEUE_DIR", str(tmp_path / "queue"))
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)  # no Celery Django fixup
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
     module = sys.modules.pop("celery_tasks", None)

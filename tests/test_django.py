@@ -7,6 +7,7 @@ subprocesses, as an operator would run them.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -26,12 +27,11 @@ from natsync.testing import NATSServer
 
 PROJECT = EXAMPLES / "django_project"
 sys.path.insert(0, str(PROJECT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop_project.settings")
 
 import django  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core import checks  # noqa: E402
-from django.core.management import call_command  # noqa: E402
+from django.core.management import CommandError, call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
 from django.test import Client as DjangoClient  # noqa: E402
 from django.test import override_settings  # noqa: E402
@@ -39,9 +39,14 @@ from django.test import override_settings  # noqa: E402
 import natsync.django as nd  # noqa: E402
 from natsync import _web  # noqa: E402
 
-_DB_DIR = Path(os.environ.get("TMPDIR", "/tmp")) / f"natsync-django-{os.getpid()}"
-_DB_DIR.mkdir(exist_ok=True)
-settings.DATABASES["default"]["NAME"] = str(_DB_DIR / "in-process.sqlite3")
+# The example project's settings, configured without DJANGO_SETTINGS_MODULE (which
+# subprocesses of other tests would inherit), with an in-memory database.
+if not settings.configured:
+    import shop_project.settings as _example
+
+    _values = {k: getattr(_example, k) for k in dir(_example) if k.isupper()}
+    _values["DATABASES"] = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+    settings.configure(**_values)
 django.setup()
 
 from orders.models import Order  # noqa: E402
@@ -388,3 +393,67 @@ def test_handler_decorators_register_in_the_app_registry() -> None:
     finally:
         nd.handlers.remove("test_registry_handler")
     assert nd.PermanentError is _web.PermanentError
+
+
+def test_worker_command_in_process(natsync_settings: NATSServer, watcher: natsync.Client) -> None:
+    """The command on the main thread (as manage.py runs it); SIGTERM once it answers."""
+    out = io.StringIO()
+    stopper = threading.Thread(target=_terminate_when_answering, args=(watcher,), name="test-stopper")
+    stopper.start()
+    try:
+        call_command("natsync_worker", "--handler", "greet_service", "--threads", "2", stdout=out)
+    finally:
+        stopper.join(15)
+    text = out.getvalue()
+    assert "natsync worker: ready" in text and "natsync worker: stopped" in text
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def _terminate_when_answering(nc: natsync.Client) -> None:
+    # The worker installs its SIGTERM handler before it subscribes: once it answers, the
+    # signal reaches the worker, never pytest.
+    if wait_for(lambda: _answers_greet(nc), 15):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _answers_greet(nc: natsync.Client) -> bool:
+    try:
+        return nc.request("svc.greet", b"x", timeout=0.5).data == b"hello, x"
+    except (natsync.NoRespondersError, natsync.TimeoutError):
+        return False
+
+
+def test_worker_command_errors_in_process(natsync_settings: NATSServer) -> None:
+    with pytest.raises(CommandError, match="drain-timeout"):
+        call_command("natsync_worker", "--drain-timeout", "0")
+    with pytest.raises(CommandError, match="matches no handler"):
+        call_command("natsync_worker", "--handler", "nope")
+    out = io.StringIO()
+    call_command("natsync_worker", "--list", stdout=out)
+    assert "orders.nats_handlers.greet_service (subject 'svc.greet' queue 'greeters')" in out.getvalue()
+
+
+def test_system_check_reports_a_bad_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NATSYNC_NO_ECHO", "maybe")
+    errors = checks.run_checks(tags=["natsync"])
+    assert [e.id for e in errors] == ["natsync.E002"] and "NATSYNC_NO_ECHO" in errors[0].msg
+
+
+def test_middleware_leaves_other_errors_to_django() -> None:
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+
+    from natsync.django.middleware import NatsUnavailableMiddleware
+
+    middleware = NatsUnavailableMiddleware(lambda request: HttpResponse("ok"))
+    request = RequestFactory().get("/x")
+    assert middleware(request).content == b"ok"
+    assert middleware.process_exception(request, ValueError("a bug")) is None
+    assert middleware.process_exception(request, natsync.BadSubjectError("bad")) is None
+    response = middleware.process_exception(request, natsync.NoRespondersError("svc"))
+    assert response is not None and response.status_code == 503
+
+
+def test_worker_command_rejects_bad_threads() -> None:
+    with pytest.raises(CommandError, match="threads"):
+        call_command("natsync_worker", "--threads", "0")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from webkit import EXAMPLES, PYTHON, Proc, connz
+from webkit import EXAMPLES, PYTHON, Proc, connz, wait_for
 
 import natsync
 from natsync import _web
@@ -59,7 +60,7 @@ def _app(name: str = "testapp", **config: Any) -> Flask:
 
 def _close(*apps: Flask) -> None:
     for app in apps:
-        app.extensions[EXTENSION_KEY].client.close()
+        app.extensions[EXTENSION_KEY].clients.close()
 
 
 # --------------------------------------------------------------------- import rule
@@ -571,7 +572,7 @@ def test_example_flask_app_with_its_worker(server: NATSServer, nc: natsync.Clien
         assert worker.wait_for_line("billing order 42", 10), worker.output
         health = web.get("/health/nats")
         assert health.status_code == 200 and health.get_json()["status"] == "ok"
-        example.app.extensions[EXTENSION_KEY].client.close()
+        example.app.extensions[EXTENSION_KEY].clients.close()
     finally:
         rc = worker.stop(signal.SIGTERM)
         worker.kill()
@@ -588,3 +589,250 @@ def test_example_worker_cli_errors(tmp_path: Path) -> None:
     assert bad.proc.wait(30) == 2
     bad.kill()
     assert "handler 'nope' matches no handler" in bad.output and "greet_service" in bad.output
+
+
+def test_worker_cli_in_process(server: NATSServer, nc: natsync.Client) -> None:
+    """``flask natsync worker`` on the main thread (as the CLI runs it); SIGTERM once it answers."""
+    app = _app("cli_app", NATS_URL=server.url)
+    ext = NATS(app)
+
+    @ext.subscribe("cli.greet")
+    def greet(msg: natsync.Msg) -> str:
+        from flask import current_app
+
+        return f"{current_app.name}: hello"  # handlers run in an app context
+
+    def terminate_when_answering() -> None:
+        def answers() -> bool:
+            try:
+                return nc.request("cli.greet", b"", timeout=0.5).data == b"cli_app: hello"
+            except (natsync.NoRespondersError, natsync.TimeoutError):
+                return False
+
+        if wait_for(answers, 15):
+            os.kill(os.getpid(), signal.SIGTERM)  # the worker's handler is installed by now
+
+    stopper = threading.Thread(target=terminate_when_answering, name="test-stopper")
+    stopper.start()
+    try:
+        result = app.test_cli_runner().invoke(args=["natsync", "worker", "--threads", "2"])
+    finally:
+        stopper.join(15)
+    assert result.exit_code == 0, result.output
+    assert "natsync worker: ready" in result.output and "natsync worker: stopped" in result.output
+    assert ext.client.is_closed
+
+
+def test_worker_cli_without_handlers(server: NATSServer) -> None:
+    app = _app("empty_app", NATS_URL=server.url)
+    NATS(app)
+    try:
+        result = app.test_cli_runner().invoke(args=["natsync", "worker"])
+        assert result.exit_code == 1 and "no NATS handlers are declared" in result.output
+    finally:
+        _close(app)
+
+
+def test_make_client_remembers_errors_and_calls_the_users_error_cb(server: NATSServer) -> None:
+    seen: list[natsync.NatsError] = []
+    reported = threading.Event()
+
+    def user_cb(err: natsync.NatsError) -> None:
+        seen.append(err)
+        reported.set()
+
+    client = _web.make_client(server.url, {"error_cb": user_cb}, drain_at_exit=False)
+    try:
+
+        def broken(msg: natsync.Msg) -> None:
+            raise RuntimeError("callback broke")
+
+        client.subscribe("err.x", cb=broken)
+        client.publish("err.x", b"")
+        assert reported.wait(5)
+        assert "callback broke" in str(seen[0])
+        body, code = _web.health(client)
+        assert code == 200 and "callback broke" in body["last_error"]
+    finally:
+        client.close()
+
+
+def test_exit_drain_sends_what_was_published(server: NATSServer, nc: natsync.Client) -> None:
+    sub = nc.subscribe("exit.x")
+    nc.flush()
+    client = _web.make_client(server.url, {})
+    for i in range(100):
+        client.publish("exit.x", str(i))
+    _web._drain_exit_clients()  # what atexit runs
+    assert client.is_closed
+    assert [int(sub.next_msg(timeout=5).data) for _ in range(100)] == list(range(100))
+    untouched = _web.make_client(server.url, {})
+    _web._drain_exit_clients()
+    assert untouched.is_closed and untouched.client_id is None  # closed without connecting
+
+
+def test_close_quietly_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    class Failing:
+        is_closed = False
+        is_connected = True
+        closed = False
+
+        def drain(self, timeout: float) -> None:
+            raise natsync.TimeoutError("drain took too long")
+
+        def close(self) -> None:
+            self.closed = True
+
+    failing = Failing()
+    _web.close_quietly(failing, 0.1)  # type: ignore[arg-type]
+    assert failing.closed and "drain took too long" in caplog.text
+
+
+def test_worker_with_nats_down_starts_and_stops_without_drain(
+    listener: socket.socket, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = listener.getsockname()[1]
+    listener.close()
+    reg = _web.HandlerRegistry()
+    reg.subscribe("down.x")(lambda m: None)
+    client = _web.make_client(f"nats://127.0.0.1:{port}", {"connect_timeout": 0.5}, drain_at_exit=False)
+    worker = _web.Worker(client, list(reg), threads=2)
+    caplog.set_level(logging.INFO, logger="natsync.worker")
+    t, _, status = _run_worker(worker)
+    worker.stop()
+    t.join(15)
+    assert status == [0] and client.is_closed
+    assert "not reachable yet" in caplog.text and "closing without a drain" in caplog.text
+
+
+def test_worker_second_signal_closes_at_once(server: NATSServer) -> None:
+    reg = _web.HandlerRegistry()
+    reg.subscribe("sig2.x")(lambda m: None)
+    client = natsync.connect(server.url, lazy=True)
+    worker = _web.Worker(client, list(reg))
+    t, _, status = _run_worker(worker)
+    worker._on_signal(signal.SIGTERM, None)
+    assert worker.stopping
+    worker._on_signal(signal.SIGTERM, None)
+    t.join(15)
+    assert status in ([0], [1]) and client.is_closed
+
+
+def test_rolling_restart_of_workers_loses_no_request(
+    server: NATSServer, nc: natsync.Client, tmp_path: Path
+) -> None:
+    """Two ``flask natsync worker`` processes share svc.greet (queue group); one is sent
+    SIGTERM while requests keep coming: it drains, the other takes over, none fails."""
+    env = {"FLASK_NATS_URL": server.url}
+    args = [PYTHON, "-m", "flask", "--app", "app", "natsync", "worker", "--handler", "greet_service"]
+    workers = [Proc(args, env=env, cwd=EXAMPLES / "flask_app", log=tmp_path / f"w{i}.log") for i in range(2)]
+    failures: list[str] = []
+    answered = 0
+    stop = threading.Event()
+
+    count_lock = threading.Lock()
+
+    def ask() -> None:
+        nonlocal answered
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                if nc.request("svc.greet", f"r{i}".encode(), timeout=5).data != f"hello, r{i}".encode():
+                    failures.append(f"r{i}: wrong answer")
+                with count_lock:
+                    answered += 1
+            except natsync.NatsError as e:
+                failures.append(f"r{i}: {e!r}")
+
+    askers = [threading.Thread(target=ask, name=f"test-asker-{i}") for i in range(8)]
+    try:
+        for w in workers:
+            assert w.wait_for_line("natsync worker: ready", 30), w.output
+        for a in askers:
+            a.start()
+        assert wait_for(lambda: answered >= 200, 10)
+        rc = workers[0].stop(signal.SIGTERM)
+        before = answered
+        assert wait_for(lambda: answered >= before + 200, 10)
+    finally:
+        stop.set()
+        for a in askers:
+            if a.is_alive():
+                a.join(10)
+        for w in workers:
+            w.kill()
+    assert not failures, failures[:5]
+    assert rc == 0, workers[0].output
+    assert "natsync worker: stopped" in workers[0].output and "Traceback" not in workers[0].output
+
+
+def test_worker_drain_timeout_bounds_a_stuck_handler(
+    server: NATSServer, nc: natsync.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg = _web.HandlerRegistry()
+    started = threading.Event()
+    release = threading.Event()
+
+    @reg.subscribe("stuck.x")
+    def stuck(msg: natsync.Msg) -> None:
+        started.set()
+        release.wait(30)
+
+    worker = _web.Worker(natsync.connect(server.url, lazy=True), list(reg), threads=2, drain_timeout=0.5)
+    t, _, status = _run_worker(worker)
+    try:
+        nc.publish("stuck.x", b"")
+        assert started.wait(5)
+        worker.stop()
+        t.join(10)
+        assert not t.is_alive() and status == [0]
+        assert "1 handler(s) still running after the drain timeout" in caplog.text
+    finally:
+        release.set()
+        t.join(10)
+
+
+def test_each_process_makes_its_own_client(server: NATSServer, nc: natsync.Client) -> None:
+    """A forked child gets a client of its own, made in the child; the parent's is untouched."""
+    app = _app("fork_app", NATS_URL=server.url)
+    ext = NATS(app)
+    sub = nc.subscribe("fork.>")
+    nc.flush()
+    try:
+        parent = ext.client
+        parent.publish("fork.parent", b"1")
+        parent.flush(5)
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit status only
+            code = 1
+            try:
+                child = ext.client
+                if child is not parent and app.extensions[EXTENSION_KEY].clients.current is child:
+                    child.publish("fork.child", str(os.getpid()))
+                    child.flush(5)
+                    child.close()
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        got = {sub.next_msg(timeout=5).subject for _ in range(2)}
+        assert got == {"fork.parent", "fork.child"}
+        assert ext.client is parent and parent.is_connected
+    finally:
+        _close(app)
+
+
+def test_checking_options_calls_no_callback(server: NATSServer) -> None:
+    called: list[str] = []
+    app = _app(
+        "cb_app",
+        NATS_URL=server.url,
+        NATS_OPTIONS={"closed_cb": lambda: called.append("closed"), "error_cb": called.append},
+    )
+    NATS(app)
+    _close(app)  # never used: nothing to close
+    assert called == []
+    with pytest.raises(TypeError, match="closed_cb"):
+        NATS(_app(NATS_URL=server.url, NATS_OPTIONS={"closed_cb": 42}))

@@ -69,7 +69,7 @@ subscribe = handlers.subscribe
 consume = handlers.consume
 
 _lock = threading.Lock()
-_client: Client | None = None
+_clients: _web.ProcessClient | None = None
 
 # Options whose type the default of connect() does not show.
 _FLOAT_OPTIONS = {"flush_timeout"}
@@ -165,23 +165,24 @@ def _from_env(var: str, raw: str, key: str, default: Any) -> Any:
 
 
 def get_client() -> Client:
-    """Return the process's lazy client, built from settings on first call.
+    """Return the process's lazy client, built from settings on first call in the process.
 
     No I/O happens here: the first call on the client that needs the connection
-    connects.  The client is drained when the process exits.
+    connects.  Each process (a forked gunicorn or Celery worker) gets its own, made in
+    that process.  The client is drained when the process exits.
 
     Raises:
         TypeError, ValueError: for invalid settings (``manage.py check`` reports them too).
     """
-    global _client
-    client = _client
-    if client is None:
+    global _clients
+    clients = _clients
+    if clients is None:
         with _lock:
-            if _client is None:
+            if _clients is None:
                 servers, options = settings_options()
-                _client = _web.make_client(servers, options)
-            client = _client
-    return _web.wait_while_connecting(client)
+                _clients = _web.ProcessClient(servers, options)
+            clients = _clients
+    return clients.get()
 
 
 def reset_client() -> None:
@@ -189,11 +190,11 @@ def reset_client() -> None:
 
     Called when the ``NATSYNC`` setting changes (``override_settings`` in tests).
     """
-    global _client
+    global _clients
     with _lock:
-        client, _client = _client, None
-    if client is not None:
-        _web.close_quietly(client, _web.EXIT_DRAIN_TIMEOUT)
+        clients, _clients = _clients, None
+    if clients is not None:
+        clients.close()
 
 
 def publish_on_commit(

@@ -11,7 +11,6 @@ from typing import Any
 from django.core.checks import Error, register
 
 from .. import _web
-from ..client import connect
 
 
 @register("natsync")
@@ -27,10 +26,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         ]
     except ValueError as e:
         return [Error(str(e), hint="Fix or unset the environment variable.", id="natsync.E002")]
-    merged = dict(_web.WEB_DEFAULTS)
-    merged.update(options)
     try:
-        client = connect(servers, lazy=True, **merged)
+        _web.check_options(servers, options)
     except (TypeError, ValueError) as e:
         return [
             Error(
@@ -39,5 +36,4 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 id="natsync.E003",
             )
         ]
-    client.close()
     return []
