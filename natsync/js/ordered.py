@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import BadSubscriptionError, ConnectionClosedError, NatsError, TimeoutError
+from ..headers import Headers
 from ..msg import Msg
 from ..subscription import Subscription
 from ._proto import ack_sequences
@@ -103,6 +104,7 @@ class OrderedConsumer(PushSubscription):
         self._last = time.monotonic()
         self._reconnects = self._nc.stats.reconnects
         self._resets = 0
+        self._count = 0
         self._thread: threading.Thread | None = None
         # the first consumer is created here, so that errors (no stream) raise at once
         info = self._create(timeout)
@@ -232,52 +234,60 @@ class OrderedConsumer(PushSubscription):
                 raise BadSubscriptionError("ordered consumer was stopped")
             sub = self._sub
             assert sub is not None
-            now = time.monotonic()
-            wait = self._last + hb_window - now
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            try:
-                msg: Msg | None = sub.next_msg(timeout=max(min(wait, 1.0), 0.0))
-            except TimeoutError:
-                msg = None
-            except BadSubscriptionError:
-                if self._stopped:
-                    raise
-                continue  # an old deliver subscription ended under us
-            now = time.monotonic()
-            rc = nc._reconnects  # the plain counter: nc.stats builds an object per call
-            if rc != self._reconnects:
-                self._reconnects = rc
-                self._reset()
-                continue
-            if msg is None:
-                if not nc.is_connected:
-                    self._last = now
-                elif now - self._last >= hb_window:
+            msg: Msg | None
+            if sub.pending_msgs:
+                # fast path: something is queued, no clock needed; a reconnect is looked
+                # for every so often (a gap or a heartbeat check catches the rest)
+                try:
+                    msg = sub.next_msg(timeout=None)
+                except BadSubscriptionError:
+                    if self._stopped:
+                        raise
+                    continue
+                self._count += 1
+                if self._count >= 1000:
+                    self._count = 0
+                    rc = nc.stats.reconnects
+                    if rc != self._reconnects:
+                        self._reconnects = rc
+                        self._reset()
+                        continue
+                    self._last = time.monotonic()
+            else:
+                now = time.monotonic()
+                wait = self._last + hb_window - now
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                try:
+                    msg = sub.next_msg(timeout=max(min(wait, 1.0), 0.0))
+                except TimeoutError:
+                    msg = None
+                except BadSubscriptionError:
+                    if self._stopped:
+                        raise
+                    continue  # an old deliver subscription ended under us
+                now = time.monotonic()
+                rc = nc.stats.reconnects
+                if rc != self._reconnects:
+                    self._reconnects = rc
                     self._reset()
                     continue
-                if deadline is not None and now >= deadline:
-                    raise TimeoutError(
-                        f"no message from the ordered consumer on {self.stream!r} within {timeout} s"
-                    )
-                continue
-            self._last = now
+                if msg is None:
+                    if not nc.is_connected:
+                        self._last = now
+                    elif now - self._last >= hb_window:
+                        self._reset()
+                        continue
+                    if deadline is not None and now >= deadline:
+                        raise TimeoutError(
+                            f"no message from the ordered consumer on {self.stream!r} within {timeout} s"
+                        )
+                    continue
+                self._last = now
             if msg._hdr is not None and not msg.data:
                 h = msg.headers
                 if h is not None and h.status is not None:
-                    if h.status == 100:
-                        if msg.reply:
-                            nc.publish(msg.reply, b"")
-                        else:
-                            stalled = h.get("Nats-Consumer-Stalled")
-                            if stalled:
-                                nc.publish(stalled, b"")
-                            last = h.get("Nats-Last-Consumer")
-                            if last is not None and last.isdigit() and int(last) != self._cseq:
-                                self._reset()
-                    elif h.status in (404, 408, 409, 503):
-                        # the consumer went away (e.g. deleted): make a new one
-                        self._reset()
+                    self._control(msg, h.status, h)
                     continue
             seqs = ack_sequences(msg.reply)
             if seqs is None:
@@ -289,6 +299,21 @@ class OrderedConsumer(PushSubscription):
             self._cseq = cseq
             self.stream_seq = sseq
             return msg
+
+    def _control(self, msg: Msg, status: int, h: Headers) -> None:
+        nc = self._nc
+        if status == 100:
+            if msg.reply:
+                nc.publish(msg.reply, b"")  # flow control
+                return
+            stalled = h.get("Nats-Consumer-Stalled")
+            if stalled:
+                nc.publish(stalled, b"")
+            last = h.get("Nats-Last-Consumer")
+            if last is not None and last.isdigit() and int(last) != self._cseq:
+                self._reset()  # the heartbeat says we missed something
+        elif status in (404, 408, 409, 503):
+            self._reset()  # the consumer went away (e.g. deleted): make a new one
 
     def __iter__(self) -> Iterator[Msg]:
         """Yield messages in stream order until the consumer is stopped."""

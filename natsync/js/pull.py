@@ -421,9 +421,9 @@ class _Iter:
             kind = classify_status(st[0], st[1], bool(msg.reply))
             if kind in (Status.HEARTBEAT, Status.FLOW_CONTROL):
                 continue
-            left = outstanding.pop(subj, None)
-            if left is not None:
-                pending -= left
+            asked = outstanding.pop(subj, None)
+            if asked is not None:
+                pending -= asked
             if kind in (Status.TIMEOUT, Status.NO_MESSAGES, Status.MAX_BYTES, Status.LEADERSHIP_CHANGE):
                 continue
             if kind == Status.CONSUMER_DELETED:
