@@ -30,7 +30,6 @@ from ..errors import BadSubscriptionError, ConnectionClosedError, NatsError, Tim
 from ..headers import Headers
 from ..msg import Msg
 from ..subscription import Subscription
-from ._proto import ack_sequences
 from .api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from .push import PushSubscription
 
@@ -220,6 +219,16 @@ class OrderedConsumer(PushSubscription):
         """
         if self._cb is not None:
             raise BadSubscriptionError("this ordered consumer has a callback: messages go to it")
+        sub = self._sub
+        if sub is not None and sub.pending_msgs and not self._stopped and self._count < 1000:
+            # fast path: a message is queued; no clock, no reconnect check (see _poll)
+            self._count += 1
+            try:
+                msg = self._handle(sub.next_msg(timeout=None))
+            except BadSubscriptionError:
+                msg = None
+            if msg is not None:
+                return msg
         return self._poll(timeout)
 
     def _poll(self, timeout: float | None) -> Msg:
@@ -284,21 +293,36 @@ class OrderedConsumer(PushSubscription):
                         )
                     continue
                 self._last = now
-            if msg._hdr is not None and not msg.data:
-                h = msg.headers
-                if h is not None and h.status is not None:
-                    self._control(msg, h.status, h)
-                    continue
-            seqs = ack_sequences(msg.reply)
-            if seqs is None:
-                continue
-            sseq, cseq = seqs
-            if cseq != self._cseq + 1:
-                self._reset()
-                continue
-            self._cseq = cseq
-            self.stream_seq = sseq
-            return msg
+            got = self._handle(msg)
+            if got is not None:
+                return got
+
+    def _handle(self, msg: Msg) -> Msg | None:
+        """Take one received message: answer a status message, check the sequence of a
+        data message; return it if it is the next one in order."""
+        if msg._hdr is not None and not msg.data:
+            h = msg.headers
+            if h is not None and h.status is not None:
+                self._control(msg, h.status, h)
+                return None
+        reply = msg.reply
+        if not reply:
+            return None
+        t = reply.split(".")
+        n = len(t)
+        if n == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+            sseq, cseq = t[5], t[6]
+        elif n >= 11:  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>...
+            sseq, cseq = t[7], t[8]
+        else:
+            return None
+        c = int(cseq)
+        if c != self._cseq + 1:
+            self._reset()
+            return None
+        self._cseq = c
+        self.stream_seq = int(sseq)
+        return msg
 
     def _control(self, msg: Msg, status: int, h: Headers) -> None:
         nc = self._nc
