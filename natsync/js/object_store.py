@@ -327,6 +327,17 @@ class _ChunkSender:
         while self._outstanding:
             self._take()
 
+    def settle(self) -> None:
+        """After a failure: wait (bounded) until every chunk in flight was answered,
+        whatever the answer, so that a purge that follows also removes them."""
+        while self._outstanding:
+            try:
+                self._take()
+            except TimeoutError:
+                return
+            except Exception:  # noqa: BLE001, S112 - answers after a failure do not matter
+                continue
+
     def close(self) -> None:
         """Drop the reply subscription."""
         try:
@@ -574,6 +585,7 @@ class ObjectStore:
             )
             self._publish_meta(info, t)
         except BaseException:
+            sender.settle()
             sender.close()
             self._purge_quietly(chunk_subj, t)
             raise
