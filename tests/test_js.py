@@ -701,3 +701,33 @@ def test_permission_violations_on_the_api(tmp_path: object) -> None:
             perm = rec.errors_of(natsync.PermissionsError)[0]
             assert perm.subject == "$JS.API.STREAM.INFO.SECRET" and perm.operation == "publish"
             assert "readerpw" not in str(perm)
+
+
+def test_messages_iterator_resumes_after_reconnect(js_server: NATSServer) -> None:
+    from proxy import TCPProxy
+
+    with TCPProxy("127.0.0.1", js_server.port) as proxy:
+        nc = natsync.connect(proxy.url, reconnect_time_wait=0.05)
+        try:
+            js = nc.jetstream()
+            js.add_stream(name="RESUME", subjects=["resume"], storage=StorageType.MEMORY)
+            # a message the server sent to the dead connection comes back after ack_wait
+            psub = js.pull_subscribe("resume", durable="r", config=ConsumerConfig(ack_wait=1))
+            for i in range(3):
+                js.publish("resume", b"%d" % i)
+            got = []
+            for msg in psub.messages(batch=10):
+                got.append(int(msg.data))
+                msg.ack_sync()
+                if len(got) == 3:
+                    # the pull requests die with the connection; the iterator asks again
+                    proxy.cut()
+                    assert wait_until(lambda: nc.stats.reconnects >= 1 and nc.is_connected)
+                    for i in range(3, 6):
+                        js.publish("resume", b"%d" % i)
+                if set(got) >= set(range(6)):
+                    break
+            assert got[:3] == [0, 1, 2] and set(got) == set(range(6))
+            js.delete_stream("RESUME")
+        finally:
+            nc.close()
