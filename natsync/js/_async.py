@@ -148,7 +148,7 @@ class AsyncPublisher:
             raise
         if self._is_dead() and pending.pop(token, None) is not None:
             # the client closed while we published: nobody else will complete it
-            fut.set_exception(ConnectionClosedError())
+            _fail(fut, ConnectionClosedError())
         return fut
 
     def _is_dead(self) -> bool:
@@ -245,7 +245,7 @@ class AsyncPublisher:
         if expired and (self._room_waiters or self._all_waiters):
             self._wake()
         for fut, subject in expired:
-            fut.set_exception(TimeoutError(f"no acknowledgement of the publish to {subject!r} in time"))
+            _fail(fut, TimeoutError(f"no acknowledgement of the publish to {subject!r} in time"))
         return max(wait, 0.001)
 
     def _fail_all(self, err: ConnectionClosedError) -> None:
@@ -256,9 +256,16 @@ class AsyncPublisher:
                 _, (fut, _subject) = pending.popitem()
             except KeyError:  # pragma: no cover - emptied meanwhile
                 break
-            fut.set_exception(err)
+            _fail(fut, err)
         self._deadlines.clear()
         self._wake()
+
+
+def _fail(fut: Future[PubAck], err: BaseException) -> None:
+    try:
+        fut.set_exception(err)
+    except InvalidStateError:  # the user cancelled it
+        pass
 
 
 def _complete(fut: Future[PubAck], subject: str, msg: Msg) -> None:
@@ -266,13 +273,19 @@ def _complete(fut: Future[PubAck], subject: str, msg: Msg) -> None:
     if not data and msg._hdr is not None:
         h = msg.headers
         if h is not None and h.status == 503:
-            fut.set_exception(
+            _fail(
+                fut,
                 NoStreamResponseError(
                     f"no stream listens on subject {subject!r}: create a stream capturing it"
-                )
+                ),
             )
             return
     try:
-        fut.set_result(pub_ack(data))
+        ack = pub_ack(data)
     except NatsError as e:
-        fut.set_exception(e)
+        _fail(fut, e)
+        return
+    try:
+        fut.set_result(ack)
+    except InvalidStateError:  # the user cancelled it
+        pass

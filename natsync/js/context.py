@@ -527,6 +527,20 @@ class JetStream:
         after ``timeout``, or :class:`natsync.ConnectionClosedError` when the client
         closes.
         """
+        pub = self._async
+        if pub is None:
+            pub = self._async_publisher()
+        if (
+            timeout is None
+            and headers is None
+            and msg_id is None
+            and stream is None
+            and expected_stream is None
+            and expected_last_seq is None
+            and expected_last_subject_seq is None
+            and expected_last_msg_id is None
+        ):
+            return pub.publish(subject, payload, None, self._timeout)  # type: ignore[no-any-return]
         t = self._timeout if timeout is None else _check_timeout(timeout)
         hdrs = self._pub_headers(
             headers,
@@ -536,9 +550,6 @@ class JetStream:
             expected_last_subject_seq,
             expected_last_msg_id,
         )
-        pub = self._async
-        if pub is None:
-            pub = self._async_publisher()
         return pub.publish(subject, payload, hdrs, t)  # type: ignore[no-any-return]
 
     def _async_publisher(self) -> Any:
