@@ -308,11 +308,12 @@ class OrderedConsumer(PushSubscription):
         reply = msg.reply
         if not reply:
             return None
-        t = reply.split(".")
-        n = len(t)
-        if n == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        dots = reply.count(".")
+        if dots == 8:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+            t = reply.split(".", 7)
             sseq, cseq = t[5], t[6]
-        elif n >= 11:  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>...
+        elif dots >= 10:  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>...
+            t = reply.split(".", 9)
             sseq, cseq = t[7], t[8]
         else:
             return None
@@ -328,7 +329,7 @@ class OrderedConsumer(PushSubscription):
         nc = self._nc
         if status == 100:
             if msg.reply:
-                nc.publish(msg.reply, b"")  # flow control
+                msg.respond(b"")  # flow control: sent at once, the server waits for it
                 return
             stalled = h.get("Nats-Consumer-Stalled")
             if stalled:

@@ -32,7 +32,7 @@ def handle_control(nc: Client, msg: Msg) -> bool:
         return False
     if h.status == 100:
         if msg.reply:  # flow control request: an empty reply lets the server go on
-            nc.publish(msg.reply, b"")
+            msg.respond(b"")  # sent at once: the server waits for it
         else:
             stalled = h.get("Nats-Consumer-Stalled")
             if stalled:
