@@ -733,3 +733,36 @@ def test_messages_iterator_resumes_after_reconnect(js_server: NATSServer) -> Non
             js.delete_stream("RESUME")
         finally:
             nc.close()
+
+
+def test_pull_subscription_odds_and_ends(js: JetStream, stream: str) -> None:
+    js.publish(subj(stream), b"a")
+    with js.pull_subscribe(subj(stream), durable="odds", inbox_prefix="_MYBOX") as psub:
+        assert "odds" in repr(psub)
+        [m] = psub.fetch(timeout=2)
+        assert m.data == b"a"
+        m.ack()
+        it = psub.messages(batch=1)
+        psub.stop()  # before the first next(): the iteration ends at once
+        assert list(it) == []
+        with pytest.raises(ValueError):
+            psub.messages(batch=0)
+        with pytest.raises(ValueError):
+            psub.messages(heartbeat=20)
+        with pytest.raises(ValueError):
+            psub.fetch(timeout=0)
+    with pytest.raises(natsync.BadSubscriptionError):
+        psub.fetch(timeout=1)
+    with pytest.raises(ValueError):
+        js.pull_subscribe_bind(stream=stream)
+
+
+def test_stream_deleted_under_a_pull_consumer(js: JetStream) -> None:
+    js.add_stream(name="VANISH", subjects=["vanish"], storage=StorageType.MEMORY)
+    psub = js.pull_subscribe("vanish", durable="v")
+    js.delete_stream("VANISH")
+    with pytest.raises(errors.ConsumerNotFoundError):
+        psub.fetch(timeout=2)
+    with pytest.raises(errors.NotFoundError):
+        for _ in psub.messages():
+            pass
