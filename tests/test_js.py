@@ -550,6 +550,9 @@ def test_push_subscribe_iteration_and_rebind_durable(js: JetStream, stream: str)
     sub.unsubscribe()
     js.publish(subj(stream), b"two")
     sub2 = js.subscribe(subj(stream), durable="again")  # binds to the existing consumer
+    assert wait_until(lambda: bool(js.consumer_info(stream, "again").push_bound))
+    with pytest.raises(errors.JetStreamError, match="already bound"):
+        js.subscribe(subj(stream), durable="again")
     m = sub2.next_msg(timeout=2)
     assert m.data == b"two"
     m.ack()

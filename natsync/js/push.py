@@ -228,6 +228,11 @@ def subscribe_push(
                 f"consumer {name!r} on stream {stream!r} is a pull consumer: use pull_subscribe() for it"
             )
         group = info.config.deliver_group
+        if info.push_bound and not group:
+            raise JetStreamError(
+                f"consumer {name!r} on stream {stream!r} is already bound to a subscription: "
+                "use a deliver group (queue) to share it, or another durable name"
+            )
         if group != queue and (group or queue):
             raise JetStreamError(
                 f"consumer {name!r} has deliver group {group!r}, not {queue!r}: "
