@@ -45,6 +45,7 @@ START = "<!-- js-results:start -->"
 END = "<!-- js-results:end -->"
 WARMUP = 200
 WINDOW = 4000
+SETTLE = 0.5  # seconds of quiet before each measured run
 
 _seq = 0
 
@@ -232,6 +233,14 @@ async def _py_ordered(url: str, stream: str, count: int) -> dict[str, float]:
     return {"rate": count / (t1 - t0)}
 
 
+def _settle() -> None:
+    """Before each measured run: collect garbage and give the server a moment to finish
+    the previous run's work (acks, consumer deletion), so that neither client pays for
+    the other's leftovers."""
+    gc.collect()
+    time.sleep(SETTLE)
+
+
 def _version(dist: str) -> str:
     try:
         from importlib.metadata import version
@@ -286,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             order = ["natsync", "nats-py"] if rnd % 2 == 0 else ["nats-py", "natsync"]
             for size in (16, 1024):
                 for who in order:
-                    gc.collect()
+                    _settle()
                     r = (
                         ns_sync_publish(url, args.sync_count, size)
                         if who == "natsync"
@@ -295,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                     record(f"sync publish {size} B p50 (µs)", who, r["p50"])
                     record(f"sync publish {size} B (msgs/s)", who, r["rate"])
                 for who in order:
-                    gc.collect()
+                    _settle()
                     r = (
                         ns_publish_async(url, args.async_count, size)
                         if who == "natsync"
@@ -303,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     record(f"publish_async {size} B, window 4000 (msgs/s)", who, r["rate"])
             for who in order:
-                gc.collect()
+                _settle()
                 r = (
                     ns_fetch(url, stored, args.stored)
                     if who == "natsync"
@@ -311,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 record(f"fetch(100)+ack of {args.stored:,} (msgs/s)", who, r["rate"])
             for who in order:
-                gc.collect()
+                _settle()
                 r = (
                     ns_ordered(url, stored, args.stored)
                     if who == "natsync"
