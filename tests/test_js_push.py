@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -162,8 +163,10 @@ def test_ordered_recreated_after_missed_heartbeats(server: NATSServer) -> None:
             proxy.blackhole(True)
             timer = threading.Timer(1.0, proxy.blackhole, args=(False,))
             timer.start()
+            start = time.monotonic()
             with pytest.raises(natsync.TimeoutError):
                 oc.next_msg(timeout=0.6)  # heartbeats missed: recreating (fails while cut off)
+            assert time.monotonic() - start < 3  # the read's timeout holds while recreating
             timer.join()
             for i in range(3, 6):
                 js.publish("miss", b"%d" % i, timeout=5)

@@ -103,6 +103,7 @@ class OrderedConsumer(PushSubscription):
         self._last = time.monotonic()
         self._reconnects = self._nc.stats.reconnects
         self._resets = 0
+        self._need_reset = False
         self._count = 0
         self._thread: threading.Thread | None = None
         # the first consumer is created here, so that errors (no stream) raise at once
@@ -163,6 +164,7 @@ class OrderedConsumer(PushSubscription):
                 pass
             raise
         self._sub = sub
+        self._need_reset = False
         self.consumer = info.name
         self._cseq = 0
         self._last = time.monotonic()
@@ -186,22 +188,39 @@ class OrderedConsumer(PushSubscription):
                 pass
 
     def _reset(self) -> None:
-        """Recreate the consumer after the last stream sequence delivered; retries
-        until it works, the consumer is stopped or the client closes."""
+        """Drop the current consumer: the next read recreates it after the last stream
+        sequence delivered (:meth:`_recreate`)."""
         self._resets += 1
         self._drop(self._sub, self.consumer)
+        self._sub = None
+        self._need_reset = True
+
+    def _recreate(self, deadline: float | None) -> None:
+        """Create the consumer again; retries until it works, ``deadline`` passes
+        (natsync.TimeoutError; the next read tries again), the consumer is stopped or
+        the client closes."""
         backoff = 0.1
         while not self._stopped:
             if self._nc.is_closed:
                 raise ConnectionClosedError()
+            timeout = min(self._js._timeout, 5.0)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"ordered consumer on {self.stream!r}: could not recreate its consumer in time "
+                        "(the server is unreachable or JetStream is not ready); reading again retries"
+                    )
+                timeout = max(min(timeout, left), 0.001)
             try:
-                self._create(min(self._js._timeout, 5.0))
+                self._create(timeout)
                 return
             except ConnectionClosedError:
                 raise
             except (NatsError, OSError) as e:
                 log.debug("ordered consumer on %s: recreate failed: %s", self.stream, e)
-            if self._stop_event.wait(backoff):
+            wait = backoff if deadline is None else max(min(backoff, deadline - time.monotonic()), 0.0)
+            if self._stop_event.wait(wait):
                 break
             backoff = min(backoff * 2, _MAX_BACKOFF)
         raise BadSubscriptionError("ordered consumer was stopped")
@@ -241,6 +260,8 @@ class OrderedConsumer(PushSubscription):
         while True:
             if self._stopped:
                 raise BadSubscriptionError("ordered consumer was stopped")
+            if self._need_reset:
+                self._recreate(deadline)
             sub = self._sub
             assert sub is not None
             msg: Msg | None
