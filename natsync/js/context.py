@@ -474,7 +474,9 @@ class JetStream:
         retries = 0
         while True:
             try:
-                msg = nc.request(subject, payload, timeout=t, headers=hdrs)
+                msg = nc.request(
+                    subject, payload, timeout=max(deadline - time.monotonic(), 0.001), headers=hdrs
+                )
             except NoRespondersError:
                 # In a cluster a stream may be between leaders for a moment (nats.go retries);
                 # a single server has no elections: no stream is listening.

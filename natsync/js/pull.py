@@ -205,7 +205,7 @@ class PullSubscription:
                     return msgs
                 if not checked_503:
                     checked_503 = True
-                    self._raise_if_gone()
+                    self._raise_if_gone(deadline=deadline)
                 # JetStream is coming back (e.g. a restarted server): ask again shortly
                 if deadline - time.monotonic() > _RETRY_WAIT:
                     time.sleep(_RETRY_WAIT)
@@ -222,12 +222,15 @@ class PullSubscription:
         body = dict(body, expires=int(expires * _NANOS))
         return self._request(self._inbox, body)
 
-    def _raise_if_gone(self, unavailable_ok: bool = False) -> None:
+    def _raise_if_gone(self, unavailable_ok: bool = False, deadline: float | None = None) -> None:
         """After a 503 to a pull: raise ConsumerNotFoundError (or ServiceUnavailableError,
         unless ``unavailable_ok``) if that is why; return if the consumer is there after
         all or JetStream cannot tell yet."""
         try:
-            self._js.consumer_info(self.stream, self.consumer, timeout=min(self._js._timeout, 2.0))
+            t = min(self._js._timeout, 2.0)
+            if deadline is not None:
+                t = max(min(t, deadline - time.monotonic()), 0.001)
+            self._js.consumer_info(self.stream, self.consumer, timeout=t)
         except NotFoundError as e:
             raise ConsumerNotFoundError(
                 404,
