@@ -57,7 +57,11 @@ def _check_batch(batch: int) -> int:
 
 
 class PullSubscription:
-    """A bound pull consumer (from :meth:`JetStream.pull_subscribe`)."""
+    """A bound pull consumer (from :meth:`JetStream.pull_subscribe`).
+
+    Use one per thread: threads that share a consumer each call ``pull_subscribe``
+    (or ``pull_subscribe_bind``) for their own, and the server spreads the messages.
+    """
 
     def __init__(
         self,
