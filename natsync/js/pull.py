@@ -381,7 +381,7 @@ class _Iter:
             if pending <= batch - threshold or not outstanding:
                 now = time.monotonic()
                 if now >= retry_at and nc.is_connected:
-                    n = batch - pending
+                    n = min(batch - pending, batch)
                     if n > 0:
                         self._pull(inbox, n, outstanding)
                         pending += n
@@ -416,7 +416,7 @@ class _Iter:
                 # data messages keep their own subject: the server serves pull requests in
                 # the order they came, so a message counts against the oldest one
                 if outstanding:
-                    pending -= 1
+                    pending = max(pending - 1, 0)
                     first = next(iter(outstanding))
                     left = outstanding[first]
                     if left <= 1:
@@ -430,7 +430,7 @@ class _Iter:
                 continue
             asked = outstanding.pop(subj, None)
             if asked is not None:
-                pending -= asked
+                pending = max(pending - asked, 0)
             if kind in (Status.TIMEOUT, Status.NO_MESSAGES, Status.MAX_BYTES, Status.LEADERSHIP_CHANGE):
                 continue
             if kind == Status.CONSUMER_DELETED:
