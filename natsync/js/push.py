@@ -229,6 +229,13 @@ def subscribe_push(
             )
         group = info.config.deliver_group
         if info.push_bound and not group:
+            # a subscription that just ended may still count on the server for a moment
+            for _ in range(5):
+                time.sleep(0.1)
+                info = js.consumer_info(stream, info.name, timeout)
+                if not info.push_bound:
+                    break
+        if info.push_bound and not group:
             raise JetStreamError(
                 f"consumer {name!r} on stream {stream!r} is already bound to a subscription: "
                 "use a deliver group (queue) to share it, or another durable name"
