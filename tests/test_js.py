@@ -305,8 +305,10 @@ def test_publish_async_futures_fail_on_close(js_server: NATSServer, stream: str)
     nc.subscribe("silent.>")
     futures = [js.publish_async("silent.x", b"x", timeout=30) for _ in range(100)]
     assert js.publish_async_pending() == 100
+    assert futures[0].cancel()  # a cancelled future is left alone
     nc.close()
-    for f in futures:
+    assert futures[0].cancelled()
+    for f in futures[1:]:
         with pytest.raises(natsync.ConnectionClosedError):
             f.result(timeout=5)
     assert js.publish_async_pending() == 0
@@ -548,6 +550,9 @@ def test_push_subscribe_iteration_and_rebind_durable(js: JetStream, stream: str)
     sub.unsubscribe()
     js.publish(subj(stream), b"two")
     sub2 = js.subscribe(subj(stream), durable="again")  # binds to the existing consumer
+    assert wait_until(lambda: bool(js.consumer_info(stream, "again").push_bound))
+    with pytest.raises(errors.JetStreamError, match="already bound"):
+        js.subscribe(subj(stream), durable="again")
     m = sub2.next_msg(timeout=2)
     assert m.data == b"two"
     m.ack()
@@ -639,12 +644,11 @@ def test_ordered_consumer_survives_a_reconnect(js_server: NATSServer) -> None:
                 js.publish("rc", b"%d" % i)
             got = [int(sub.next_msg(timeout=2).data) for _ in range(5)]
             proxy.cut()
-            assert wait_until(lambda: nc.is_connected)
+            assert wait_until(lambda: nc.stats.reconnects >= 1 and nc.is_connected)
             for i in range(10, 20):
                 js.publish("rc", b"%d" % i)
             got += [int(sub.next_msg(timeout=5).data) for _ in range(15)]
             assert got == list(range(20))
-            assert sub.resets >= 1  # type: ignore[attr-defined]
             sub.unsubscribe()
             js.delete_stream("RC")
         finally:
@@ -702,3 +706,66 @@ def test_permission_violations_on_the_api(tmp_path: object) -> None:
             perm = rec.errors_of(natsync.PermissionsError)[0]
             assert perm.subject == "$JS.API.STREAM.INFO.SECRET" and perm.operation == "publish"
             assert "readerpw" not in str(perm)
+
+
+def test_messages_iterator_resumes_after_reconnect(js_server: NATSServer) -> None:
+    from proxy import TCPProxy
+
+    with TCPProxy("127.0.0.1", js_server.port) as proxy:
+        nc = natsync.connect(proxy.url, reconnect_time_wait=0.05)
+        try:
+            js = nc.jetstream()
+            js.add_stream(name="RESUME", subjects=["resume"], storage=StorageType.MEMORY)
+            # a message the server sent to the dead connection comes back after ack_wait
+            psub = js.pull_subscribe("resume", durable="r", config=ConsumerConfig(ack_wait=1))
+            for i in range(3):
+                js.publish("resume", b"%d" % i)
+            got = []
+            for msg in psub.messages(batch=10):
+                got.append(int(msg.data))
+                msg.ack_sync()
+                if len(got) == 3:
+                    # the pull requests die with the connection; the iterator asks again
+                    proxy.cut()
+                    assert wait_until(lambda: nc.stats.reconnects >= 1 and nc.is_connected)
+                    for i in range(3, 6):
+                        js.publish("resume", b"%d" % i)
+                if set(got) >= set(range(6)):
+                    break
+            assert got[:3] == [0, 1, 2] and set(got) == set(range(6))
+            js.delete_stream("RESUME")
+        finally:
+            nc.close()
+
+
+def test_pull_subscription_odds_and_ends(js: JetStream, stream: str) -> None:
+    js.publish(subj(stream), b"a")
+    with js.pull_subscribe(subj(stream), durable="odds", inbox_prefix="_MYBOX") as psub:
+        assert "odds" in repr(psub)
+        [m] = psub.fetch(timeout=2)
+        assert m.data == b"a"
+        m.ack()
+        it = psub.messages(batch=1)
+        psub.stop()  # before the first next(): the iteration ends at once
+        assert list(it) == []
+        with pytest.raises(ValueError):
+            psub.messages(batch=0)
+        with pytest.raises(ValueError):
+            psub.messages(heartbeat=20)
+        with pytest.raises(ValueError):
+            psub.fetch(timeout=0)
+    with pytest.raises(natsync.BadSubscriptionError):
+        psub.fetch(timeout=1)
+    with pytest.raises(ValueError):
+        js.pull_subscribe_bind(stream=stream)
+
+
+def test_stream_deleted_under_a_pull_consumer(js: JetStream) -> None:
+    js.add_stream(name="VANISH", subjects=["vanish"], storage=StorageType.MEMORY)
+    psub = js.pull_subscribe("vanish", durable="v")
+    js.delete_stream("VANISH")
+    with pytest.raises(errors.ConsumerNotFoundError):
+        psub.fetch(timeout=2)
+    with pytest.raises(errors.NotFoundError):
+        for _ in psub.messages():
+            pass

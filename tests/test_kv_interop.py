@@ -179,19 +179,22 @@ def test_objects_both_ways(server: NATSServer, nc: natsync.Client) -> None:
         sinfo = obs.put("from-sync.bin", data_sync, meta=meta)
         obs.put("gone.bin", b"bye")
         obs.delete("gone.bin")
+        obs.add_link("link.bin", sinfo)  # a link as nats.go lays it out
 
         async def get(js: Any) -> Any:
             pobs = await js.object_store("SHARED")
             r = await pobs.get("from-sync.bin")
+            linked = await pobs.get("link.bin")
             names = sorted(i.name for i in await pobs.list(ignore_deletes=True))
-            return r.data, r.info, names
+            return r.data, r.info, names, linked.data
 
-        pdata, pinfo2, names = _py(server.url, get)
+        pdata, pinfo2, names, linked = _py(server.url, get)
+        assert linked == data_sync
         assert hashlib.sha256(pdata).digest() == hashlib.sha256(data_sync).digest() and pdata == data_sync
         assert pinfo2.digest == sinfo.digest and pinfo2.size == len(data_sync)
         assert pinfo2.description == "put by natsync" and pinfo2.headers == {"X-Origin": ["natsync"]}
         assert pinfo2.options.max_chunk_size == 128 * 1024
-        assert names == ["from-py.bin", "from-sync.bin"]
-        assert sorted(i.name for i in obs.list()) == ["from-py.bin", "from-sync.bin"]
+        assert names == ["from-py.bin", "from-sync.bin", "link.bin"]
+        assert sorted(i.name for i in obs.list()) == ["from-py.bin", "from-sync.bin", "link.bin"]
     finally:
         js.delete_object_store("SHARED")

@@ -382,3 +382,59 @@ def test_small_calls_and_bad_arguments(js: object, obs: ObjectStore) -> None:
     # nats-py's spelling: put(name, data, meta) where meta names another object: name wins
     info = obs.put("wins", b"1", meta=api.ObjectMeta(name="loses"))
     assert info.name == "wins" and obs.get("wins").data == b"1"
+
+
+class _Exploding(io.RawIOBase):
+    """Gives *good* bytes, then fails the way a broken disk or socket would."""
+
+    def __init__(self, good: int) -> None:
+        self._left = good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._left <= 0:
+            raise OSError("disk on fire")
+        n = min(len(b), self._left)
+        b[:n] = b"x" * n
+        self._left -= n
+        return n
+
+
+def test_failed_put_keeps_the_old_version_and_leaves_no_chunks(js: object) -> None:
+    store = js.create_object_store(bucket="TIGHT", max_bytes=64 * 1024, storage=api.StorageType.MEMORY)  # type: ignore[attr-defined]
+    try:
+        store.put("a", b"old version")
+        before = store.status().size
+        with pytest.raises(APIError):
+            store.put("a", os.urandom(200 * 1024), chunk_size=16 * 1024)  # over the bucket's limit
+        assert store.get("a").data == b"old version"
+        with pytest.raises(OSError, match="fire"):
+            store.put("a", _Exploding(40 * 1024), chunk_size=8 * 1024)  # type: ignore[arg-type]
+        assert store.get("a").data == b"old version"
+        assert store.status().size == before  # the partial chunks were purged
+        assert [i.name for i in store.list()] == ["a"]
+    finally:
+        js.delete_object_store("TIGHT")  # type: ignore[attr-defined]
+
+
+def test_concurrent_puts_and_gets_on_one_connection(obs: ObjectStore) -> None:
+    blobs = {f"t{i}": os.urandom(300_000 + i) for i in range(4)}
+    errors: list[BaseException] = []
+
+    def work(name: str, data: bytes) -> None:
+        try:
+            for _ in range(3):
+                obs.put(name, data)
+                assert obs.get(name).data == data
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=item) for item in blobs.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(i.name for i in obs.list()) == sorted(blobs)

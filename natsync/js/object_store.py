@@ -310,6 +310,7 @@ class _ChunkSender:
         self._n = 0
 
     def send(self, subject: str, data: bytes) -> None:
+        """Publish one chunk, first waiting for acks while *window* are outstanding."""
         while self._outstanding >= self._window:
             self._take()
         self._n += 1
@@ -322,10 +323,23 @@ class _ChunkSender:
         _check_ack(msg)
 
     def finish(self) -> None:
+        """Wait for every outstanding ack (raises the first error among them)."""
         while self._outstanding:
             self._take()
 
+    def settle(self) -> None:
+        """After a failure: wait (bounded) until every chunk in flight was answered,
+        whatever the answer, so that a purge that follows also removes them."""
+        while self._outstanding:
+            try:
+                self._take()
+            except TimeoutError:
+                return
+            except Exception:  # noqa: BLE001, S112 - answers after a failure do not matter
+                continue
+
     def close(self) -> None:
+        """Drop the reply subscription."""
         try:
             self._sub.unsubscribe()
         except Exception:  # noqa: BLE001 - the connection may be gone; nothing to undo
@@ -571,6 +585,7 @@ class ObjectStore:
             )
             self._publish_meta(info, t)
         except BaseException:
+            sender.settle()
             sender.close()
             self._purge_quietly(chunk_subj, t)
             raise
@@ -693,6 +708,7 @@ class ObjectStore:
         expires = int(max(timeout, 1.0) * 1e9)
 
         def pull(n: int) -> None:
+            """Ask the consumer for *n* more chunks."""
             nc.publish(next_subj, json.dumps({"batch": n, "expires": expires}).encode(), reply=inbox)
 
         total = 0

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import BadSubscriptionError, ConnectionClosedError, NatsError, TimeoutError
+from ..headers import Headers
 from ..msg import Msg
 from ..subscription import Subscription
-from ._proto import ack_sequences
 from .api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from .push import PushSubscription
 
@@ -103,6 +103,8 @@ class OrderedConsumer(PushSubscription):
         self._last = time.monotonic()
         self._reconnects = self._nc.stats.reconnects
         self._resets = 0
+        self._need_reset = False
+        self._count = 0
         self._thread: threading.Thread | None = None
         # the first consumer is created here, so that errors (no stream) raise at once
         info = self._create(timeout)
@@ -162,6 +164,7 @@ class OrderedConsumer(PushSubscription):
                 pass
             raise
         self._sub = sub
+        self._need_reset = False
         self.consumer = info.name
         self._cseq = 0
         self._last = time.monotonic()
@@ -185,22 +188,39 @@ class OrderedConsumer(PushSubscription):
                 pass
 
     def _reset(self) -> None:
-        """Recreate the consumer after the last stream sequence delivered; retries
-        until it works, the consumer is stopped or the client closes."""
+        """Drop the current consumer: the next read recreates it after the last stream
+        sequence delivered (:meth:`_recreate`)."""
         self._resets += 1
         self._drop(self._sub, self.consumer)
+        self._sub = None
+        self._need_reset = True
+
+    def _recreate(self, deadline: float | None) -> None:
+        """Create the consumer again; retries until it works, ``deadline`` passes
+        (natsync.TimeoutError; the next read tries again), the consumer is stopped or
+        the client closes."""
         backoff = 0.1
         while not self._stopped:
             if self._nc.is_closed:
                 raise ConnectionClosedError()
+            timeout = min(self._js._timeout, 5.0)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"ordered consumer on {self.stream!r}: could not recreate its consumer in time "
+                        "(the server is unreachable or JetStream is not ready); reading again retries"
+                    )
+                timeout = max(min(timeout, left), 0.001)
             try:
-                self._create(min(self._js._timeout, 5.0))
+                self._create(timeout)
                 return
             except ConnectionClosedError:
                 raise
             except (NatsError, OSError) as e:
                 log.debug("ordered consumer on %s: recreate failed: %s", self.stream, e)
-            if self._stop_event.wait(backoff):
+            wait = backoff if deadline is None else max(min(backoff, deadline - time.monotonic()), 0.0)
+            if self._stop_event.wait(wait):
                 break
             backoff = min(backoff * 2, _MAX_BACKOFF)
         raise BadSubscriptionError("ordered consumer was stopped")
@@ -218,6 +238,16 @@ class OrderedConsumer(PushSubscription):
         """
         if self._cb is not None:
             raise BadSubscriptionError("this ordered consumer has a callback: messages go to it")
+        sub = self._sub
+        if sub is not None and sub.pending_msgs and not self._stopped and self._count < 1000:
+            # fast path: a message is queued; no clock, no reconnect check (see _poll)
+            self._count += 1
+            try:
+                msg = self._handle(sub.next_msg(timeout=None))
+            except BadSubscriptionError:
+                msg = None
+            if msg is not None:
+                return msg
         return self._poll(timeout)
 
     def _poll(self, timeout: float | None) -> Msg:
@@ -230,65 +260,106 @@ class OrderedConsumer(PushSubscription):
         while True:
             if self._stopped:
                 raise BadSubscriptionError("ordered consumer was stopped")
+            if self._need_reset:
+                self._recreate(deadline)
             sub = self._sub
             assert sub is not None
-            now = time.monotonic()
-            wait = self._last + hb_window - now
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            try:
-                msg: Msg | None = sub.next_msg(timeout=max(min(wait, 1.0), 0.0))
-            except TimeoutError:
-                msg = None
-            except BadSubscriptionError:
-                if self._stopped:
-                    raise
-                continue  # an old deliver subscription ended under us
-            now = time.monotonic()
-            rc = nc._reconnects  # the plain counter: nc.stats builds an object per call
-            if rc != self._reconnects:
-                self._reconnects = rc
-                self._reset()
-                continue
-            if msg is None:
-                if not nc.is_connected:
-                    self._last = now
-                elif now - self._last >= hb_window:
+            msg: Msg | None
+            if sub.pending_msgs:
+                # fast path: something is queued, no clock needed; a reconnect is looked
+                # for every so often (a gap or a heartbeat check catches the rest)
+                try:
+                    msg = sub.next_msg(timeout=None)
+                except BadSubscriptionError:
+                    if self._stopped:
+                        raise
+                    continue
+                self._count += 1
+                if self._count >= 1000:
+                    self._count = 0
+                    rc = nc.stats.reconnects
+                    if rc != self._reconnects:
+                        self._reconnects = rc
+                        self._reset()
+                        continue
+                    self._last = time.monotonic()
+            else:
+                now = time.monotonic()
+                wait = self._last + hb_window - now
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                try:
+                    msg = sub.next_msg(timeout=max(min(wait, 1.0), 0.0))
+                except TimeoutError:
+                    msg = None
+                except BadSubscriptionError:
+                    if self._stopped:
+                        raise
+                    continue  # an old deliver subscription ended under us
+                now = time.monotonic()
+                rc = nc.stats.reconnects
+                if rc != self._reconnects:
+                    self._reconnects = rc
                     self._reset()
                     continue
-                if deadline is not None and now >= deadline:
-                    raise TimeoutError(
-                        f"no message from the ordered consumer on {self.stream!r} within {timeout} s"
-                    )
-                continue
-            self._last = now
-            if msg._hdr is not None and not msg.data:
-                h = msg.headers
-                if h is not None and h.status is not None:
-                    if h.status == 100:
-                        if msg.reply:
-                            nc.publish(msg.reply, b"")
-                        else:
-                            stalled = h.get("Nats-Consumer-Stalled")
-                            if stalled:
-                                nc.publish(stalled, b"")
-                            last = h.get("Nats-Last-Consumer")
-                            if last is not None and last.isdigit() and int(last) != self._cseq:
-                                self._reset()
-                    elif h.status in (404, 408, 409, 503):
-                        # the consumer went away (e.g. deleted): make a new one
+                if msg is None:
+                    if not nc.is_connected:
+                        self._last = now
+                    elif now - self._last >= hb_window:
                         self._reset()
+                        continue
+                    if deadline is not None and now >= deadline:
+                        raise TimeoutError(
+                            f"no message from the ordered consumer on {self.stream!r} within {timeout} s"
+                        )
                     continue
-            seqs = ack_sequences(msg.reply)
-            if seqs is None:
-                continue
-            sseq, cseq = seqs
-            if cseq != self._cseq + 1:
-                self._reset()
-                continue
-            self._cseq = cseq
-            self.stream_seq = sseq
-            return msg
+                self._last = now
+            got = self._handle(msg)
+            if got is not None:
+                return got
+
+    def _handle(self, msg: Msg) -> Msg | None:
+        """Take one received message: answer a status message, check the sequence of a
+        data message; return it if it is the next one in order."""
+        if msg._hdr is not None and not msg.data:
+            h = msg.headers
+            if h is not None and h.status is not None:
+                self._control(msg, h.status, h)
+                return None
+        reply = msg.reply
+        if not reply:
+            return None
+        dots = reply.count(".")
+        if dots == 8:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+            t = reply.split(".", 7)
+            sseq, cseq = t[5], t[6]
+        elif dots >= 10:  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>...
+            t = reply.split(".", 9)
+            sseq, cseq = t[7], t[8]
+        else:
+            return None
+        c = int(cseq)
+        if c != self._cseq + 1:
+            self._reset()
+            return None
+        self._cseq = c
+        self.stream_seq = int(sseq)
+        return msg
+
+    def _control(self, msg: Msg, status: int, h: Headers) -> None:
+        nc = self._nc
+        if status == 100:
+            if msg.reply:
+                msg.respond(b"")  # flow control: sent at once, the server waits for it
+                return
+            stalled = h.get("Nats-Consumer-Stalled")
+            if stalled:
+                nc.publish(stalled, b"")
+            last = h.get("Nats-Last-Consumer")
+            if last is not None and last.isdigit() and int(last) != self._cseq:
+                self._reset()  # the heartbeat says we missed something
+        elif status in (404, 408, 409, 503):
+            self._reset()  # the consumer went away (e.g. deleted): make a new one
 
     def __iter__(self) -> Iterator[Msg]:
         """Yield messages in stream order until the consumer is stopped."""

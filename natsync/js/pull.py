@@ -57,7 +57,11 @@ def _check_batch(batch: int) -> int:
 
 
 class PullSubscription:
-    """A bound pull consumer (from :meth:`JetStream.pull_subscribe`)."""
+    """A bound pull consumer (from :meth:`JetStream.pull_subscribe`).
+
+    Use one per thread: threads that share a consumer each call ``pull_subscribe``
+    (or ``pull_subscribe_bind``) for their own, and the server spreads the messages.
+    """
 
     def __init__(
         self,
@@ -205,7 +209,7 @@ class PullSubscription:
                     return msgs
                 if not checked_503:
                     checked_503 = True
-                    self._raise_if_gone()
+                    self._raise_if_gone(deadline=deadline)
                 # JetStream is coming back (e.g. a restarted server): ask again shortly
                 if deadline - time.monotonic() > _RETRY_WAIT:
                     time.sleep(_RETRY_WAIT)
@@ -222,12 +226,15 @@ class PullSubscription:
         body = dict(body, expires=int(expires * _NANOS))
         return self._request(self._inbox, body)
 
-    def _raise_if_gone(self, unavailable_ok: bool = False) -> None:
+    def _raise_if_gone(self, unavailable_ok: bool = False, deadline: float | None = None) -> None:
         """After a 503 to a pull: raise ConsumerNotFoundError (or ServiceUnavailableError,
         unless ``unavailable_ok``) if that is why; return if the consumer is there after
         all or JetStream cannot tell yet."""
         try:
-            self._js.consumer_info(self.stream, self.consumer, timeout=min(self._js._timeout, 2.0))
+            t = min(self._js._timeout, 2.0)
+            if deadline is not None:
+                t = max(min(t, deadline - time.monotonic()), 0.001)
+            self._js.consumer_info(self.stream, self.consumer, timeout=t)
         except NotFoundError as e:
             raise ConsumerNotFoundError(
                 404,
@@ -374,7 +381,7 @@ class _Iter:
             if pending <= batch - threshold or not outstanding:
                 now = time.monotonic()
                 if now >= retry_at and nc.is_connected:
-                    n = batch - pending
+                    n = min(batch - pending, batch)
                     if n > 0:
                         self._pull(inbox, n, outstanding)
                         pending += n
@@ -409,7 +416,7 @@ class _Iter:
                 # data messages keep their own subject: the server serves pull requests in
                 # the order they came, so a message counts against the oldest one
                 if outstanding:
-                    pending -= 1
+                    pending = max(pending - 1, 0)
                     first = next(iter(outstanding))
                     left = outstanding[first]
                     if left <= 1:
@@ -421,9 +428,9 @@ class _Iter:
             kind = classify_status(st[0], st[1], bool(msg.reply))
             if kind in (Status.HEARTBEAT, Status.FLOW_CONTROL):
                 continue
-            left = outstanding.pop(subj, None)
-            if left is not None:
-                pending -= left
+            asked = outstanding.pop(subj, None)
+            if asked is not None:
+                pending = max(pending - asked, 0)
             if kind in (Status.TIMEOUT, Status.NO_MESSAGES, Status.MAX_BYTES, Status.LEADERSHIP_CHANGE):
                 continue
             if kind == Status.CONSUMER_DELETED:

@@ -32,7 +32,7 @@ def handle_control(nc: Client, msg: Msg) -> bool:
         return False
     if h.status == 100:
         if msg.reply:  # flow control request: an empty reply lets the server go on
-            nc.publish(msg.reply, b"")
+            msg.respond(b"")  # sent at once: the server waits for it
         else:
             stalled = h.get("Nats-Consumer-Stalled")
             if stalled:
@@ -228,6 +228,18 @@ def subscribe_push(
                 f"consumer {name!r} on stream {stream!r} is a pull consumer: use pull_subscribe() for it"
             )
         group = info.config.deliver_group
+        if info.push_bound and not group:
+            # a subscription that just ended may still count on the server for a moment
+            for _ in range(5):
+                time.sleep(0.1)
+                info = js.consumer_info(stream, info.name, timeout)
+                if not info.push_bound:
+                    break
+        if info.push_bound and not group:
+            raise JetStreamError(
+                f"consumer {name!r} on stream {stream!r} is already bound to a subscription: "
+                "use a deliver group (queue) to share it, or another durable name"
+            )
         if group != queue and (group or queue):
             raise JetStreamError(
                 f"consumer {name!r} has deliver group {group!r}, not {queue!r}: "

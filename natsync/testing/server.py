@@ -167,6 +167,11 @@ def _unregister(proc: subprocess.Popen[bytes]) -> None:
         _live.discard(proc)
 
 
+# Private JetStream store directories not removed yet (a server killed and never
+# stopped): removed at interpreter exit, after the servers are gone.
+_owned_stores: set[str] = set()
+
+
 @atexit.register
 def _kill_leftovers() -> None:  # pragma: no cover - runs at interpreter exit
     with _live_lock:
@@ -179,6 +184,9 @@ def _kill_leftovers() -> None:  # pragma: no cover - runs at interpreter exit
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+    for store in list(_owned_stores):
+        shutil.rmtree(store, ignore_errors=True)
+    _owned_stores.clear()
 
 
 # ---------------------------------------------------------------------------- server
@@ -436,6 +444,7 @@ class NATSServer:
     def _remove_store(self) -> None:
         if self._store_owned and self._store_dir is not None and not self._debug:
             shutil.rmtree(self._store_dir, ignore_errors=True)
+            _owned_stores.discard(self._store_dir)
             self._store_dir = None
             self._store_owned = False
 
@@ -565,6 +574,8 @@ class NATSServer:
             if self._store_dir is None:
                 self._store_dir = tempfile.mkdtemp(prefix="natsync-js-")
                 self._store_owned = True
+                if not self._debug:
+                    _owned_stores.add(self._store_dir)
             cmd += ["-js", "-sd", self._store_dir]
         if self._debug:
             cmd.append("-DV")
