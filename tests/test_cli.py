@@ -248,6 +248,9 @@ def test_bench_processes(server: NATSServer) -> None:
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["mode"] == "pubsub" and doc["received"] == 20000 and doc["complete"] and doc["rate"] > 0
+    proc = run("bench", "pub", "--msgs", "5000", "--size", "128", "-s", server.url)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("natsync bench pub: 5,000 msgs of 128 B\n") and "MB/s" in proc.stdout
     proc = run("bench", "req", "--msgs", "300", "-s", server.url)
     assert proc.returncode == 0, proc.stderr
     assert "msgs/s" in proc.stdout and "latency (µs): p50" in proc.stdout and "p99" in proc.stdout
