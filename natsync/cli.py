@@ -283,6 +283,7 @@ def connect(args: argparse.Namespace) -> Client:
         token = sys.stdin.readline().strip()
         if not token:
             raise CommandError("--token -: no token on standard input")
+        args.token = token  # read once: bench opens more connections with these args
     if token:
         kwargs["token"] = token
     user = _opt(args, "user", "NATS_USER")

@@ -207,6 +207,10 @@ def test_token_from_stdin_env_and_flags_after_the_command(token_server: NATSServ
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert len(doc["rtts_us"]) == 2 and TOKEN not in proc.stdout + proc.stderr
+    # bench opens two more connections: the token is read from stdin once
+    proc = run("bench", "pubsub", "--msgs", "100", "--json", "-s", url, "--token", "-", stdin=TOKEN + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["received"] == 100
     proc = run("server", "info", env={"NATS_URL": url, "NATS_TOKEN": TOKEN})
     assert proc.returncode == 0, proc.stderr
     assert f"Server: nats://127.0.0.1:{token_server.port}" in proc.stdout
