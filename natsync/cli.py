@@ -22,6 +22,7 @@ import dataclasses
 import datetime
 import enum
 import importlib
+import io
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from typing import Any
 
 from . import micro
 from .client import Client, __version__
-from .errors import NatsError, NoRespondersError
+from .errors import NatsError, NoRespondersError, PermissionsError
 from .errors import TimeoutError as NatsTimeoutError
 from .headers import Headers
 from .msg import Msg
@@ -276,12 +277,13 @@ def _opt(args: argparse.Namespace, name: str, env: str | None) -> Any:
 def connect(args: argparse.Namespace) -> Client:
     """Connect as the connection options and environment of *args* say."""
     servers = _opt(args, "server", "NATS_URL") or DEFAULT_URL
-    kwargs: dict[str, Any] = {"name": CLIENT_NAME}
+    kwargs: dict[str, Any] = {"name": CLIENT_NAME, "error_cb": _problems.error_cb}
     token = _opt(args, "token", "NATS_TOKEN")
     if token == "-":
         token = sys.stdin.readline().strip()
         if not token:
             raise CommandError("--token -: no token on standard input")
+        args.token = token  # read once: bench opens more connections with these args
     if token:
         kwargs["token"] = token
     user = _opt(args, "user", "NATS_USER")
@@ -448,6 +450,7 @@ def cmd_sub(nc: Client, args: argparse.Namespace) -> int:
     _status(f"Listening on {args.subject!r}" + (f" in queue group {args.queue!r}" if args.queue else ""))
     n = 0
     while not _interrupt.event.is_set():
+        _problems.check()
         try:
             msg = sub.next_msg(timeout=0.25)
         except NatsTimeoutError:
@@ -470,21 +473,18 @@ def cmd_req(nc: Client, args: argparse.Namespace) -> int:
         raise CommandError(f"no reply on {args.subject!r} within {args.timeout:g} s") from None
     rtt = time.perf_counter() - t0
     err = micro.ServiceError.from_msg(msg)
+    if err is not None:  # an error reply (ADR-32 headers): exit 1, nothing on stdout
+        raise CommandError(f"service error {err.code}: {err.description}")
     if args.json:
         doc = _msg_doc(msg, True)
         doc["rtt_ms"] = round(rtt * 1e3, 3)
-        if err is not None:
-            doc["service_error"] = {"code": err.code, "description": err.description}
         _out(_dumps(doc))
-    else:
-        if args.headers and msg.headers is not None:
-            for k in msg.headers:
-                for v in msg.headers.get_all(k):
-                    _out(f"{k}: {v}")
-        if err is None or msg.data:
-            _write_data(msg.data)
-    if err is not None:
-        raise CommandError(f"service error {err.code}: {err.description}")
+        return 0
+    if args.headers and msg.headers is not None:
+        for k in msg.headers:
+            for v in msg.headers.get_all(k):
+                _out(f"{k}: {v}")
+    _write_data(msg.data)
     return 0
 
 
@@ -516,6 +516,7 @@ def cmd_reply(nc: Client, args: argparse.Namespace) -> int:
     nc.flush(timeout=5.0)
     _status(f"Replying on {args.subject!r}" + (f" in queue group {args.queue!r}" if args.queue else ""))
     while not done.is_set() and not _interrupt.event.is_set():
+        _problems.check()
         done.wait(0.25)
     return 0
 
@@ -998,6 +999,7 @@ def cmd_kv_watch(nc: Client, args: argparse.Namespace) -> int:
     n = 0
     try:
         while not _interrupt.event.is_set():
+            _problems.check()
             try:
                 entry = watcher.updates(timeout=0.25)
             except NatsTimeoutError:
@@ -1145,9 +1147,51 @@ def _close(run: _Run, drain: bool) -> None:
         nc.close()
 
 
+class _Problems:
+    """Errors the server reports asynchronously (``error_cb``) that make a command fail."""
+
+    def __init__(self) -> None:
+        self.errors: list[NatsError] = []
+
+    def error_cb(self, err: NatsError) -> None:
+        if isinstance(err, PermissionsError):
+            self.errors.append(err)
+
+    def check(self) -> None:
+        if self.errors:
+            raise CommandError(_one_line(self.errors[0]))
+
+
+_problems = _Problems()
+
+
+def _streaming(fn: Callable[..., int]) -> bool:
+    return fn in (cmd_sub, cmd_reply, cmd_kv_watch, cmd_bench, cmd_obj_get)
+
+
+def _emit(real: Any, buf: io.TextIOWrapper) -> None:
+    buf.flush()
+    data = buf.buffer.getvalue()  # type: ignore[attr-defined]
+    if not data:
+        return
+    raw = getattr(real, "buffer", None)
+    if raw is not None:
+        real.flush()
+        raw.write(data)
+        raw.flush()
+    else:
+        real.write(data.decode("utf-8", "replace"))
+        real.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``natsync`` command with *argv* (default ``sys.argv[1:]``); return the
-    exit status (0 ok, 1 error, 2 usage; argparse exits with 2 itself)."""
+    exit status (0 ok, 1 error, 2 usage; argparse exits with 2 itself).
+
+    Commands that do not stream keep their output until the connection is closed, so
+    that an error the server reports late (a permissions violation of a publish) still
+    leaves standard output empty.
+    """
     logging.getLogger("natsync").addHandler(logging.NullHandler())
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1159,15 +1203,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGINT, _interrupt.handler)
     _interrupt.event.clear()
     _interrupt.polling = False
+    _problems.errors.clear()
+    real_stdout = sys.stdout
+    buf: io.TextIOWrapper | None = None
+    if not _streaming(fn):
+        buf = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="\n", write_through=True)
+        sys.stdout = buf
     run = _Run()
     try:
-        run.nc = connect(args)
-        status = fn(run.nc, args)
-        _close(run, drain=True)
+        try:
+            run.nc = connect(args)
+            status = fn(run.nc, args)
+            _close(run, drain=True)
+            _problems.check()
+        except KeyboardInterrupt:
+            _close(run, drain=True)
+            status = 0
+        finally:
+            sys.stdout = real_stdout
+        if buf is not None:
+            _emit(real_stdout, buf)
         return status
-    except KeyboardInterrupt:
-        _close(run, drain=True)
-        return 0
     except BrokenPipeError:
         _close(run, drain=False)
         _quiet_stdout()

@@ -117,6 +117,29 @@ def test_kv_watch(server: NATSServer, capsys: pytest.CaptureFixture[str]) -> Non
     assert docs[1]["key"] == "b"
 
 
+def test_kv_watch_as_a_process(server: NATSServer) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    with natsync.connect(server.url) as nc:
+        kv = nc.jetstream().create_key_value(bucket="pwatch")
+        kv.put("k", b"before")
+        proc = subprocess.Popen([sys.executable, "-m", "natsync", "kv", "watch", "pwatch", "--count", "2",
+                                 "-s", server.url], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=ROOT)
+        try:
+            assert proc.stderr is not None and "Watching 'pwatch'" in proc.stderr.readline()
+            assert "current values delivered" in proc.stderr.readline()
+            kv.put("k", b"after")
+            out, err = proc.communicate(timeout=WAIT)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("[PUT] k revision 1: before")
+    assert lines[1].startswith("[PUT] k revision 2: after")
+
+
 def test_obj_commands_as_processes(server: NATSServer, tmp_path: Path) -> None:
     s = ("-s", server.url)
     src = tmp_path / "data.bin"
