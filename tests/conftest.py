@@ -15,12 +15,27 @@ from collections.abc import Iterator
 
 import pytest
 
+from natsync import Client
+from natsync._lifecycle import live_clients
 from natsync.testing.pytest_plugin import nats_js_server, nats_server, nats_url
 
 __all__ = ["nats_js_server", "nats_server", "nats_url"]
 
 THREAD_PREFIX = "natsync"
 THREAD_GRACE = 5.0  # seconds a test's natsync threads may take to end after it
+
+
+def _lazy_threads(clients: list[Client]) -> set[threading.Thread]:
+    """The writer and event threads of *clients* that are still open."""
+    threads: set[threading.Thread] = set()
+    for client in clients:
+        if client.is_closed:
+            continue
+        for part in (getattr(client, "_w", None), getattr(client, "_events", None)):
+            thread = getattr(part, "_thread", None)
+            if thread is not None:
+                threads.add(thread)
+    return threads
 
 
 @pytest.fixture(autouse=True)
@@ -31,13 +46,17 @@ def _no_leftover_natsync_threads() -> Iterator[None]:
     fixture) are not counted against it.
     """
     before = set(threading.enumerate())
+    open_before = [c for c in list(live_clients) if not c.is_closed]
     yield
     deadline = time.monotonic() + THREAD_GRACE
     while True:
+        # A client that was open before the test (a module-scoped fixture) may start its
+        # writer or event thread during it: those live as long as that client, not the test.
+        allowed = before | _lazy_threads(open_before)
         left = [
             t
             for t in threading.enumerate()
-            if t.name.startswith(THREAD_PREFIX) and t.is_alive() and t not in before
+            if t.name.startswith(THREAD_PREFIX) and t.is_alive() and t not in allowed
         ]
         if not left:
             return
