@@ -259,6 +259,7 @@ def test_feed_runs_groups_consecutive_messages_of_one_sid() -> None:
     events = p.feed_runs(one * 3 + two * 2 + b"PING\r\n" + one + b"MSG a 1 r 2\r\nhi\r\n" + one)
     shape = [(ev.sid, len(ev.msgs), ev.nbytes) if type(ev) is MsgRun else ev for ev in events]
     assert shape[:4] == [(1, 3, 6), (2, 2, 6), PING, (1, 1, 2)]
+    assert repr(events[0]) == "MsgRun(sid=1, 3 msgs, 6 bytes)"
     rest = _flat(events[4:])
     assert [(m.sid, m.reply, m.data) for m in rest] == [(1, "r", b"hi"), (1, None, b"hi")]
     # feed() gives the same messages one by one
