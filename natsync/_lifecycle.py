@@ -247,6 +247,9 @@ def close(
             t.join(max(deadline - time.monotonic(), 0.0))  # a running callback finishes
             if t.is_alive():
                 log.warning("callback of subscription %d still running after close()", s.sid)
+    for t in list(c._companions):
+        if t is not me and t.is_alive():
+            t.join(max(deadline - time.monotonic(), 0.0))
     if reason is not None and not isinstance(reason, NoServersError):
         log.info("closed: %s", reason)
     elif reason is not None:

@@ -55,6 +55,7 @@ import random
 import ssl
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -181,6 +182,9 @@ class Client:
         self._leftover: list[Any] = []
         self._close_event = threading.Event()
         self._close_done = threading.Event()
+        # Threads of features built on this client (JetStream ack and ordered-consumer
+        # threads): each ends when the client closes, and close() joins them.
+        self._companions: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._closing_flush = False  # close() is sending what was buffered
         self._disconnect_reason: BaseException | None = None
         self._reason_reported = False
@@ -1315,6 +1319,10 @@ class Client:
         return f"<natsync.Client {STATE_NAMES.get(self._state, '?')}{where}>"
 
     # --- JetStream (natsync.js, imported on first use) -----------------------------------
+
+    def _add_companion(self, thread: threading.Thread) -> None:
+        """Have close() join *thread* (which must end when this client closes)."""
+        self._companions.add(thread)
 
     def jetstream(
         self,

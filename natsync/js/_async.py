@@ -116,6 +116,7 @@ class AsyncPublisher:
         self._sub = nc.subscribe(inbox + ".*", pending_msgs_limit=None, pending_bytes_limit=None)
         self._thread = threading.Thread(target=self._run, name="natsync-js-acks", daemon=True)
         self._thread.start()
+        nc._add_companion(self._thread)  # ends on close (next_msg raises); close() joins it
 
     # --- user side -------------------------------------------------------------------------
 

@@ -112,6 +112,7 @@ class OrderedConsumer(PushSubscription):
         if cb is not None:
             self._thread = threading.Thread(target=self._run, name="natsync-js-ordered", daemon=True)
             self._thread.start()
+            self._nc._add_companion(self._thread)
 
     def __repr__(self) -> str:
         return (
