@@ -316,6 +316,30 @@ def test_publish_async_futures_fail_on_close(js_server: NATSServer, stream: str)
         js.publish_async(subj(stream), b"x")
 
 
+def test_close_joins_jetstream_threads(js_server: NATSServer, stream: str) -> None:
+    """close() joins the ack thread of publish_async and an ordered consumer's callback
+    thread: none is alive when it returns (no grace period)."""
+    nc = natsync.connect(js_server.url)
+    js = nc.jetstream()
+    got = threading.Event()
+    finished: list[bool] = []
+
+    def slow(msg: natsync.Msg) -> None:
+        got.set()
+        time.sleep(0.3)  # still running when close() starts: close() lets it finish
+        finished.append(True)
+
+    js.publish_async(subj(stream), b"x").result(timeout=5)
+    js.subscribe(subj(stream), cb=slow, ordered_consumer=True)
+    assert got.wait(5)
+    names = {t.name for t in threading.enumerate()}
+    assert {"natsync-js-acks", "natsync-js-ordered"} <= names
+    nc.close()
+    left = [t.name for t in threading.enumerate() if t.name.startswith("natsync") and t.is_alive()]
+    assert "natsync-js-acks" not in left and "natsync-js-ordered" not in left, left
+    assert finished == [True]
+
+
 def test_publish_async_times_out_and_window_blocks(nc: natsync.Client) -> None:
     js = nc.jetstream(publish_async_max_pending=2)
     nc.subscribe("silent2.>")
