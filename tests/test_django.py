@@ -15,6 +15,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -457,3 +458,53 @@ def test_middleware_leaves_other_errors_to_django() -> None:
 def test_worker_command_rejects_bad_threads() -> None:
     with pytest.raises(CommandError, match="threads"):
         call_command("natsync_worker", "--threads", "0")
+
+
+# ------------------------------------------------------------------ JetStream handlers
+
+
+def test_consume_acks_naks_with_backoff_and_terms(tmp_path: Path) -> None:
+    """@consume against a real JetStream: ack on return, nak (redelivered after the
+    backoff) on an exception, term on PermanentError; the durable outlives the worker."""
+    calls: Counter[str] = Counter()
+    deliveries: dict[str, list[int]] = {}
+    done = threading.Event()
+
+    reg = _web.HandlerRegistry()
+
+    @reg.consume(stream="ORDERS", durable="workers", subject="orders.>", backoff=[0.1], batch=5)
+    def handle(msg: natsync.Msg) -> None:
+        body = msg.data.decode()
+        calls[body] += 1
+        deliveries.setdefault(body, []).append(msg.metadata.num_delivered)  # type: ignore[attr-defined]
+        if body == "bad":
+            raise nd.PermanentError("cannot ever work")
+        if body == "flaky" and calls[body] == 1:
+            raise RuntimeError("try again later")
+        if {"ok1", "ok2"} <= set(calls) and calls["flaky"] == 2:
+            done.set()
+
+    with NATSServer(jetstream=True) as srv, natsync.connect(srv.url) as nc:
+        js = nc.jetstream()  # type: ignore[attr-defined]
+        js.add_stream(name="ORDERS", subjects=["orders.>"])
+        for body in ("ok1", "flaky", "bad", "ok2"):
+            js.publish("orders.new", body.encode())
+        worker = _web.Worker(natsync.connect(srv.url, lazy=True), list(reg))
+        status: list[int] = []
+        t = threading.Thread(target=lambda: status.append(worker.run()), name="test-worker")
+        t.start()
+        try:
+            assert done.wait(15), dict(calls)
+
+            def settled() -> bool:
+                info = js.consumer_info("ORDERS", "workers")
+                return info.num_ack_pending == 0 and info.num_pending == 0
+
+            assert wait_for(settled, 10)
+        finally:
+            worker.stop()
+            t.join(15)
+        assert status == [0]
+        assert calls == Counter({"ok1": 1, "ok2": 1, "flaky": 2, "bad": 1}), dict(calls)
+        assert deliveries["flaky"] == [1, 2] and deliveries["bad"] == [1]
+        assert js.consumer_info("ORDERS", "workers").name == "workers"  # the durable stays
