@@ -28,6 +28,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench.py
+	$(PY) bench/bench_js.py
+	$(PY) bench/bench_kv.py
 
 # Long property-based run; pytest-timeout is switched off for it.
 fuzz: $(STAMP)

@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from . import protocol
 from .auth import Credentials, check_credentials, resolve_connect_auth
@@ -74,6 +74,9 @@ from .protocol import OK, PING, PONG, Err, Info, Parser
 from .servers import Server, ServerPool, parse_servers
 from .subscription import MsgHandler, Subscription
 from .transport import Transport, tls_error_hint
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .js import JetStream
 
 __all__ = ["Client", "NATS", "Stats", "connect"]
 
@@ -1632,6 +1635,33 @@ class Client:
         url = self.connected_url
         where = f" {url}" if url else ""
         return f"<natsync.Client {_STATE_NAMES.get(self._state, '?')}{where}>"
+
+    # --- JetStream (natsync.js, imported on first use) -----------------------------------
+
+    def jetstream(
+        self,
+        prefix: str | None = None,
+        domain: str | None = None,
+        timeout: float = 5.0,
+        publish_async_max_pending: int = 4000,
+    ) -> JetStream:
+        """Return a JetStream context on this connection (see :mod:`natsync.js`)."""
+        from .js import JetStream
+
+        return JetStream(
+            self, prefix=prefix, domain=domain, timeout=timeout,
+            publish_async_max_pending=publish_async_max_pending,
+        )
+
+    def jsm(
+        self,
+        prefix: str | None = None,
+        domain: str | None = None,
+        timeout: float = 5.0,
+        publish_async_max_pending: int = 4000,
+    ) -> JetStream:
+        """nats-py's name of the JetStream manager: the same :class:`~natsync.js.JetStream`."""
+        return self.jetstream(prefix, domain, timeout, publish_async_max_pending)
 
 
 def _permissions_error(text: str) -> PermissionsError:

@@ -8,6 +8,7 @@ from .headers import Headers, HeadersInput, decode_headers
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import Client
+    from .js._proto import MsgMetadata
 
 __all__ = ["Msg"]
 
@@ -20,7 +21,10 @@ class Msg:
     ``sid`` (the subscription id).
     """
 
-    __slots__ = ("_client", "subject", "sid", "reply", "_hdr", "_headers", "data")
+    # _ackd: set (never initialised, to keep the hot path free) once a JetStream
+    # message has had its final acknowledgement.
+    __slots__ = ("_client", "subject", "sid", "reply", "_hdr", "_headers", "data", "_ackd")
+    _ackd: bool
 
     def __init__(
         self,
@@ -84,3 +88,43 @@ class Msg:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+    # --- JetStream (natsync.js._msg does the work) -----------------------------------------
+
+    def ack(self) -> None:
+        """Acknowledge a JetStream message; see :func:`natsync.js._msg.ack`."""
+        from .js import _msg
+
+        _msg.ack(self)
+
+    def ack_sync(self, timeout: float | None = None) -> None:
+        """Acknowledge and wait for the server's confirmation (JetStream)."""
+        from .js import _msg
+
+        _msg.ack_sync(self, timeout)
+
+    def nak(self, delay: float | None = None) -> None:
+        """Ask for redelivery, after *delay* seconds if given (JetStream)."""
+        from .js import _msg
+
+        _msg.nak(self, delay)
+
+    def in_progress(self) -> None:
+        """Reset the redelivery timer: still working on it (JetStream)."""
+        from .js import _msg
+
+        _msg.in_progress(self)
+
+    def term(self) -> None:
+        """Stop redelivery of this message (JetStream)."""
+        from .js import _msg
+
+        _msg.term(self)
+
+    @property
+    def metadata(self) -> MsgMetadata:
+        """JetStream metadata from the ack subject; raises ``NotJSMessageError`` on a
+        core message."""
+        from .js import _msg
+
+        return _msg.metadata(self)

@@ -1,6 +1,6 @@
 """Shared test configuration.
 
-The ``nats_server`` and ``nats_url`` fixtures are imported from natsync's pytest plugin
+The ``nats_server``, ``nats_url`` and ``nats_js_server`` fixtures are imported from natsync's pytest plugin
 here, instead of coming from its ``pytest11`` entry point: pytest.ini disables the entry
 point (``-p no:natsync``) because a plugin loaded by entry point imports natsync before
 pytest-cov starts, and every module-level line of natsync would count as not covered.
@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from natsync.testing.pytest_plugin import nats_server, nats_url
+from natsync.testing.pytest_plugin import nats_js_server, nats_server, nats_url
 
-__all__ = ["nats_server", "nats_url"]
+__all__ = ["nats_js_server", "nats_server", "nats_url"]
 
 THREAD_PREFIX = "natsync"
 THREAD_GRACE = 5.0  # seconds a test's natsync threads may take to end after it

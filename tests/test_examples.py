@@ -28,8 +28,9 @@ SPECIAL_TOKEN = "p@ss:w/rd?#%+ x"
 EXAMPLE_TIMEOUT = 30.0  # seconds for one example; each takes well under one
 DEMO_TIMEOUT = 100.0
 
-# Tested elsewhere (they need certificates or keys).
-SKIP_WORDS = ("tls", "nkey", "creds")
+# Tested elsewhere (they need certificates or keys; kv_/obj_/js_ need JetStream:
+# tests/test_kv_examples.py, tests/test_js_examples.py).
+SKIP_WORDS = ("tls", "nkey", "creds", "kv_", "obj_", "js_")
 
 # Lines each example must print (in this order, possibly with other lines between).
 # An example not listed here must still exit 0 against a token server.

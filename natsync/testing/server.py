@@ -167,6 +167,11 @@ def _unregister(proc: subprocess.Popen[bytes]) -> None:
         _live.discard(proc)
 
 
+# Private JetStream store directories not removed yet (a server killed and never
+# stopped): removed at interpreter exit, after the servers are gone.
+_owned_stores: set[str] = set()
+
+
 @atexit.register
 def _kill_leftovers() -> None:  # pragma: no cover - runs at interpreter exit
     with _live_lock:
@@ -179,6 +184,9 @@ def _kill_leftovers() -> None:  # pragma: no cover - runs at interpreter exit
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+    for store in list(_owned_stores):
+        shutil.rmtree(store, ignore_errors=True)
+    _owned_stores.clear()
 
 
 # ---------------------------------------------------------------------------- server
@@ -216,6 +224,11 @@ class NATSServer:
         startup_timeout: seconds :meth:`start` waits for the server to be ready.
         debug: run with ``-DV`` (debug and protocol trace) and keep the temporary
             directory with the log after the server stops.
+        jetstream: enable JetStream (``-js``) with a store directory of its own.
+        store_dir: the JetStream store directory (``-sd``); default: a private
+            temporary directory, created on the first start, kept across
+            :meth:`restart` and :meth:`kill` (so a restarted server finds its streams
+            again) and removed by :meth:`stop`.  A directory given here is never removed.
 
     Raises:
         ValueError: for a port out of range, ``password`` without ``user`` or a
@@ -243,6 +256,8 @@ class NATSServer:
         binary: str | None = None,
         startup_timeout: float = 10.0,
         debug: bool = False,
+        jetstream: bool = False,
+        store_dir: str | None = None,
     ) -> None:
         for name, value in (("port", port), ("cluster_port", cluster_port), ("http_port", http_port)):
             if value is not None and not 0 <= value <= 65535:
@@ -265,6 +280,9 @@ class NATSServer:
         self._binary = binary
         self._startup_timeout = startup_timeout
         self._debug = debug
+        self._jetstream = jetstream or store_dir is not None
+        self._store_dir = store_dir
+        self._store_owned = False  # a private store directory we created (and remove)
 
         # Ports picked here (rather than given) may be picked again if another process
         # takes them before the first successful start.
@@ -323,6 +341,16 @@ class NATSServer:
         if self._http_port is None:
             return None
         return f"http://{_host_port(_dial_host(self._host), self._http_port)}"
+
+    @property
+    def jetstream(self) -> bool:
+        """Whether the server runs with JetStream enabled."""
+        return self._jetstream
+
+    @property
+    def store_dir(self) -> str | None:
+        """The JetStream store directory (created on the first start), or ``None``."""
+        return self._store_dir
 
     @property
     def pid(self) -> int | None:
@@ -406,7 +434,21 @@ class NATSServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server: SIGTERM, then SIGKILL if it has not exited within ``timeout``
-        seconds, and wait for the process.  Does nothing if it is not running."""
+        seconds, and wait for the process.  A private JetStream store directory is
+        removed (use :meth:`restart`, or :meth:`kill` and :meth:`start`, to keep it).
+        Does nothing more if it is not running."""
+        with self._lock:
+            self._terminate(timeout)
+            self._remove_store()
+
+    def _remove_store(self) -> None:
+        if self._store_owned and self._store_dir is not None and not self._debug:
+            shutil.rmtree(self._store_dir, ignore_errors=True)
+            _owned_stores.discard(self._store_dir)
+            self._store_dir = None
+            self._store_owned = False
+
+    def _terminate(self, timeout: float) -> None:
         with self._lock:
             proc = self._proc
             if proc is None:
@@ -433,13 +475,14 @@ class NATSServer:
             self._reap()
 
     def restart(self) -> Self:
-        """Stop the server (if running) and start it again on the same ports.
+        """Stop the server (if running) and start it again on the same ports, with the
+        same JetStream store directory.
 
         Returns:
             The server itself.
         """
         with self._lock:
-            self.stop()
+            self._terminate(5.0)
             return self.start()
 
     def lame_duck(self) -> None:
@@ -501,6 +544,8 @@ class NATSServer:
         auth = "token" if self._token else "user" if self._user else None
         state = f"pid={self.pid}" if self.is_running else "stopped"
         extra = f", cluster={self.cluster_url!r}" if self._cluster_port is not None else ""
+        if self._jetstream:
+            extra += ", jetstream"
         return f"<NATSServer {self.url} {state}, auth={auth}{extra}>"
 
     # ------------------------------------------------------------------- internals
@@ -525,6 +570,13 @@ class NATSServer:
             cmd += ["--server_name", self._server_name]
         if self._http_port is not None:
             cmd += ["-m", str(self._http_port)]
+        if self._jetstream:
+            if self._store_dir is None:
+                self._store_dir = tempfile.mkdtemp(prefix="natsync-js-")
+                self._store_owned = True
+                if not self._debug:
+                    _owned_stores.add(self._store_dir)
+            cmd += ["-js", "-sd", self._store_dir]
         if self._debug:
             cmd.append("-DV")
         cmd += self._args
@@ -637,6 +689,17 @@ class NATSServer:
 # --------------------------------------------------------------------------- cluster
 
 
+def _healthy(server: NATSServer) -> bool:
+    """Whether the server's ``/healthz`` monitoring endpoint answers 200."""
+    if server.monitor_url is None:
+        return True
+    try:
+        with urllib.request.urlopen(server.monitor_url + "/healthz", timeout=1.0) as resp:
+            return bool(resp.status == 200)
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+
+
 class NATSCluster:
     """A cluster of ``size`` nats-server processes on 127.0.0.1, fully routed.
 
@@ -659,6 +722,9 @@ class NATSCluster:
         startup_timeout: seconds each server may take to start, and :meth:`start` may
             wait for the routes.
         debug: passed to every :class:`NATSServer`.
+        jetstream: enable JetStream on every node, each with a store directory of its
+            own (removed on stop); :meth:`start` then also waits until JetStream is
+            ready on every node (its ``/healthz``).
 
     Raises:
         ValueError: if ``size`` is less than 1, or as :class:`NATSServer`.
@@ -677,6 +743,7 @@ class NATSCluster:
         binary: str | None = None,
         startup_timeout: float = 10.0,
         debug: bool = False,
+        jetstream: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError(f"size must be at least 1, not {size}")
@@ -691,7 +758,9 @@ class NATSCluster:
             "binary": binary,
             "startup_timeout": startup_timeout,
             "debug": debug,
+            "jetstream": jetstream,
         }
+        self._jetstream = jetstream
         self._cluster_name = cluster_name
         self._host = host
         self._startup_timeout = startup_timeout
@@ -738,6 +807,8 @@ class NATSCluster:
                     if not server.is_running:
                         server.start()
                 self.wait_for_routes(self._startup_timeout)
+                if self._jetstream:
+                    self.wait_for_jetstream(self._startup_timeout)
                 self._formed = True
                 return self
             except _AddressInUseError:
@@ -777,6 +848,23 @@ class NATSCluster:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"cluster routes incomplete after {timeout} s: {self._describe(seen)}")
             time.sleep(0.05)
+
+    def wait_for_jetstream(self, timeout: float = 10.0) -> None:
+        """Wait until JetStream is healthy on every running node (``/healthz`` answers
+        200: the meta group has a leader and the node is current).
+
+        Raises:
+            TimeoutError: if some node is not healthy after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            sick = [s for s in self.servers if s.is_running and not _healthy(s)]
+            if not sick:
+                return
+            if time.monotonic() >= deadline:
+                names = ", ".join(repr(s) for s in sick)
+                raise TimeoutError(f"JetStream not ready after {timeout} s on: {names}")
+            time.sleep(0.1)
 
     def _route_view(self) -> dict[str, tuple[str, set[str]]] | None:
         """Map server name -> (own id, ids of peers routed to); None if a node did not

@@ -1,0 +1,799 @@
+"""JetStream API types: configs, infos and enums, with nats-py's field names.
+
+Pure: no sockets, threads or clocks.  Every dataclass converts from the server's JSON
+(:meth:`Base.from_json`, alias ``from_response``) and to it (:meth:`Base.to_json`, alias
+``as_dict``):
+
+* durations are seconds (float) in Python and nanoseconds (int) on the wire;
+* timestamps are aware :class:`datetime.datetime` objects (RFC 3339 on the wire,
+  nanosecond fractions cut to microseconds);
+* fields the server sends that this version does not know are ignored, and an enum
+  value it does not know is kept as the plain string;
+* ``None`` fields are left out of what is sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import enum
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar, Union
+
+from ..headers import Headers
+
+__all__ = [
+    "Header",
+    "StatusCode",
+    "RetentionPolicy",
+    "StorageType",
+    "DiscardPolicy",
+    "StoreCompression",
+    "AckPolicy",
+    "DeliverPolicy",
+    "ReplayPolicy",
+    "Base",
+    "PubAck",
+    "Placement",
+    "ExternalStream",
+    "SubjectTransform",
+    "RePublish",
+    "StreamSource",
+    "StreamSourceInfo",
+    "LostStreamData",
+    "StreamState",
+    "StreamConsumerLimits",
+    "StreamConfig",
+    "PeerInfo",
+    "ClusterInfo",
+    "StreamInfo",
+    "ConsumerConfig",
+    "SequenceInfo",
+    "ConsumerInfo",
+    "AccountLimits",
+    "Tier",
+    "APIStats",
+    "AccountInfo",
+    "RawStreamMsg",
+    "KeyValueConfig",
+    "ObjectStoreConfig",
+    "ObjectLink",
+    "ObjectMetaOptions",
+    "ObjectMeta",
+    "ObjectInfo",
+    "parse_time",
+    "format_time",
+]
+
+
+class Header(str, enum.Enum):
+    """Header names JetStream uses."""
+
+    MSG_ID = "Nats-Msg-Id"
+    EXPECTED_STREAM = "Nats-Expected-Stream"
+    EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
+    EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+    EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+    ROLLUP = "Nats-Rollup"
+    STREAM = "Nats-Stream"
+    SEQUENCE = "Nats-Sequence"
+    TIME_STAMP = "Nats-Time-Stamp"
+    SUBJECT = "Nats-Subject"
+    LAST_SEQUENCE = "Nats-Last-Sequence"
+    LAST_CONSUMER = "Nats-Last-Consumer"
+    LAST_STREAM = "Nats-Last-Stream"
+    CONSUMER_STALLED = "Nats-Consumer-Stalled"
+    PENDING_MESSAGES = "Nats-Pending-Messages"
+    PENDING_BYTES = "Nats-Pending-Bytes"
+    DEFAULT_PREFIX = "$JS.API"
+
+
+class StatusCode(str, enum.Enum):
+    """Status codes of JetStream status messages (in the ``NATS/1.0`` header line)."""
+
+    SERVICE_UNAVAILABLE = "503"
+    NO_MESSAGES = "404"
+    REQUEST_TIMEOUT = "408"
+    CONFLICT = "409"
+    CONTROL_MESSAGE = "100"
+
+
+class RetentionPolicy(str, enum.Enum):
+    """How long a stream keeps messages."""
+
+    LIMITS = "limits"
+    INTEREST = "interest"
+    WORK_QUEUE = "workqueue"
+
+
+class StorageType(str, enum.Enum):
+    """Where a stream keeps messages."""
+
+    FILE = "file"
+    MEMORY = "memory"
+
+
+class DiscardPolicy(str, enum.Enum):
+    """What a full stream discards."""
+
+    OLD = "old"
+    NEW = "new"
+
+
+class StoreCompression(str, enum.Enum):
+    """Compression of a file-storage stream."""
+
+    NONE = "none"
+    S2 = "s2"
+
+
+class AckPolicy(str, enum.Enum):
+    """How a consumer's messages are acknowledged."""
+
+    NONE = "none"
+    ALL = "all"
+    EXPLICIT = "explicit"
+
+
+class DeliverPolicy(str, enum.Enum):
+    """Where a consumer starts in the stream."""
+
+    ALL = "all"
+    LAST = "last"
+    NEW = "new"
+    BY_START_SEQUENCE = "by_start_sequence"
+    BY_START_TIME = "by_start_time"
+    LAST_PER_SUBJECT = "last_per_subject"
+
+
+class ReplayPolicy(str, enum.Enum):
+    """How fast a consumer replays stored messages."""
+
+    INSTANT = "instant"
+    ORIGINAL = "original"
+
+
+# ---------------------------------------------------------------------------- time
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def parse_time(text: str) -> datetime.datetime:
+    """Parse an RFC 3339 timestamp as the server writes it (``Z`` or an offset,
+    up to nanosecond fractions) into an aware datetime (microsecond precision).
+
+    Raises:
+        ValueError: if ``text`` is not such a timestamp.
+    """
+    s = text.strip()
+    if s.endswith(("Z", "z")):
+        s = s[:-1] + "+00:00"
+    dot = s.find(".")
+    if dot != -1:
+        end = dot + 1
+        while end < len(s) and s[end].isdigit():
+            end += 1
+        frac = s[dot + 1 : end][:6].ljust(6, "0")
+        s = s[:dot] + "." + frac + s[end:]
+    dt = datetime.datetime.fromisoformat(s)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.timezone.utc)
+    return dt
+
+
+def format_time(dt: datetime.datetime) -> str:
+    """Format a datetime as RFC 3339 in UTC (a naive datetime is taken as UTC)."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.timezone.utc)
+    return dt.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# ---------------------------------------------------------------------------- base
+
+_B = TypeVar("_B", bound="Base")
+_NANOS = 1_000_000_000
+
+
+def _to_nanos(value: float) -> int:
+    return int(round(value * _NANOS))
+
+
+class _Kind(enum.Enum):
+    PLAIN = 0
+    NANOS = 1
+    ENUM = 2
+    BASE = 3
+    LIST_BASE = 4
+    DICT_BASE = 5
+    TIME = 6
+    LIST_NANOS = 7
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _kind_of(tp: Any, nanos: bool) -> tuple[_Kind, Any]:
+    tp = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if nanos:
+        return (_Kind.LIST_NANOS, None) if origin is list else (_Kind.NANOS, None)
+    if isinstance(tp, type):
+        if issubclass(tp, enum.Enum):
+            return _Kind.ENUM, tp
+        if issubclass(tp, Base):
+            return _Kind.BASE, tp
+        if issubclass(tp, datetime.datetime):
+            return _Kind.TIME, None
+    if origin is list and args and isinstance(args[0], type) and issubclass(args[0], Base):
+        return _Kind.LIST_BASE, args[0]
+    if origin is dict and len(args) == 2 and isinstance(args[1], type) and issubclass(args[1], Base):
+        return _Kind.DICT_BASE, args[1]
+    return _Kind.PLAIN, None
+
+
+class Base:
+    """Common JSON conversion of the API dataclasses.
+
+    Subclasses name their duration fields (seconds in Python, nanoseconds on the
+    wire) in ``_nanos`` and may rename wire fields in ``_wire``.
+    """
+
+    _nanos: ClassVar[frozenset[str]] = frozenset()
+    _wire: ClassVar[dict[str, str]] = {}
+    _spec_cache: ClassVar[dict[type, list[tuple[str, str, _Kind, Any]]]] = {}
+
+    @classmethod
+    def _spec(cls) -> list[tuple[str, str, _Kind, Any]]:
+        spec = Base._spec_cache.get(cls)
+        if spec is None:
+            hints = typing.get_type_hints(cls)
+            spec = []
+            for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+                kind, sub = _kind_of(hints[f.name], f.name in cls._nanos)
+                spec.append((f.name, cls._wire.get(f.name, f.name), kind, sub))
+            Base._spec_cache[cls] = spec
+        return spec
+
+    @classmethod
+    def from_json(cls: type[_B], data: dict[str, Any] | str | bytes) -> _B:
+        """Build from the server's JSON (a dict, or its text); unknown fields are
+        ignored, missing ones take their defaults."""
+        if isinstance(data, (str, bytes, bytearray)):
+            data = json.loads(data)
+        if not isinstance(data, dict):
+            raise TypeError(f"{cls.__name__}.from_json needs a JSON object, not {type(data).__name__}")
+        kwargs: dict[str, Any] = {}
+        for name, wire, kind, sub in cls._spec():
+            if wire not in data:
+                continue
+            v = data[wire]
+            if v is not None:
+                v = _decode(kind, sub, v)
+            kwargs[name] = v
+        try:
+            return cls(**kwargs)
+        except TypeError:
+            # a required field missing from an answer: fill what we can with None
+            for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+                if (
+                    f.name not in kwargs
+                    and f.default is dataclasses.MISSING
+                    and (f.default_factory is dataclasses.MISSING)
+                ):
+                    kwargs[f.name] = None
+            return cls(**kwargs)
+
+    from_response = from_json
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object for the server (a dict); ``None`` fields are left out."""
+        out: dict[str, Any] = {}
+        for name, wire, kind, _ in self._spec():
+            v = getattr(self, name)
+            if v is None:
+                continue
+            out[wire] = _encode(kind, v)
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """nats-py's name of :meth:`to_json`."""
+        return self.to_json()
+
+    def evolve(self: _B, **changes: Any) -> _B:
+        """A copy with some fields changed (:func:`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _decode(kind: _Kind, sub: Any, v: Any) -> Any:
+    if kind is _Kind.PLAIN:
+        return v
+    if kind is _Kind.NANOS:
+        return v / _NANOS if isinstance(v, (int, float)) else v
+    if kind is _Kind.LIST_NANOS:
+        return [x / _NANOS for x in v] if isinstance(v, list) else v
+    if kind is _Kind.ENUM:
+        try:
+            return sub(v)
+        except ValueError:
+            return v  # a value this version does not know
+    if kind is _Kind.BASE:
+        return sub.from_json(v) if isinstance(v, dict) else v
+    if kind is _Kind.LIST_BASE:
+        return [sub.from_json(x) for x in v] if isinstance(v, list) else v
+    if kind is _Kind.DICT_BASE:
+        return {k: sub.from_json(x) for k, x in v.items()} if isinstance(v, dict) else v
+    if kind is _Kind.TIME:
+        if isinstance(v, str):
+            try:
+                return parse_time(v)
+            except ValueError:
+                return v
+        return v
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def _encode(kind: _Kind, v: Any) -> Any:
+    if kind is _Kind.NANOS:
+        return _to_nanos(v)
+    if kind is _Kind.LIST_NANOS:
+        return [_to_nanos(x) for x in v]
+    if isinstance(v, enum.Enum):
+        return v.value
+    if isinstance(v, Base):
+        return v.to_json()
+    if isinstance(v, datetime.datetime):
+        return format_time(v)
+    if isinstance(v, list):
+        return [_encode(_Kind.PLAIN, x) for x in v]
+    if isinstance(v, dict):
+        return {k: _encode(_Kind.PLAIN, x) for k, x in v.items()}
+    return v
+
+
+# --------------------------------------------------------------------------- types
+
+
+@dataclass
+class PubAck(Base):
+    """The server's acknowledgement of a JetStream publish."""
+
+    stream: str
+    seq: int
+    domain: str | None = None
+    duplicate: bool | None = None
+
+
+@dataclass
+class Placement(Base):
+    """Where a stream's replicas are placed."""
+
+    cluster: str | None = None
+    tags: list[str] | None = None
+
+
+@dataclass
+class ExternalStream(Base):
+    """A stream in another domain or account, for sources and mirrors."""
+
+    api: str
+    deliver: str | None = None
+
+
+@dataclass
+class SubjectTransform(Base):
+    """A subject mapping applied to messages entering a stream."""
+
+    src: str
+    dest: str
+
+
+@dataclass
+class RePublish(Base):
+    """Republish stored messages to another subject."""
+
+    src: str | None = None
+    dest: str | None = None
+    headers_only: bool | None = None
+
+
+@dataclass
+class StreamSource(Base):
+    """A source (or mirror) of a stream."""
+
+    name: str
+    opt_start_seq: int | None = None
+    opt_start_time: datetime.datetime | None = None
+    filter_subject: str | None = None
+    external: ExternalStream | None = None
+    subject_transforms: list[SubjectTransform] | None = None
+
+
+@dataclass
+class StreamSourceInfo(Base):
+    """The state of a stream's source or mirror."""
+
+    name: str
+    lag: int | None = None
+    active: int | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass
+class LostStreamData(Base):
+    """Messages a stream lost (damaged storage)."""
+
+    msgs: list[int] | None = None
+    bytes: int | None = None
+
+
+@dataclass
+class StreamState(Base):
+    """How many messages and bytes a stream holds, and its sequence range."""
+
+    messages: int
+    bytes: int
+    first_seq: int
+    last_seq: int
+    consumer_count: int
+    deleted: list[int] | None = None
+    num_deleted: int | None = None
+    lost: LostStreamData | None = None
+    subjects: dict[str, int] | None = None
+    num_subjects: int | None = None
+    first_ts: datetime.datetime | None = None
+    last_ts: datetime.datetime | None = None
+
+
+@dataclass
+class StreamConsumerLimits(Base):
+    """Defaults and limits for a stream's consumers."""
+
+    _nanos = frozenset({"inactive_threshold"})
+
+    inactive_threshold: float | None = None
+    max_ack_pending: int | None = None
+
+
+@dataclass
+class StreamConfig(Base):
+    """A stream's configuration (``add_stream``, ``update_stream``)."""
+
+    _nanos = frozenset({"max_age", "duplicate_window", "subject_delete_marker_ttl"})
+
+    name: str | None = None
+    description: str | None = None
+    subjects: list[str] | None = None
+    retention: RetentionPolicy | None = None
+    max_consumers: int | None = None
+    max_msgs: int | None = None
+    max_bytes: int | None = None
+    discard: DiscardPolicy | None = DiscardPolicy.OLD
+    discard_new_per_subject: bool | None = None
+    max_age: float | None = None
+    max_msgs_per_subject: int | None = -1
+    max_msg_size: int | None = -1
+    storage: StorageType | None = None
+    num_replicas: int | None = None
+    no_ack: bool | None = None
+    template_owner: str | None = None
+    duplicate_window: float | None = None
+    placement: Placement | None = None
+    mirror: StreamSource | None = None
+    sources: list[StreamSource] | None = None
+    sealed: bool | None = None
+    deny_delete: bool | None = None
+    deny_purge: bool | None = None
+    allow_rollup_hdrs: bool | None = None
+    first_seq: int | None = None
+    republish: RePublish | None = None
+    subject_transform: SubjectTransform | None = None
+    allow_direct: bool | None = None
+    mirror_direct: bool | None = None
+    compression: StoreCompression | None = None
+    allow_msg_ttl: bool | None = None
+    metadata: dict[str, str] | None = None
+    consumer_limits: StreamConsumerLimits | None = None
+    subject_delete_marker_ttl: float | None = None
+
+
+@dataclass
+class PeerInfo(Base):
+    """A replica of a clustered stream or consumer."""
+
+    name: str | None = None
+    current: bool | None = None
+    offline: bool | None = None
+    active: int | None = None
+    lag: int | None = None
+
+
+@dataclass
+class ClusterInfo(Base):
+    """Where a clustered stream or consumer lives, and who leads it."""
+
+    leader: str | None = None
+    name: str | None = None
+    replicas: list[PeerInfo] | None = None
+    raft_group: str | None = None
+    leader_since: datetime.datetime | None = None
+
+
+@dataclass
+class StreamInfo(Base):
+    """A stream's configuration and state."""
+
+    config: StreamConfig
+    state: StreamState
+    mirror: StreamSourceInfo | None = None
+    sources: list[StreamSourceInfo] | None = None
+    cluster: ClusterInfo | None = None
+    did_create: bool | None = None
+    created: datetime.datetime | None = None
+    ts: datetime.datetime | None = None
+
+
+@dataclass
+class ConsumerConfig(Base):
+    """A consumer's configuration (``add_consumer``, ``pull_subscribe``, ``subscribe``)."""
+
+    _nanos = frozenset({"ack_wait", "idle_heartbeat", "inactive_threshold", "backoff"})
+
+    name: str | None = None
+    durable_name: str | None = None
+    description: str | None = None
+    deliver_policy: DeliverPolicy | None = DeliverPolicy.ALL
+    opt_start_seq: int | None = None
+    opt_start_time: datetime.datetime | None = None
+    ack_policy: AckPolicy | None = AckPolicy.EXPLICIT
+    ack_wait: float | None = None
+    max_deliver: int | None = None
+    backoff: list[float] | None = None
+    filter_subject: str | None = None
+    filter_subjects: list[str] | None = None
+    replay_policy: ReplayPolicy | None = ReplayPolicy.INSTANT
+    rate_limit_bps: int | None = None
+    sample_freq: str | None = None
+    max_waiting: int | None = None
+    max_ack_pending: int | None = None
+    flow_control: bool | None = None
+    idle_heartbeat: float | None = None
+    headers_only: bool | None = None
+    deliver_subject: str | None = None
+    deliver_group: str | None = None
+    inactive_threshold: float | None = None
+    num_replicas: int | None = None
+    mem_storage: bool | None = None
+    metadata: dict[str, str] | None = None
+    max_batch: int | None = None
+    max_bytes: int | None = None
+
+
+@dataclass
+class SequenceInfo(Base):
+    """A consumer's position: consumer and stream sequence."""
+
+    consumer_seq: int
+    stream_seq: int
+    last_active: datetime.datetime | None = None
+
+
+@dataclass
+class ConsumerInfo(Base):
+    """A consumer's configuration and state."""
+
+    name: str
+    stream_name: str
+    config: ConsumerConfig
+    created: datetime.datetime | None = None
+    delivered: SequenceInfo | None = None
+    ack_floor: SequenceInfo | None = None
+    num_ack_pending: int | None = None
+    num_redelivered: int | None = None
+    num_waiting: int | None = None
+    num_pending: int | None = None
+    cluster: ClusterInfo | None = None
+    push_bound: bool | None = None
+    ts: datetime.datetime | None = None
+
+
+@dataclass
+class AccountLimits(Base):
+    """The JetStream limits of an account (-1: unlimited)."""
+
+    max_memory: int
+    max_storage: int
+    max_streams: int
+    max_consumers: int
+    max_ack_pending: int | None = None
+    memory_max_stream_bytes: int | None = None
+    storage_max_stream_bytes: int | None = None
+    max_bytes_required: bool | None = None
+
+
+@dataclass
+class Tier(Base):
+    """Usage and limits of one account tier."""
+
+    memory: int
+    storage: int
+    streams: int
+    consumers: int
+    limits: AccountLimits
+
+
+@dataclass
+class APIStats(Base):
+    """How many JetStream API calls an account made, and how many failed."""
+
+    total: int
+    errors: int
+    level: int | None = None
+
+
+@dataclass
+class AccountInfo(Base):
+    """An account's JetStream usage and limits (``account_info``)."""
+
+    memory: int
+    storage: int
+    streams: int
+    consumers: int
+    limits: AccountLimits
+    api: APIStats
+    domain: str | None = None
+    tiers: dict[str, Tier] | None = None
+
+
+@dataclass
+class RawStreamMsg(Base):
+    """A message read straight from a stream (``get_msg``, ``get_last_msg``).
+
+    ``data`` is the payload, ``headers`` the decoded headers (or None), ``hdrs`` the
+    raw header block as the server returned it (base64-decoded).
+    """
+
+    subject: str | None = None
+    seq: int | None = None
+    data: bytes | None = None
+    hdrs: bytes | None = None
+    headers: Headers | None = None
+    stream: str | None = None
+    time: datetime.datetime | None = None
+
+    @property
+    def sequence(self) -> int | None:
+        """The stream sequence (nats-py's other name of ``seq``)."""
+        return self.seq
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | str | bytes) -> RawStreamMsg:
+        """Build from a ``STREAM.MSG.GET`` answer's ``message`` object (base64 data and
+        headers)."""
+        if isinstance(data, (str, bytes, bytearray)):
+            data = json.loads(data)
+        assert isinstance(data, dict)
+        from ..headers import decode_headers
+
+        raw = data.get("data")
+        hdrs = data.get("hdrs")
+        payload = base64.b64decode(raw) if raw else b""
+        hblock = base64.b64decode(hdrs) if hdrs else None
+        ts = data.get("time")
+        return cls(
+            subject=data.get("subject"),
+            seq=data.get("seq"),
+            data=payload,
+            hdrs=hblock,
+            headers=decode_headers(hblock) if hblock else None,
+            time=parse_time(ts) if isinstance(ts, str) else None,
+        )
+
+    from_response = from_json
+
+
+@dataclass
+class KeyValueConfig(Base):
+    """A Key/Value bucket's configuration (``create_key_value``)."""
+
+    _nanos = frozenset({"ttl"})
+
+    bucket: str
+    description: str | None = None
+    max_value_size: int | None = None
+    history: int = 1
+    ttl: float | None = None
+    max_bytes: int | None = None
+    storage: StorageType | None = None
+    replicas: int = 1
+    placement: Placement | None = None
+    republish: RePublish | None = None
+    direct: bool | None = None
+
+
+@dataclass
+class ObjectStoreConfig(Base):
+    """An Object Store bucket's configuration (``create_object_store``)."""
+
+    _nanos = frozenset({"ttl"})
+
+    bucket: str | None = None
+    description: str | None = None
+    ttl: float | None = None
+    max_bytes: int | None = None
+    storage: StorageType | None = None
+    replicas: int = 1
+    placement: Placement | None = None
+
+
+@dataclass
+class ObjectLink(Base):
+    """A link from one object (or bucket) to another."""
+
+    bucket: str
+    name: str | None = None
+
+
+@dataclass
+class ObjectMetaOptions(Base):
+    """Options of an object: a link, the chunk size."""
+
+    link: ObjectLink | None = None
+    max_chunk_size: int | None = None
+
+
+@dataclass
+class ObjectMeta(Base):
+    """What describes an object: name, description, headers, options, and user
+    ``metadata`` (a str -> str dict, as nats.go's ``ObjectMeta.Metadata``)."""
+
+    name: str | None = None
+    description: str | None = None
+    headers: dict[str, Any] | None = None
+    options: ObjectMetaOptions | None = None
+    metadata: dict[str, str] | None = None
+
+
+@dataclass
+class ObjectInfo(Base):
+    """An object's meta record: name, size, chunks, digest, modification time."""
+
+    name: str
+    bucket: str
+    nuid: str
+    size: int | None = None
+    mtime: str | None = None
+    chunks: int | None = None
+    digest: str | None = None
+    deleted: bool | None = False
+    description: str | None = None
+    headers: dict[str, Any] | None = None
+    options: ObjectMetaOptions | None = None
+    metadata: dict[str, str] | None = field(default=None)
+
+    @property
+    def is_link(self) -> bool:
+        """Whether the object is a link to another."""
+        return self.options is not None and self.options.link is not None
+
+    @property
+    def meta(self) -> ObjectMeta:
+        """The object's :class:`ObjectMeta`."""
+        return ObjectMeta(
+            name=self.name,
+            description=self.description,
+            headers=self.headers,
+            options=self.options,
+            metadata=self.metadata,
+        )

@@ -1,0 +1,776 @@
+"""The JetStream context: management calls, publishing, and the consumer factories.
+
+Everything goes through the client's public request/publish/subscribe calls (the
+request mux on ``_INBOX``): no second connection, no library lock of the client.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from ..errors import NoRespondersError, TimeoutError
+from ..headers import Headers, HeadersInput
+from . import _proto
+from ._proto import check_name, decode_api_response
+from .api import (
+    AccountInfo,
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliverPolicy,
+    PubAck,
+    RawStreamMsg,
+    StreamConfig,
+    StreamInfo,
+)
+from .errors import (
+    APIError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..client import Client
+    from ..msg import Msg
+    from .pull import PullSubscription
+    from .push import PushSubscription
+
+__all__ = ["JetStream", "JetStreamManager"]
+
+_PUB_RETRIES = 2  # nats.go: 2 retries of a publish that met a 503 (leader election)
+_PUB_RETRY_WAIT = 0.25
+
+
+def _check_timeout(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")
+    return float(timeout)
+
+
+class JetStream:
+    """A JetStream context: create with :meth:`natsync.Client.jetstream` (or ``jsm``).
+
+    Cheap to create; many may exist on one connection.  ``timeout`` is the default of
+    every API call, each of which also takes ``timeout=``.  All methods block until
+    done or their timeout and may be called from any thread (including callbacks).
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        prefix: str | None = None,
+        domain: str | None = None,
+        timeout: float = 5.0,
+        publish_async_max_pending: int = 4000,
+    ) -> None:
+        self._nc = nc
+        self._prefix = _proto.api_prefix(prefix, domain)
+        self._domain = domain
+        self._timeout = _check_timeout(timeout)
+        if (
+            isinstance(publish_async_max_pending, bool)
+            or not isinstance(publish_async_max_pending, int)
+            or publish_async_max_pending < 1
+        ):
+            raise ValueError(
+                f"publish_async_max_pending must be an int >= 1, not {publish_async_max_pending!r}"
+            )
+        self._max_pending = publish_async_max_pending
+        self._async: Any = None  # natsync.js._async.AsyncPublisher, created on first use
+        self._async_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<natsync.js.JetStream prefix={self._prefix!r}>"
+
+    @property
+    def prefix(self) -> str:
+        """The API prefix (``$JS.API``, or ``$JS.<domain>.API``)."""
+        return self._prefix
+
+    # --- the API -----------------------------------------------------------------------
+
+    def _api(
+        self,
+        subject: str,
+        body: dict[str, Any] | None,
+        operation: str,
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        """Send one API request (``<prefix>.<subject>``) and decode the answer."""
+        t = self._timeout if timeout is None else _check_timeout(timeout)
+        payload = json.dumps(body, separators=(",", ":")).encode() if body else b""
+        full = f"{self._prefix}.{subject}"
+        try:
+            msg = self._nc.request(full, payload, timeout=t)
+        except NoRespondersError:
+            raise ServiceUnavailableError(
+                503,
+                None,
+                f"no responders on {full!r}: JetStream is not enabled on the server or for this "
+                "account (start nats-server with -js, or check the account's JetStream limits "
+                "and the domain/prefix)",
+                operation=operation,
+            ) from None
+        except TimeoutError:
+            raise TimeoutError(
+                f"JetStream {operation}: no answer within {t} s (is JetStream available, and may "
+                f"this user publish to {self._prefix}.> and receive replies?)"
+            ) from None
+        return decode_api_response(msg.data, operation)
+
+    # --- account -------------------------------------------------------------------------
+
+    def account_info(self, timeout: float | None = None) -> AccountInfo:
+        """The account's JetStream usage and limits."""
+        return AccountInfo.from_json(self._api("INFO", None, "INFO", timeout))
+
+    # --- streams -------------------------------------------------------------------------
+
+    @staticmethod
+    def _stream_config(config: StreamConfig | None, fields: dict[str, Any]) -> StreamConfig:
+        if config is None:
+            cfg = StreamConfig(**fields)
+        elif isinstance(config, StreamConfig):
+            cfg = config.evolve(**fields) if fields else config
+        else:
+            raise TypeError(f"config must be a StreamConfig, not {type(config).__name__}")
+        check_name("stream", cfg.name)
+        return cfg
+
+    def add_stream(
+        self, config: StreamConfig | None = None, timeout: float | None = None, **fields: Any
+    ) -> StreamInfo:
+        """Create a stream from ``config`` or keyword fields of :class:`StreamConfig`
+        (e.g. ``add_stream(name="ORDERS", subjects=["orders.>"])``)."""
+        cfg = self._stream_config(config, fields)
+        resp = self._api(f"STREAM.CREATE.{cfg.name}", cfg.to_json(), "STREAM.CREATE", timeout)
+        return StreamInfo.from_json(resp)
+
+    def update_stream(
+        self, config: StreamConfig | None = None, timeout: float | None = None, **fields: Any
+    ) -> StreamInfo:
+        """Change a stream's configuration (the whole config, as ``add_stream``)."""
+        cfg = self._stream_config(config, fields)
+        resp = self._api(f"STREAM.UPDATE.{cfg.name}", cfg.to_json(), "STREAM.UPDATE", timeout)
+        return StreamInfo.from_json(resp)
+
+    def delete_stream(self, name: str, timeout: float | None = None) -> bool:
+        """Delete a stream and every message and consumer in it; returns True."""
+        check_name("stream", name)
+        resp = self._api(f"STREAM.DELETE.{name}", None, "STREAM.DELETE", timeout)
+        return bool(resp.get("success", False))
+
+    def purge_stream(
+        self,
+        name: str,
+        subject: str | None = None,
+        seq: int | None = None,
+        keep: int | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Remove messages from a stream: all, those on ``subject``, those below
+        ``seq``, or all but the last ``keep``; returns True."""
+        check_name("stream", name)
+        if seq is not None and keep is not None:
+            raise ValueError("purge_stream: give seq or keep, not both")
+        body: dict[str, Any] = {}
+        if subject is not None:
+            body["filter"] = subject
+        if seq is not None:
+            body["seq"] = seq
+        if keep is not None:
+            body["keep"] = keep
+        resp = self._api(f"STREAM.PURGE.{name}", body, "STREAM.PURGE", timeout)
+        return bool(resp.get("success", False))
+
+    def stream_info(
+        self, name: str, subjects_filter: str | None = None, timeout: float | None = None
+    ) -> StreamInfo:
+        """A stream's configuration and state; with ``subjects_filter`` (e.g. ``">"``)
+        ``state.subjects`` counts the messages of each matching subject."""
+        check_name("stream", name)
+        body = {"subjects_filter": subjects_filter} if subjects_filter else None
+        resp = self._api(f"STREAM.INFO.{name}", body, "STREAM.INFO", timeout)
+        info = StreamInfo.from_json(resp)
+        if subjects_filter:
+            # the server pages subject counts; gather the rest
+            total = resp.get("total", 0)
+            subjects = dict(info.state.subjects or {})
+            while isinstance(total, int) and len(subjects) < total:
+                more = self._api(
+                    f"STREAM.INFO.{name}",
+                    {"subjects_filter": subjects_filter, "offset": len(subjects)},
+                    "STREAM.INFO",
+                    timeout,
+                )
+                page = (more.get("state") or {}).get("subjects") or {}
+                if not page:
+                    break
+                subjects.update(page)
+            info.state.subjects = subjects
+        return info
+
+    def _paged(
+        self, subject: str, key: str, operation: str, body: dict[str, Any] | None, timeout: float | None
+    ) -> list[Any]:
+        out: list[Any] = []
+        while True:
+            req = dict(body or {})
+            req["offset"] = len(out)
+            resp = self._api(subject, req, operation, timeout)
+            page = resp.get(key) or []
+            out.extend(page)
+            total = resp.get("total", 0)
+            if not page or not isinstance(total, int) or len(out) >= total:
+                return out
+
+    def streams_info(self, timeout: float | None = None) -> list[StreamInfo]:
+        """Every stream's info (all pages)."""
+        return [
+            StreamInfo.from_json(s)
+            for s in self._paged("STREAM.LIST", "streams", "STREAM.LIST", None, timeout)
+        ]
+
+    def stream_names(self, subject: str | None = None, timeout: float | None = None) -> list[str]:
+        """The names of every stream (all pages); with ``subject``, of those that
+        capture it."""
+        body = {"subject": subject} if subject else None
+        return [str(n) for n in self._paged("STREAM.NAMES", "streams", "STREAM.NAMES", body, timeout)]
+
+    def find_stream_name_by_subject(self, subject: str, timeout: float | None = None) -> str:
+        """The name of the stream that captures ``subject``.
+
+        Raises:
+            NotFoundError: if no stream does.
+        """
+        names = self.stream_names(subject, timeout)
+        if not names:
+            raise NotFoundError(404, None, f"no stream matches subject {subject!r}", operation="STREAM.NAMES")
+        return names[0]
+
+    # --- consumers -----------------------------------------------------------------------
+
+    def add_consumer(
+        self,
+        stream: str,
+        config: ConsumerConfig | None = None,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> ConsumerInfo:
+        """Create (or update) a consumer on ``stream`` from ``config`` or keyword fields
+        of :class:`ConsumerConfig`; durable with ``durable_name``/``name``, else
+        ephemeral."""
+        check_name("stream", stream)
+        if config is None:
+            cfg = ConsumerConfig(**fields)
+        elif isinstance(config, ConsumerConfig):
+            cfg = config.evolve(**fields) if fields else config
+        else:
+            raise TypeError(f"config must be a ConsumerConfig, not {type(config).__name__}")
+        for given in (cfg.name, cfg.durable_name):
+            if given is not None:
+                check_name("consumer", given)
+        name = cfg.name or cfg.durable_name
+        if cfg.name and cfg.durable_name and cfg.name != cfg.durable_name:
+            raise ValueError(
+                f"consumer name {cfg.name!r} and durable_name {cfg.durable_name!r} differ: give one, "
+                "or the same in both"
+            )
+        body: dict[str, Any] = {"stream_name": stream, "config": cfg.to_json()}
+        if name:
+            check_name("consumer", name)
+            if not cfg.name:
+                body["config"]["name"] = name
+            subject = f"CONSUMER.CREATE.{stream}.{name}"
+        else:
+            subject = f"CONSUMER.CREATE.{stream}"
+        return ConsumerInfo.from_json(self._api(subject, body, "CONSUMER.CREATE", timeout))
+
+    def delete_consumer(self, stream: str, name: str, timeout: float | None = None) -> bool:
+        """Delete a consumer; returns True."""
+        check_name("stream", stream)
+        check_name("consumer", name)
+        resp = self._api(f"CONSUMER.DELETE.{stream}.{name}", None, "CONSUMER.DELETE", timeout)
+        return bool(resp.get("success", False))
+
+    def consumer_info(self, stream: str, name: str, timeout: float | None = None) -> ConsumerInfo:
+        """A consumer's configuration and state."""
+        check_name("stream", stream)
+        check_name("consumer", name)
+        return ConsumerInfo.from_json(
+            self._api(f"CONSUMER.INFO.{stream}.{name}", None, "CONSUMER.INFO", timeout)
+        )
+
+    def consumers_info(self, stream: str, timeout: float | None = None) -> list[ConsumerInfo]:
+        """Every consumer of ``stream`` (all pages)."""
+        check_name("stream", stream)
+        return [
+            ConsumerInfo.from_json(c)
+            for c in self._paged(f"CONSUMER.LIST.{stream}", "consumers", "CONSUMER.LIST", None, timeout)
+        ]
+
+    # --- messages ------------------------------------------------------------------------
+
+    def get_msg(
+        self,
+        stream: str,
+        seq: int | None = None,
+        subject: str | None = None,
+        direct: bool = False,
+        next: bool = False,  # noqa: A002 - nats-py name
+        timeout: float | None = None,
+    ) -> RawStreamMsg:
+        """Read one message from a stream: by ``seq``; with ``subject`` and no ``seq``
+        the last message on that subject; with both (or ``next=True``) the first
+        message on ``subject`` at or after ``seq``.  ``direct=True`` uses the direct
+        get API (the stream needs ``allow_direct``).
+
+        Raises:
+            NotFoundError: if there is no such message.
+        """
+        check_name("stream", stream)
+        if seq is None and subject is None:
+            raise ValueError("get_msg needs seq, subject or both")
+        body: dict[str, Any] = {}
+        if seq is not None and subject is not None:
+            body = {"seq": seq, "next_by_subj": subject}
+        elif seq is not None:
+            body = {"seq": seq, "next_by_subj": ">"} if next else {"seq": seq}
+        else:
+            body = {"last_by_subj": subject}
+        if direct:
+            return self._direct_get(stream, body, timeout)
+        resp = self._api(f"STREAM.MSG.GET.{stream}", body, "STREAM.MSG.GET", timeout)
+        m = RawStreamMsg.from_json(resp.get("message") or {})
+        m.stream = stream
+        return m
+
+    def _direct_get(self, stream: str, body: dict[str, Any], timeout: float | None) -> RawStreamMsg:
+        t = self._timeout if timeout is None else _check_timeout(timeout)
+        if set(body) == {"last_by_subj"}:
+            subject = f"{self._prefix}.DIRECT.GET.{stream}.{body['last_by_subj']}"
+            payload = b""
+        else:
+            subject = f"{self._prefix}.DIRECT.GET.{stream}"
+            payload = json.dumps(body).encode()
+        try:
+            msg = self._nc.request(subject, payload, timeout=t)
+        except NoRespondersError:
+            raise ServiceUnavailableError(
+                503,
+                None,
+                f"no responders on {subject!r}: the stream does not exist, or has no allow_direct",
+                operation="DIRECT.GET",
+            ) from None
+        h = msg.headers
+        if h is not None and h.status is not None and not msg.data:
+            if h.status == 404:
+                raise NotFoundError(404, None, h.description or "message not found", operation="DIRECT.GET")
+            raise APIError(h.status, None, h.description, operation="DIRECT.GET")
+        if h is None:
+            raise APIError(None, None, "direct get answer without headers", operation="DIRECT.GET")
+        seq_s = h.get("Nats-Sequence")
+        ts = h.get("Nats-Time-Stamp")
+        from .api import parse_time
+
+        user = Headers([(k, v) for k, v in h.multi_items() if not k.startswith("Nats-") or k in _USER_NATS])
+        return RawStreamMsg(
+            subject=h.get("Nats-Subject"),
+            seq=int(seq_s) if seq_s else None,
+            data=msg.data,
+            hdrs=None,
+            headers=user if len(user) else None,
+            stream=h.get("Nats-Stream") or stream,
+            time=parse_time(ts) if ts else None,
+        )
+
+    def get_last_msg(
+        self, stream: str, subject: str, direct: bool = False, timeout: float | None = None
+    ) -> RawStreamMsg:
+        """The last message on ``subject`` in ``stream``."""
+        return self.get_msg(stream, subject=subject, direct=direct, timeout=timeout)
+
+    def delete_msg(self, stream: str, seq: int, timeout: float | None = None) -> bool:
+        """Delete message ``seq`` from ``stream``; returns True."""
+        check_name("stream", stream)
+        resp = self._api(
+            f"STREAM.MSG.DELETE.{stream}", {"seq": seq, "no_erase": True}, "STREAM.MSG.DELETE", timeout
+        )
+        return bool(resp.get("success", False))
+
+    # --- publishing ----------------------------------------------------------------------
+
+    @staticmethod
+    def _pub_headers(
+        headers: HeadersInput | None,
+        msg_id: str | None,
+        expected_stream: str | None,
+        expected_last_seq: int | None,
+        expected_last_subject_seq: int | None,
+        expected_last_msg_id: str | None,
+    ) -> HeadersInput | None:
+        if (
+            msg_id is None
+            and expected_stream is None
+            and expected_last_seq is None
+            and expected_last_subject_seq is None
+            and expected_last_msg_id is None
+        ):
+            return headers
+        h = Headers(headers) if headers is not None else Headers()
+        if msg_id is not None:
+            h["Nats-Msg-Id"] = str(msg_id)
+        if expected_stream is not None:
+            h["Nats-Expected-Stream"] = expected_stream
+        if expected_last_seq is not None:
+            h["Nats-Expected-Last-Sequence"] = str(int(expected_last_seq))
+        if expected_last_subject_seq is not None:
+            h["Nats-Expected-Last-Subject-Sequence"] = str(int(expected_last_subject_seq))
+        if expected_last_msg_id is not None:
+            h["Nats-Expected-Last-Msg-Id"] = expected_last_msg_id
+        return h
+
+    def publish(
+        self,
+        subject: str,
+        payload: bytes | bytearray | memoryview | str = b"",
+        *,
+        timeout: float | None = None,
+        stream: str | None = None,
+        headers: HeadersInput | None = None,
+        msg_id: str | None = None,
+        expected_stream: str | None = None,
+        expected_last_seq: int | None = None,
+        expected_last_subject_seq: int | None = None,
+        expected_last_msg_id: str | None = None,
+    ) -> PubAck:
+        """Publish to a stream and wait for its acknowledgement.
+
+        ``msg_id`` sets ``Nats-Msg-Id`` (deduplication), ``stream``/``expected_stream``
+        and the ``expected_*`` arguments set the ``Nats-Expected-*`` headers.
+
+        Raises:
+            NoStreamResponseError: no stream captures ``subject``.
+            APIError: the stream refused it (e.g. err_code 10071, wrong last sequence).
+            natsync.TimeoutError: no acknowledgement within ``timeout``.
+        """
+        t = self._timeout if timeout is None else _check_timeout(timeout)
+        hdrs = self._pub_headers(
+            headers,
+            msg_id,
+            expected_stream or stream,
+            expected_last_seq,
+            expected_last_subject_seq,
+            expected_last_msg_id,
+        )
+        nc = self._nc
+        deadline = time.monotonic() + t
+        retries = 0
+        while True:
+            try:
+                msg = nc.request(
+                    subject, payload, timeout=max(deadline - time.monotonic(), 0.001), headers=hdrs
+                )
+            except NoRespondersError:
+                # In a cluster a stream may be between leaders for a moment (nats.go retries);
+                # a single server has no elections: no stream is listening.
+                if (
+                    retries < _PUB_RETRIES
+                    and self._clustered()
+                    and time.monotonic() + _PUB_RETRY_WAIT < deadline
+                ):
+                    retries += 1
+                    time.sleep(_PUB_RETRY_WAIT)
+                    continue
+                raise NoStreamResponseError(
+                    f"no stream listens on subject {subject!r}: create a stream capturing it "
+                    "(add_stream) or publish to a subject a stream captures"
+                ) from None
+            try:
+                return pub_ack(msg.data)
+            except ServiceUnavailableError:
+                if retries < _PUB_RETRIES and time.monotonic() + _PUB_RETRY_WAIT < deadline:
+                    retries += 1
+                    time.sleep(_PUB_RETRY_WAIT)
+                    continue
+                raise
+
+    def _clustered(self) -> bool:
+        info = self._nc.server_info
+        return bool(info.get("cluster") or info.get("connect_urls"))
+
+    def publish_async(
+        self,
+        subject: str,
+        payload: bytes | bytearray | memoryview | str = b"",
+        *,
+        timeout: float | None = None,
+        stream: str | None = None,
+        headers: HeadersInput | None = None,
+        msg_id: str | None = None,
+        expected_stream: str | None = None,
+        expected_last_seq: int | None = None,
+        expected_last_subject_seq: int | None = None,
+        expected_last_msg_id: str | None = None,
+    ) -> Future[PubAck]:
+        """Publish without waiting; returns a :class:`concurrent.futures.Future` of the
+        :class:`PubAck`.
+
+        At most ``publish_async_max_pending`` acknowledgements are outstanding; past it
+        the call blocks until one completes, or raises :class:`natsync.TimeoutError`
+        after ``timeout``.  The future always completes: with the ack, an
+        :class:`APIError`, :class:`NoStreamResponseError`, :class:`natsync.TimeoutError`
+        after ``timeout``, or :class:`natsync.ConnectionClosedError` when the client
+        closes.
+        """
+        pub = self._async
+        if pub is None:
+            pub = self._async_publisher()
+        if (
+            timeout is None
+            and headers is None
+            and msg_id is None
+            and stream is None
+            and expected_stream is None
+            and expected_last_seq is None
+            and expected_last_subject_seq is None
+            and expected_last_msg_id is None
+        ):
+            return pub.publish(subject, payload, None, self._timeout)  # type: ignore[no-any-return]
+        t = self._timeout if timeout is None else _check_timeout(timeout)
+        hdrs = self._pub_headers(
+            headers,
+            msg_id,
+            expected_stream or stream,
+            expected_last_seq,
+            expected_last_subject_seq,
+            expected_last_msg_id,
+        )
+        return pub.publish(subject, payload, hdrs, t)  # type: ignore[no-any-return]
+
+    def _async_publisher(self) -> Any:
+        from ._async import AsyncPublisher
+
+        with self._async_lock:
+            if self._async is None or self._async.dead:
+                self._async = AsyncPublisher(self._nc, self._max_pending)
+            return self._async
+
+    def publish_async_pending(self) -> int:
+        """How many ``publish_async`` acknowledgements are outstanding."""
+        pub = self._async
+        return 0 if pub is None else int(pub.pending())
+
+    def publish_async_completed(self, timeout: float | None = None) -> None:
+        """Block until no ``publish_async`` is outstanding.
+
+        Raises:
+            natsync.TimeoutError: if some are still outstanding after ``timeout``.
+        """
+        pub = self._async
+        if pub is not None:
+            pub.wait_all(timeout)
+
+    # --- consumers: pull ------------------------------------------------------------------
+
+    def pull_subscribe(
+        self,
+        subject: str,
+        durable: str | None = None,
+        stream: str | None = None,
+        config: ConsumerConfig | None = None,
+        inbox_prefix: str | None = None,
+        pending_msgs_limit: int | None = None,
+        pending_bytes_limit: int | None = None,
+        timeout: float | None = None,
+    ) -> PullSubscription:
+        """Bind to (durable that exists) or create a pull consumer on the stream that
+        captures ``subject`` (or ``stream``) and return a :class:`PullSubscription`."""
+        from .pull import PullSubscription
+
+        if durable is not None:
+            check_name("consumer", durable)
+        if stream is None:
+            stream = self.find_stream_name_by_subject(subject, timeout)
+        check_name("stream", stream)
+        cfg = config if config is not None else ConsumerConfig()
+        name = durable or cfg.durable_name or cfg.name
+        info: ConsumerInfo | None = None
+        if name:
+            try:
+                info = self.consumer_info(stream, name, timeout)
+            except NotFoundError:
+                info = None
+        if info is None:
+            changes: dict[str, Any] = {}
+            if durable:
+                changes["durable_name"] = durable
+            if subject and not cfg.filter_subject and not cfg.filter_subjects:
+                changes["filter_subject"] = subject
+            if cfg.ack_policy is None:
+                changes["ack_policy"] = AckPolicy.EXPLICIT
+            cfg = cfg.evolve(**changes) if changes else cfg
+            info = self.add_consumer(stream, cfg, timeout=timeout)
+        return PullSubscription(
+            self,
+            stream,
+            info.name,
+            inbox_prefix=inbox_prefix,
+            ephemeral=not name,
+            pending_msgs_limit=pending_msgs_limit,
+            pending_bytes_limit=pending_bytes_limit,
+        )
+
+    def pull_subscribe_bind(
+        self,
+        consumer: str | None = None,
+        stream: str | None = None,
+        inbox_prefix: str | None = None,
+        durable: str | None = None,
+        timeout: float | None = None,
+    ) -> PullSubscription:
+        """Bind to an existing pull consumer (``durable`` is nats-py's older name of
+        ``consumer``).
+
+        Raises:
+            ConsumerNotFoundError: if it does not exist.
+        """
+        from .pull import PullSubscription
+
+        consumer = consumer or durable
+        if consumer is None or stream is None:
+            raise ValueError("pull_subscribe_bind needs consumer and stream")
+        info = self.consumer_info(stream, consumer, timeout)
+        return PullSubscription(self, stream, info.name, inbox_prefix=inbox_prefix, ephemeral=False)
+
+    # --- consumers: push ------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        subject: str,
+        queue: str | None = None,
+        cb: Callable[[Msg], object] | None = None,
+        durable: str | None = None,
+        stream: str | None = None,
+        config: ConsumerConfig | None = None,
+        manual_ack: bool = False,
+        ordered_consumer: bool = False,
+        idle_heartbeat: float | None = None,
+        flow_control: bool = False,
+        deliver_policy: DeliverPolicy | None = None,
+        headers_only: bool | None = None,
+        pending_msgs_limit: int | None = None,
+        pending_bytes_limit: int | None = None,
+        timeout: float | None = None,
+    ) -> PushSubscription:
+        """Subscribe with a push consumer: bind to the durable if it exists, else create
+        one (deliver group ``queue``).  Messages go to ``cb`` (on its own thread) or to
+        ``next_msg``/iteration.  Without ``manual_ack`` a message is acked after its
+        callback returns.  ``ordered_consumer=True`` gives the ordered consumer."""
+        from .push import subscribe_push
+
+        sub: PushSubscription = subscribe_push(
+            self,
+            subject,
+            queue=queue,
+            cb=cb,
+            durable=durable,
+            stream=stream,
+            config=config,
+            manual_ack=manual_ack,
+            ordered_consumer=ordered_consumer,
+            idle_heartbeat=idle_heartbeat,
+            flow_control=flow_control,
+            deliver_policy=deliver_policy,
+            headers_only=headers_only,
+            pending_msgs_limit=pending_msgs_limit,
+            pending_bytes_limit=pending_bytes_limit,
+            timeout=timeout,
+        )
+        return sub
+
+    # --- Key/Value and Object Store (natsync.js.kv, natsync.js.object_store) -------------
+
+    # The KV/Object Store engineer owns natsync/js/kv.py and natsync/js/object_store.py;
+    # these delegate every argument unchanged to the functions of the same name there.
+
+    def create_key_value(self, *args: Any, **kwargs: Any) -> Any:
+        """Create a Key/Value bucket; see :func:`natsync.js.kv.create_key_value`."""
+        from . import kv
+
+        return kv.create_key_value(self, *args, **kwargs)
+
+    def key_value(self, *args: Any, **kwargs: Any) -> Any:
+        """Bind to a Key/Value bucket; see :func:`natsync.js.kv.key_value`."""
+        from . import kv
+
+        return kv.key_value(self, *args, **kwargs)
+
+    def delete_key_value(self, *args: Any, **kwargs: Any) -> Any:
+        """Delete a Key/Value bucket; see :func:`natsync.js.kv.delete_key_value`."""
+        from . import kv
+
+        return kv.delete_key_value(self, *args, **kwargs)
+
+    def create_object_store(self, *args: Any, **kwargs: Any) -> Any:
+        """Create an Object Store bucket; see
+        :func:`natsync.js.object_store.create_object_store`."""
+        from . import object_store
+
+        return object_store.create_object_store(self, *args, **kwargs)
+
+    def object_store(self, *args: Any, **kwargs: Any) -> Any:
+        """Bind to an Object Store bucket; see :func:`natsync.js.object_store.object_store`."""
+        from . import object_store
+
+        return object_store.object_store(self, *args, **kwargs)
+
+    def delete_object_store(self, *args: Any, **kwargs: Any) -> Any:
+        """Delete an Object Store bucket; see
+        :func:`natsync.js.object_store.delete_object_store`."""
+        from . import object_store
+
+        return object_store.delete_object_store(self, *args, **kwargs)
+
+
+JetStreamManager = JetStream
+"""nats-py's manager type: the same :class:`JetStream`."""
+
+# Nats-* headers that belong to the stored message (kept in a direct get's answer);
+# Nats-Marker-Reason marks the server's own delete markers (KV TTL, server 2.11+).
+_USER_NATS = frozenset(
+    {"Nats-Msg-Id", "Nats-Rollup", "Nats-Expected-Stream", "Nats-Marker-Reason", "Nats-TTL"}
+)
+
+
+def pub_ack(data: bytes) -> PubAck:
+    """Decode a publish acknowledgement or raise its error.
+
+    The usual answer, ``{"stream":"S","seq":N}``, is taken apart without the JSON
+    parser (it is on the publish_async hot path).
+    """
+    if data[:11] == b'{"stream":"':
+        end = data.find(b'"', 11)
+        if end > 11 and data[end : end + 8] == b'","seq":' and data[-1:] == b"}":
+            num = data[end + 8 : -1]
+            if num.isdigit():
+                return PubAck(data[11:end].decode(), int(num))
+    try:
+        resp = json.loads(data)
+    except ValueError:
+        raise APIError(
+            description=f"publish answer is not JSON: {data[:80]!r}", operation="PUBLISH"
+        ) from None
+    if type(resp) is dict and "error" not in resp:
+        stream = resp.get("stream")
+        seq = resp.get("seq")
+        if stream is not None and seq is not None:
+            return PubAck(stream, seq, resp.get("domain"), resp.get("duplicate"))
+    decode_api_response(data, "PUBLISH")
+    raise APIError(description=f"invalid publish acknowledgement: {data[:80]!r}", operation="PUBLISH")
