@@ -765,10 +765,7 @@ class Client:
             if heads is None:
                 heads = self._pub_heads(subject)
             if size > self._max_payload:
-                raise MaxPayloadError(
-                    f"payload of {size} bytes is over the server's max_payload of {self._max_payload} bytes: "
-                    "send less, or raise max_payload in the server config"
-                )
+                raise self._too_big(size, 0)
             head = heads.get(size)
             if head is None:
                 if len(heads) >= _SIZES_PER_SUBJECT:
@@ -778,19 +775,12 @@ class Client:
             prefix, hdr = self._slow_prefix(subject, reply, headers)
             if hdr is None:
                 if size > self._max_payload:
-                    raise MaxPayloadError(
-                        f"payload of {size} bytes is over the server's max_payload of {self._max_payload} "
-                        "bytes: send less, or raise max_payload in the server config"
-                    )
+                    raise self._too_big(size, 0)
                 head = prefix + b"%d\r\n" % size
             else:
                 hl = len(hdr)
                 if hl + size > self._max_payload:
-                    raise MaxPayloadError(
-                        f"payload of {size} bytes plus {hl} bytes of headers is over the server's "
-                        f"max_payload of {self._max_payload} bytes: send less, or raise max_payload in the "
-                        "server config"
-                    )
+                    raise self._too_big(size, hl)
                 head = prefix + b"%d %d\r\n" % (hl, hl + size) + hdr
         lock = self._lock
         lock.acquire()
@@ -848,6 +838,13 @@ class Client:
             self._out_bytes += len(payload)
         if kick:
             self._w.kick()
+
+    def _too_big(self, size: int, header_size: int) -> MaxPayloadError:
+        hdr = f" plus {header_size} bytes of headers" if header_size else ""
+        return MaxPayloadError(
+            f"payload of {size} bytes{hdr} is over the server's max_payload of {self._max_payload} "
+            "bytes: send less, or raise max_payload in the server config"
+        )
 
     def _slow_prefix(
         self, subject: str, reply: str | None, headers: HeadersInput | None
