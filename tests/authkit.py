@@ -330,3 +330,12 @@ def run_example(
         text=True,
         timeout=60,
     )
+
+
+def run_example_ok(name: str, env_extra: dict[str, str]) -> str:
+    """Run ``examples/<name>`` like :func:`run_example`, assert it exited 0, return its
+    standard output."""
+    proc = run_example(name, env_extra)
+    out = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{out}"
+    return proc.stdout

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from authkit import run_example
+from authkit import run_example_ok
 
 from natsync.testing import NATSServer
 
@@ -17,28 +17,21 @@ def server() -> Iterator[NATSServer]:
         yield srv
 
 
-def _run(name: str, server: NATSServer) -> str:
-    proc = run_example(name, {"NATS_URL": server.url})
-    out = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{out}"
-    return proc.stdout
-
-
 def test_work_queue(server: NATSServer) -> None:
-    out = _run("js_work_queue.py", server)
+    out = run_example_ok("js_work_queue.py", {"NATS_URL": server.url})
     assert "published 30 orders" in out
     assert "processed 30 orders by " in out and "each exactly once: True" in out
     assert "left in the stream: 0" in out
 
 
 def test_event_log(server: NATSServer) -> None:
-    out = _run("js_event_log.py", server)
+    out = run_example_ok("js_event_log.py", {"NATS_URL": server.url})
     assert "replayed: {'alice': 70, 'bob': 75, 'carol': 10}" in out
     assert "followed: events.carol seq 6" in out
 
 
 def test_exactly_once(server: NATSServer) -> None:
-    out = _run("js_exactly_once.py", server)
+    out = run_example_ok("js_exactly_once.py", {"NATS_URL": server.url})
     assert "first publish: seq 1, duplicate False" in out
     assert "retried publish: seq 1, duplicate True" in out
     assert "messages stored: 1" in out

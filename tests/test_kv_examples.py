@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from authkit import run_example
+from authkit import run_example_ok
 
 from natsync.testing import NATSServer
 
@@ -17,15 +17,8 @@ def server() -> Iterator[NATSServer]:
         yield srv
 
 
-def _run(name: str, server: NATSServer) -> str:
-    proc = run_example(name, {"NATS_URL": server.url})
-    out = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{out}"
-    return proc.stdout
-
-
 def test_feature_flags(server: NATSServer) -> None:
-    out = _run("kv_feature_flags.py", server)
+    out = run_example_ok("kv_feature_flags.py", {"NATS_URL": server.url})
     for n in range(3):
         assert f"worker {n}: started with [('feature.beta', b'off'), ('feature.dark_mode', b'on')]" in out
         assert f"worker {n}: feature.beta is now on" in out
@@ -33,13 +26,13 @@ def test_feature_flags(server: NATSServer) -> None:
 
 
 def test_leader_election(server: NATSServer) -> None:
-    out = _run("kv_leader_election.py", server)
+    out = run_example_ok("kv_leader_election.py", {"NATS_URL": server.url})
     assert out.count(" is leader (revision ") == 3
     assert "one leader at a time, 3 terms: True" in out
 
 
 def test_file_transfer(server: NATSServer) -> None:
-    out = _run("obj_file_transfer.py", server)
+    out = run_example_ok("obj_file_transfer.py", {"NATS_URL": server.url})
     assert "uploaded reports/2024.bin: 8388608 bytes in 64 chunks, digest SHA-256=" in out
     assert "listed: reports/2024.bin (8388608 bytes, yearly report)" in out
     assert "downloaded 8388608 bytes; identical: True" in out
