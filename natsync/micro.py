@@ -375,6 +375,7 @@ class Endpoint:
         self.last_error = ""
 
     def _stop(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
         sub, self._sub = self._sub, None
         try:
             if sub is not None and sub.is_valid:
@@ -382,8 +383,27 @@ class Endpoint:
         except NatsError as e:
             log.debug("micro: draining endpoint %r: %s", self.subject, e)
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            self._stop_pool(deadline)
+
+    def _stop_pool(self, deadline: float | None) -> None:
+        """Wait (until *deadline*) for handlers still running on the pool, then end it."""
+        pool, slots = self._pool, self._slots
+        if pool is None or slots is None:
+            return
+        # every slot free = no handler running; a handler stuck past the deadline is left
+        # to finish on its own rather than making stop() overrun its timeout
+        taken = 0
+        for _ in range(self.max_concurrency):
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not slots.acquire(timeout=left):
+                break
+            taken += 1
+        for _ in range(taken):
+            slots.release()
+        idle = taken == self.max_concurrency
+        if not idle:
+            log.warning("micro: handlers of endpoint %r still running after stop()'s timeout", self.subject)
+        pool.shutdown(wait=idle)
 
     def info(self) -> dict[str, Any]:
         """This endpoint's ADR-32 ``EndpointInfo``."""

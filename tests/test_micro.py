@@ -454,6 +454,31 @@ def test_stop_drains_requests_in_flight(nc: natsync.Client) -> None:
         nc.request("slow", b"", timeout=WAIT)
 
 
+def test_stop_returns_by_its_timeout_behind_a_stuck_handler(nc: natsync.Client) -> None:
+    """stop(timeout=) waits for pool handlers only until its deadline; a stuck handler
+    finishes on its own later."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    def stuck(req: micro.Request) -> None:
+        entered.set()
+        release.wait(WAIT)
+        req.respond(b"late")
+
+    svc = micro.add_service(nc, name="stuck", version="1.0.0")
+    svc.add_endpoint("stuck", stuck, max_concurrency=2)
+    try:
+        nc.publish("stuck", b"", reply=nc.new_inbox())
+        assert entered.wait(WAIT)
+        stopper = threading.Thread(target=svc.stop, kwargs={"timeout": 0.3})
+        stopper.start()
+        stopper.join(WAIT / 2)
+        assert not stopper.is_alive(), "stop(timeout=0.3) still waiting for a stuck handler"
+        assert svc.stopped.is_set()
+    finally:
+        release.set()
+
+
 @pytest.mark.parametrize("max_concurrency", [1, 3])
 def test_stop_from_a_handler_finishes_on_its_own(nc: natsync.Client, max_concurrency: int) -> None:
     svc = micro.add_service(nc, name="selfstop", version="1.0.0")
