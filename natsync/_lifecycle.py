@@ -237,7 +237,8 @@ def close(
     with c._lock:
         c._transport = None
         c._parser = None
-    reader = c._reader
+    with c._reader_lock:  # _close_event is set: no reader starts after this
+        reader = c._reader
     if reader is not None and reader is not me:
         # wakes on the closed socket or _close_event; a handshake in progress was shut down
         reader.join(max(deadline - time.monotonic(), 0.0))
@@ -293,6 +294,8 @@ def forked(c: Client) -> None:
     c._pid = os.getpid()
     c._lock = threading.Lock()
     c._lazy_lock = threading.Lock()
+    c._reader_lock = threading.Lock()
+    c._read_token = threading.Lock()
     c._state_cond = threading.Condition(c._lock)
     was_closed = c._state == CLOSED
     for t in (c._transport, c._dialing):
@@ -302,6 +305,7 @@ def forked(c: Client) -> None:
     c._dialing = None
     c._parser = None
     c._reader = None
+    c._leftover = []
     o = c._opts
     c._w = Writer(c, c._lock, o.flusher_timeout if o is not None else 10.0, "natsync-writer")
     c._pending_size = 0

@@ -42,6 +42,11 @@ class Waiter:
         self.error = error
         self._lock.release()
 
+    @property
+    def filled(self) -> bool:
+        """True once set (valid until :meth:`wait` is called)."""
+        return not self._lock.locked()
+
     def wait(self, timeout: float | None) -> bool:
         """Wait until filled or *timeout* seconds; True when filled."""
         if timeout is None:

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _lifecycle, protocol
+from . import _lifecycle, _starter, protocol
 from ._handshake import AUTH_ERRORS as _AUTH_ERRORS
 from ._handshake import VERSION, Connection, handshake, handshake_error
 from ._lifecycle import JOIN_GRACE as _JOIN_GRACE
@@ -120,6 +120,7 @@ log = logging.getLogger("natsync")
 __version__ = VERSION
 
 _READ_SIZE: Final = 64 * 1024
+_INLINE_READ_SIZE: Final = 4096  # flush() reading before the reader runs: PONG, PING, INFO, -ERR
 # More than this waiting for the writer makes a publisher wait for room (back-pressure).
 _FLUSH_THRESHOLD: Final = 1024 * 1024
 _FLUSH_DEFAULT: Final = 10.0
@@ -179,7 +180,11 @@ class Client:
         self._mux = RequestMux("")
         self._events = EventDispatcher("natsync-events")
         self._reader: threading.Thread | None = None
-        self._leftover: list[Any] = []
+        self._reader_lock = threading.Lock()  # starting the reader vs close()
+        # Held by whoever reads the socket: the reader thread (for its whole life), or,
+        # before it runs, a flush() reading on its caller's thread (see _read_inline).
+        self._read_token = threading.Lock()
+        self._leftover: list[Any] = []  # events that came with the handshake's PONG
         self._close_event = threading.Event()
         self._close_done = threading.Event()
         # Threads of features built on this client (JetStream ack and ordered-consumer
@@ -315,7 +320,8 @@ class Client:
             except BaseException:  # user code (a token callable, a signer) failed: no thread left
                 self._after_failed_connect()
                 raise
-            self._start_reader(leftover)
+            self._leftover = leftover
+            _starter.schedule(self)  # no thread on the connect path (see _starter)
             return self
         # every server failed
         auth = next((e for _, e in reversed(errors) if isinstance(e, AuthorizationError)), None)
@@ -323,7 +329,7 @@ class Client:
             with self._lock:
                 if self._state == CONNECTING:
                     self._state = RECONNECTING
-            self._start_reader(None)
+            self._ensure_reader()  # starts by reconnecting
             return self
         self._after_failed_connect()
         if auth is not None:
@@ -352,12 +358,16 @@ class Client:
         self._events.stop(_JOIN_GRACE)
         _live_clients.discard(self)
 
-    def _start_reader(self, leftover: list[Any] | None) -> None:
-        reader = threading.Thread(
-            target=self._reader_main, args=(leftover,), name="natsync-reader", daemon=True
-        )
-        self._reader = reader
-        reader.start()
+    def _ensure_reader(self) -> None:
+        """Start the reader thread unless it runs or the client is closed (any thread)."""
+        if self._reader is not None:
+            return
+        with self._reader_lock:
+            if self._reader is not None or self._close_event.is_set():
+                return
+            reader = threading.Thread(target=self._reader_main, name="natsync-reader", daemon=True)
+            self._reader = reader
+            reader.start()
 
     def _on_dial(self, transport: Transport | None) -> None:
         """The handshake's transport, registered so that close() can shut it down."""
@@ -450,18 +460,26 @@ class Client:
 
     # --- the reader ----------------------------------------------------------------------
 
-    def _reader_main(self, leftover: list[Any] | None) -> None:
+    def _reader_main(self) -> None:
+        with self._read_token:  # a flush() reading on its own thread finishes first
+            self._read_loop()
+
+    def _read_loop(self) -> None:
         buf = bytearray(_READ_SIZE)
         view = memoryview(buf)
-        if leftover is None:  # retry_on_failed_connect: start by reconnecting
-            if not self._reconnect_loop():
-                return
-            leftover = self._leftover
+        leftover: list[Any] | None = self._leftover
+        self._leftover = []
         while True:
             transport = self._transport
             parser = self._parser
             if transport is None or parser is None:
-                return
+                # retry_on_failed_connect, or the connection broke before this thread ran
+                if self._state != RECONNECTING or self._close_event.is_set():
+                    return
+                if not self._reconnect_loop():
+                    return
+                leftover = self._leftover
+                continue
             try:
                 if leftover:
                     self._process(leftover)
@@ -488,6 +506,55 @@ class Client:
                 if not self._reconnect_loop():
                     return
                 leftover = self._leftover
+
+    def _read_inline(self, w: Waiter, deadline: float) -> None:
+        """flush() before the reader thread runs: read on the caller's thread until *w*
+        is filled or *deadline* passes, handling what arrives as the reader would.
+
+        When another thread reads, or the connection is TLS, this starts the reader
+        thread instead and returns; when the connection breaks, it does what the reader
+        does (disconnect, then a reader thread reconnects). Either way the caller then
+        waits on *w* as usual.
+        """
+        token = self._read_token
+        if not token.acquire(blocking=False):
+            self._ensure_reader()  # somebody reads: make sure the reader thread takes over
+            return
+        broken: tuple[Transport, BaseException] | None = None
+        try:
+            transport = self._transport
+            parser = self._parser
+            handoff = transport is None or parser is None or transport.tls
+            if not handoff:
+                assert transport is not None and parser is not None
+                try:
+                    if self._leftover:
+                        events, self._leftover = self._leftover, []
+                        self._process(events)
+                    buf = bytearray(_INLINE_READ_SIZE)
+                    view = memoryview(buf)
+                    while not w.filled:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        if not transport.wait_readable(left):
+                            continue
+                        n = transport.recv_into(buf)
+                        if not n:
+                            raise ConnectionResetError("server closed the connection")
+                        events = parser.feed_runs(view[:n])
+                        if events:
+                            self._process(events)
+                except Exception as e:  # noqa: BLE001 - any failure of the connection
+                    broken = (transport, e)
+        finally:
+            token.release()
+        if broken is not None:
+            if self._state != CLOSED and not self._close_event.is_set():
+                if self._on_disconnect(*broken):
+                    self._ensure_reader()  # it reconnects
+        elif handoff:
+            self._ensure_reader()
 
     def _process(self, events: list[Any]) -> None:
         """Route parsed events (reader thread)."""
@@ -596,17 +663,17 @@ class Client:
             t.shutdown()
 
     def _on_disconnect(self, transport: Transport, err: BaseException) -> bool:
-        """The connection broke (reader thread). Returns True to start reconnecting."""
+        """The connection broke (the reader thread, or a flush() reading before it ran).
+        Returns True to start reconnecting. Only the first caller for *transport* acts."""
         o = self._opts
         assert o is not None
         reason = self._disconnect_reason or err
-        if isinstance(reason, NatsError) and not self._reason_reported:
-            self._report_error(reason)  # protocol error, stale connection, stalled write
-        self._last_error = _as_nats_error(reason, f"connection to {self._server_name()} lost")
-        log.info("disconnected from %s: %s", self._server_name(), _describe(reason))
         with self._lock:
             if self._state == CLOSED:
                 return False
+            if self._transport is not transport:  # the other reader got here first
+                return self._state == RECONNECTING and o.allow_reconnect
+            self._last_error = _as_nats_error(reason, f"connection to {self._server_name()} lost")
             self._transport = None
             self._parser = None
             # What was buffered for the broken connection may hold PINGs and SUBs of its own;
@@ -620,6 +687,9 @@ class Client:
             if not draining:
                 self._state = RECONNECTING
             self._state_cond.notify_all()
+        if isinstance(reason, NatsError) and not self._reason_reported:
+            self._report_error(reason)  # protocol error, stale connection, stalled write
+        log.info("disconnected from %s: %s", self._server_name(), _describe(reason))
         transport.close()
         for w in pongs:
             if w is not None:
@@ -708,6 +778,7 @@ class Client:
             self._reason_reported = False
         log.debug("write failed: %s", err)
         transport.shutdown()
+        self._ensure_reader()  # it sees the shut-down socket and reconnects
 
     # --- callbacks -----------------------------------------------------------------------
 
@@ -922,6 +993,8 @@ class Client:
                         self._state_cond.wait(left)
             if sent:
                 self._w.send_soon()
+                if self._reader is None:
+                    self._read_inline(w, deadline)  # no reader thread yet: read here
                 if not w.wait(deadline - time.monotonic()):
                     raise TimeoutError(f"flush timed out after {timeout} s")
                 if w.error is not None:
@@ -991,6 +1064,7 @@ class Client:
                 if max_msgs is not None:
                     self._w.buf += protocol.encode_unsub(sid, max_msgs)
             # not connected: _install() sends every ACTIVE subscription on connect
+        self._ensure_reader()
         if sub._thread is not None:
             sub._thread.start()
         self._w.kick()
@@ -1150,6 +1224,7 @@ class Client:
             self._table.resp = sub
             if st in CONNECTED_STATES:
                 self._w.buf += protocol.encode_sub(sub.subject, sid, None)
+        self._ensure_reader()
 
     # --- lifecycle (see _lifecycle) --------------------------------------------------------
 

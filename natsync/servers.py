@@ -340,7 +340,9 @@ class ServerPool:
         *rng* is the random generator used for shuffling (tests pass a seeded one).
         Servers with a ``host:port`` already seen are left out.
         """
-        self._rng = rng if rng is not None else random.Random()
+        # the random module's own generator by default: reseeded in a forked child, and
+        # no urandom() call per connection
+        self._shuffle = rng.shuffle if rng is not None else random.shuffle
         self._randomize = randomize
         self._servers: list[Server] = []
         seen: set[str] = set()
@@ -349,7 +351,7 @@ class ServerPool:
                 seen.add(server.hostport)
                 self._servers.append(server)
         if randomize:
-            self._rng.shuffle(self._servers)
+            self._shuffle(self._servers)
         self._current: Server | None = None
 
     def __len__(self) -> int:
@@ -490,7 +492,7 @@ class ServerPool:
             added.append(server)
         if added and self._randomize and len(self._servers) > 2:
             rest = self._servers[1:]
-            self._rng.shuffle(rest)
+            self._shuffle(rest)
             self._servers[1:] = rest
         return added
 

@@ -170,6 +170,19 @@ class Transport:
         except (BlockingIOError, TimeoutError):
             return 0
 
+    def wait_readable(self, timeout: float) -> bool:
+        """Plain TCP: wait up to *timeout* s until a receive would not block (data, end
+        of stream or an error); True then. A closed transport is readable at once."""
+        fd = self._sock.fileno()
+        if fd < 0:
+            return True  # recv_into raises
+        poll_type = getattr(select, "poll", None)  # gevent's monkey-patching removes it
+        if poll_type is None:
+            return bool(select.select([fd], [], [], timeout)[0])
+        poll = poll_type()
+        poll.register(fd, select.POLLIN)
+        return bool(poll.poll(timeout * 1000.0))
+
     def settimeout(self, timeout: float | None) -> None:
         """Set the timeout of every later blocking call (send and receive)."""
         self._sock.settimeout(timeout)

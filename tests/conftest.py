@@ -26,11 +26,15 @@ THREAD_GRACE = 5.0  # seconds a test's natsync threads may take to end after it
 
 
 def _lazy_threads(clients: list[Client]) -> set[threading.Thread]:
-    """The writer and event threads of *clients* that are still open."""
+    """The reader, writer and event threads of *clients* that are still open (each
+    starts after connect(): the reader when the connection is used or after a moment)."""
     threads: set[threading.Thread] = set()
     for client in clients:
         if client.is_closed:
             continue
+        reader = getattr(client, "_reader", None)
+        if reader is not None:
+            threads.add(reader)
         for part in (getattr(client, "_w", None), getattr(client, "_events", None)):
             thread = getattr(part, "_thread", None)
             if thread is not None:
@@ -51,7 +55,7 @@ def _no_leftover_natsync_threads() -> Iterator[None]:
     deadline = time.monotonic() + THREAD_GRACE
     while True:
         # A client that was open before the test (a module-scoped fixture) may start its
-        # writer or event thread during it: those live as long as that client, not the test.
+        # reader, writer or event thread during it: those live as long as that client, not the test.
         allowed = before | _lazy_threads(open_before)
         left = [
             t

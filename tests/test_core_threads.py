@@ -1,4 +1,5 @@
-"""The reworked core (issue 7): which threads a connection starts and when, the options
+"""The reworked core (issue 7): which threads a connection starts and when (none on
+connect: see natsync/_starter.py), the options
 that came with it (flusher_timeout, flush_on_exit), the bounded event queue, and the
 subscription state machine seen from outside."""
 
@@ -8,9 +9,11 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from recorder import wait_until
+from proxy import TCPProxy
+from recorder import Recorder, wait_until
 
 import natsync
+from natsync import _starter
 from natsync.dispatch import MAX_QUEUED_ERRORS, EventDispatcher
 from natsync.testing import NATSServer
 
@@ -27,20 +30,123 @@ def natsync_threads() -> set[str]:
     return {t.name for t in threading.enumerate() if t.name.startswith("natsync") and t.is_alive()}
 
 
-def test_connect_flush_close_starts_only_the_reader(server: NATSServer) -> None:
-    before = {t for t in threading.enumerate() if t.name.startswith("natsync")}
+@pytest.fixture
+def no_starter(monkeypatch: pytest.MonkeyPatch) -> list[natsync.Client]:
+    """Keep the process-wide starter away: connections get no reader unless used.
+    Returns the clients that connect() handed to it."""
+    handed: list[natsync.Client] = []
+    monkeypatch.setattr(_starter, "schedule", handed.append)
+    return handed
+
+
+def mine(before: set[threading.Thread]) -> set[str]:
+    alive = [t for t in threading.enumerate() if t.is_alive() and t not in before]
+    return {t.name for t in alive if t.name.startswith("natsync")}
+
+
+def test_connect_flush_close_starts_no_thread(server: NATSServer, no_starter: list[natsync.Client]) -> None:
+    before = set(threading.enumerate())
     nc = natsync.connect(server.url)
     try:
-        nc.flush(timeout=WAIT)
-        mine = {t.name for t in threading.enumerate() if t.name.startswith("natsync") and t not in before}
-        assert mine == {"natsync-reader"}  # no pinger, no writer yet, no event thread
-        nc.publish("core.threads", b"x")  # the first publish starts the writer
-        assert wait_until(lambda: "natsync-writer" in natsync_threads())
+        assert no_starter == [nc]  # its reader is due later, off the caller's path
+        for _ in range(3):
+            nc.flush(timeout=WAIT)  # read on this thread: no reader yet
         assert nc.rtt(timeout=WAIT) > 0
+        assert mine(before) == set()  # no reader, no writer, no event thread
+        sub = nc.subscribe("core.threads")  # a subscription needs the reader: now
+        assert "natsync-reader" in mine(before)
+        nc.publish("core.threads", b"x")
+        assert sub.next_msg(timeout=WAIT).data == b"x"
     finally:
         nc.close()
-    left = {t for t in threading.enumerate() if t.name.startswith("natsync") and t.is_alive()} - before
-    assert not left
+    assert mine(before) == set()
+
+
+def test_reader_starts_by_itself_soon_after_connect() -> None:
+    rec = Recorder()
+    with NATSServer() as srv:
+        nc = natsync.connect(srv.url, allow_reconnect=False, **rec.options())
+        try:
+            # nothing is called: the starter gives the connection its reader, which then
+            # notices the server going away by itself
+            assert wait_until(lambda: nc._reader is not None and nc._reader.is_alive())
+            srv.stop()
+            assert rec.wait_count("closed")
+            assert rec.counts["disconnected"] == 1
+            assert nc.is_closed
+        finally:
+            nc.close()
+
+
+def test_flush_before_the_reader_sees_a_cut_and_the_client_reconnects(
+    server: NATSServer, no_starter: list[natsync.Client]
+) -> None:
+    rec = Recorder()
+    with TCPProxy("127.0.0.1", server.port) as px:
+        nc = natsync.connect(px.url, reconnect_time_wait=0.05, **rec.options())
+        try:
+            nc.flush(timeout=WAIT)
+            assert nc._reader is None
+            assert px.cut() == 1
+            with pytest.raises(natsync.NatsError, match="lost before the server confirmed"):
+                nc.flush(timeout=WAIT)  # read here, saw the end of the connection
+            assert rec.wait_count("disconnected")
+            assert rec.wait_count("reconnected")  # a reader thread took over and reconnected
+            assert nc._reader is not None
+            nc.flush(timeout=WAIT)
+            assert isinstance(nc.last_error, natsync.NatsError)
+        finally:
+            nc.close()
+    assert rec.counts["disconnected"] == 2  # the cut, then close()
+
+
+def test_many_threads_flush_before_the_reader(server: NATSServer, no_starter: list[natsync.Client]) -> None:
+    nc = natsync.connect(server.url)
+    errors: list[BaseException] = []
+    go = threading.Barrier(8)
+
+    def flusher() -> None:
+        try:
+            go.wait(WAIT)
+            for _ in range(20):
+                nc.flush(timeout=WAIT)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=flusher) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT * 2)
+        assert not any(t.is_alive() for t in threads)
+        assert errors == []
+    finally:
+        nc.close()
+
+
+def test_close_while_a_flush_reads_on_its_own_thread(no_starter: list[natsync.Client]) -> None:
+    # a server that never answers the flush's PING: the flush reads on its caller's
+    # thread, and close() from another thread wakes it at once
+    with NATSServer() as srv, TCPProxy("127.0.0.1", srv.port) as px:
+        nc = natsync.connect(px.url)
+        px.blackhole(True)
+        errors: list[BaseException] = []
+
+        def flush() -> None:
+            try:
+                nc.flush(timeout=30)
+            except BaseException as e:  # noqa: BLE001 - checked below
+                errors.append(e)
+
+        t = threading.Thread(target=flush)
+        t.start()
+        assert wait_until(lambda: nc._read_token.locked())
+        nc.close()
+        t.join(WAIT)
+        assert not t.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], natsync.ConnectionClosedError)
+        px.blackhole(False)
 
 
 @pytest.mark.parametrize(
