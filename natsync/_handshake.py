@@ -27,6 +27,8 @@ __all__ = ["Connection", "handshake", "handshake_error", "VERSION"]
 
 VERSION = "0.1.0"
 
+_READ_SIZE = 16 * 1024  # a longer INFO (a big cluster's connect_urls) takes more reads
+
 # -ERR texts, compared in lower case after stripping quotes
 AUTH_ERRORS = (
     "authorization violation",
@@ -64,11 +66,12 @@ def handshake(
     try:
         on_dial(transport)  # raises ConnectionClosedError when the client closed meanwhile
         parser = make_parser()
+        buf = bytearray(_READ_SIZE)
         want_tls = srv.tls_required or o.tls is not None or secure
         if o.tls_handshake_first:
             _start_tls(o, transport, srv, deadline)
         try:
-            events = _read_events(transport, parser, deadline, srv.redacted())
+            events = _read_events(transport, parser, deadline, srv.redacted(), buf)
         except (TimeoutError, ConnectionResetError) as e:
             if transport.tls:
                 raise
@@ -131,7 +134,7 @@ def handshake(
                     pass
                 else:
                     raise ProtocolError(f"unexpected {ev!r} from {srv.redacted()} before PONG")
-            rest = _read_events(transport, parser, deadline, srv.redacted())
+            rest = _read_events(transport, parser, deadline, srv.redacted(), buf)
     except BaseException:
         transport.close()
         raise
@@ -170,8 +173,9 @@ def handshake_error(srv: Server, text: str) -> NatsError:
     return NatsError(f"{srv.redacted()} refused the connection: {text}")
 
 
-def _read_events(transport: Transport, parser: Parser, deadline: float, where: str = "server") -> list[Any]:
-    buf = bytearray(65536)
+def _read_events(
+    transport: Transport, parser: Parser, deadline: float, where: str, buf: bytearray
+) -> list[Any]:
     while True:
         left = deadline - time.monotonic()
         if left <= 0:

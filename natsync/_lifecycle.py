@@ -29,7 +29,7 @@ import weakref
 from typing import TYPE_CHECKING, Final
 
 from . import protocol
-from ._requests import RequestMux
+from ._requests import Latch, RequestMux
 from ._state import (
     CLOSED,
     CONNECTED,
@@ -248,7 +248,7 @@ def close(
             t.join(max(deadline - time.monotonic(), 0.0))  # a running callback finishes
             if t.is_alive():
                 log.warning("callback of subscription %d still running after close()", s.sid)
-    for t in list(c._companions):
+    for t in list(c._companions) if c._companions else ():
         if t is not me and t.is_alive():
             t.join(max(deadline - time.monotonic(), 0.0))
     if reason is not None and not isinstance(reason, NoServersError):
@@ -310,7 +310,7 @@ def forked(c: Client) -> None:
     c._w = Writer(c, c._lock, o.flusher_timeout if o is not None else 10.0, "natsync-writer")
     c._pending_size = 0
     c._events = EventDispatcher("natsync-events")
-    c._close_done = threading.Event()
+    c._close_done = Latch()
     lazy = c._lazy and not was_closed
     if lazy:
         c._fork_error = None
@@ -335,12 +335,12 @@ def forked(c: Client) -> None:
     c._server_info = {}
     if not lazy:
         c._state = CLOSED
-        c._close_event = threading.Event()
+        c._close_event = Latch()
         c._close_event.set()
         c._close_done.set()
         return
     assert o is not None
-    c._close_event = threading.Event()
+    c._close_event = Latch()
     c._initial_connect = True
     c._disconnect_reason = None
     c._reason_reported = False

@@ -135,39 +135,56 @@ _CALLBACKS: Final = (
 )
 
 
-def build_options(servers: str | Sequence[str] | None, kw: dict[str, Any]) -> tuple[Options, list[Server]]:
-    """Check every option of ``connect()`` (given as *kw*) and the server URLs."""
+_ALL_CALLBACKS: Final = (*_CALLBACKS, "signature_cb", "user_jwt_cb")
+_UNSET: Final = object()
+
+
+def build_options(
+    servers: str | Sequence[str] | None, kw: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> tuple[Options, list[Server]]:
+    """Check every option of ``connect()`` (given as *kw*) and the server URLs.
+
+    *defaults* are ``connect()``'s own keyword defaults: an option that is the very
+    default object is valid, so it is not checked again (connecting stays cheap).
+    """
     o = Options()
     name = kw["name"]
     if name is not None and not isinstance(name, str):
         raise TypeError(f"option 'name' must be str or None, not {type(name).__name__}")
     o.name = name
+    dflt = defaults or {}
     for opt, rule in _NUMBERS.items():
-        check_number(opt, kw[opt], **rule)
-    for cb_name in (*_CALLBACKS, "signature_cb", "user_jwt_cb"):
-        _check_callable(cb_name, kw[cb_name])
+        value = kw[opt]
+        if value is not dflt.get(opt, _UNSET):
+            check_number(opt, value, **rule)
+    for cb_name in _ALL_CALLBACKS:
+        value = kw[cb_name]
+        if value is not None:
+            _check_callable(cb_name, value)
     tls = kw["tls"]
     if tls is not None and not isinstance(tls, ssl.SSLContext):
         raise TypeError(f"option 'tls' must be an ssl.SSLContext or None, not {type(tls).__name__}")
     if kw["tls_hostname"] is not None and not isinstance(kw["tls_hostname"], str):
         raise TypeError("option 'tls_hostname' must be str or None")
     inbox_prefix = kw["inbox_prefix"]
-    if not isinstance(inbox_prefix, str):
-        raise TypeError("option 'inbox_prefix' must be str")
-    try:
-        protocol.validate_subject(inbox_prefix, "inbox_prefix")
-    except BadSubjectError as e:
-        raise ValueError(f"option 'inbox_prefix' is invalid: {e}") from None
-    if any(t in ("*", ">") for t in inbox_prefix.split(".")):
-        raise ValueError("option 'inbox_prefix' must not contain wildcards")
+    if inbox_prefix is not dflt.get("inbox_prefix", _UNSET):
+        if not isinstance(inbox_prefix, str):
+            raise TypeError("option 'inbox_prefix' must be str")
+        try:
+            protocol.validate_subject(inbox_prefix, "inbox_prefix")
+        except BadSubjectError as e:
+            raise ValueError(f"option 'inbox_prefix' is invalid: {e}") from None
+        if any(t in ("*", ">") for t in inbox_prefix.split(".")):
+            raise ValueError("option 'inbox_prefix' must not contain wildcards")
     o.tls = tls
     o.tls_hostname = kw["tls_hostname"]
+    d = o.__dict__
     for opt in _FLOATS:
-        setattr(o, opt, float(kw[opt]))
+        d[opt] = float(kw[opt])
     for opt in _BOOLS:
-        setattr(o, opt, bool(kw[opt]))
+        d[opt] = bool(kw[opt])
     for opt in _CALLBACKS:
-        setattr(o, opt, kw[opt])
+        d[opt] = kw[opt]
     o.max_reconnect_attempts = kw["max_reconnect_attempts"]
     o.reconnect_buffer_size = kw["reconnect_buffer_size"]
     o.max_outstanding_pings = kw["max_outstanding_pings"]

@@ -69,7 +69,7 @@ from ._lifecycle import JOIN_GRACE as _JOIN_GRACE
 from ._lifecycle import live_clients as _live_clients
 from ._options import DEFAULT as _DEFAULT
 from ._options import Options, _Default, build_options, check_number
-from ._requests import RequestMux, Waiter
+from ._requests import Latch, RequestMux, Waiter
 from ._state import (
     CLOSED,
     CONNECTED,
@@ -185,8 +185,8 @@ class Client:
         # before it runs, a flush() reading on its caller's thread (see _read_inline).
         self._read_token = threading.Lock()
         self._leftover: list[Any] = []  # events that came with the handshake's PONG
-        self._close_event = threading.Event()
-        self._close_done = threading.Event()
+        self._close_event = Latch()
+        self._close_done = Latch()
         # Threads of features built on this client (JetStream ack and ordered-consumer
         # threads): each ends when the client closes, and close() joins them.
         self._companions: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
@@ -279,7 +279,7 @@ class Client:
         self._check_fork()
         if self._state != DISCONNECTED:
             raise NatsError("connect() was already called on this client: create a new Client")
-        o, server_list = build_options(servers, kw)
+        o, server_list = build_options(servers, kw, Client.connect.__kwdefaults__)
         self._opts = o
         self._server_list = server_list
         self._pool = ServerPool(server_list, randomize=not o.dont_randomize)

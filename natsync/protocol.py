@@ -103,6 +103,18 @@ def _default_make_msg(subject: str, sid: int, reply: str | None, hdr: bytes | No
 
 
 # Each known operation with the byte that must follow its name.
+_JSON: Final = json.JSONDecoder()
+
+
+def _decode_json(raw: bytes | bytearray | memoryview) -> Any:
+    """``json.loads`` of UTF-8 *raw*, without its encoding detection (INFO is UTF-8)."""
+    text = bytes(raw).decode("utf-8").strip()
+    obj, end = _JSON.raw_decode(text)
+    if end != len(text):
+        raise ValueError("extra data after the JSON value")
+    return obj
+
+
 _OPS: Final = (b"MSG ", b"HMSG ", b"PING\r", b"PONG\r", b"+OK\r", b"-ERR ", b"INFO ")
 _OPS_TAB: Final = (b"MSG\t", b"HMSG\t", b"-ERR\t", b"INFO\t", b"-ERR\r")
 # PING/PONG/+OK followed by blanks before CRLF are accepted by the full-line path, so a
@@ -361,7 +373,7 @@ class Parser:
                 append(Err(text.decode("utf-8", "replace")))
             elif op == b"INFO":
                 try:
-                    info = json.loads(parts_[1]) if len(parts_) > 1 else None
+                    info = _decode_json(parts_[1]) if len(parts_) > 1 else None
                 except (ValueError, RecursionError):
                     info = None
                 if not isinstance(info, dict):

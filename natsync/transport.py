@@ -81,6 +81,9 @@ class Transport:
         tls: True once :meth:`start_tls` has succeeded.
     """
 
+    _in: ssl.MemoryBIO
+    _out: ssl.MemoryBIO
+
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._closed = False
@@ -90,19 +93,29 @@ class Transport:
         self.sendall: Callable[[Buffer], None] = sock.sendall
         # TLS state (set by start_tls)
         self._ssl: ssl.SSLObject | None = None
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
+        # self._in / self._out: the TLS memory BIOs, set by start_tls
         self._ssl_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._raw = bytearray(0)
         self._eof = False
         self.stall = 60.0  # write deadline of sends that have no caller's (set by the client)
         self._poll: select.poll | None = None  # for try_send (used under the writer's lock)
+        self._rpoll: select.poll | None = None  # for wait_readable (used by the one reader)
 
     @classmethod
     def connect(cls, host: str, port: int, timeout: float) -> Transport:
         """Open a TCP connection within *timeout* seconds."""
-        sock = socket.create_connection((host, port), timeout=timeout)
+        family = _ip_family(host)
+        if family is None:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        else:  # an IP address: no name lookup
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect((host, port))
+            except BaseException:
+                sock.close()
+                raise
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # pragma: no cover - not all socket families have it
@@ -173,14 +186,15 @@ class Transport:
     def wait_readable(self, timeout: float) -> bool:
         """Plain TCP: wait up to *timeout* s until a receive would not block (data, end
         of stream or an error); True then. A closed transport is readable at once."""
-        fd = self._sock.fileno()
-        if fd < 0:
+        if self._closed:
             return True  # recv_into raises
-        poll_type = getattr(select, "poll", None)  # gevent's monkey-patching removes it
-        if poll_type is None:
-            return bool(select.select([fd], [], [], timeout)[0])
-        poll = poll_type()
-        poll.register(fd, select.POLLIN)
+        poll = self._rpoll
+        if poll is None:
+            poll_type = getattr(select, "poll", None)  # gevent's monkey-patching removes it
+            if poll_type is None:
+                return bool(select.select([self._sock], [], [], timeout)[0])
+            poll = self._rpoll = poll_type()
+            poll.register(self._sock, select.POLLIN)
         return bool(poll.poll(timeout * 1000.0))
 
     def settimeout(self, timeout: float | None) -> None:
@@ -402,6 +416,17 @@ class Transport:
         """Forget the socket without touching the connection (used in a forked child)."""
         with self._lock:
             self._closed = True
+
+
+def _ip_family(host: str) -> socket.AddressFamily | None:
+    """AF_INET / AF_INET6 when *host* is an IP address literal, else None (a name)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return family
+    return None
 
 
 def _left(deadline: float) -> float:
