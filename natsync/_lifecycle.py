@@ -121,7 +121,7 @@ def drain(c: Client, timeout: float | None = None) -> None:
             for s in subs:
                 if s._state == ACTIVE:
                     s._state = DRAINING
-                    c._w.buf += protocol.encode_unsub(s.sid)
+                    c._w.ctl(protocol.encode_unsub(s.sid))
     if disconnected:
         log.info("drain() while not connected: closing at once")
         c.close()
@@ -227,7 +227,7 @@ def close(
         c._w.write_pending(flush_deadline)
     with c._lock:
         c._closing_flush = False
-        c._w.buf = bytearray()
+        c._w.drop()
         c._w.idle.notify_all()  # publishers waiting for room
     c._close_event.set()
     if transport is not None:
@@ -271,7 +271,7 @@ def exit_flush(c: Client, deadline: float) -> None:
         return
     if c._state not in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS, RECONNECTING):
         return
-    if not c._out_msgs and not c._w.buf:
+    if not c._w.out_msgs and not c._w.q:
         return
     left = deadline - time.monotonic()
     if left <= 0:
@@ -346,7 +346,7 @@ def forked(c: Client) -> None:
     c._reason_reported = False
     c._closed_reason = None
     c._last_error = None
-    c._in_msgs = c._in_bytes = c._out_msgs = c._out_bytes = 0
+    c._in_msgs = c._in_bytes = 0  # the new writer counts from 0
     c._reconnects = c._errors_received = 0
     for srv in c._server_list:
         srv.reconnects = 0

@@ -1,11 +1,28 @@
 """The writer: the one thread that writes to a connection's socket, with a deadline.
 
-Everybody else only appends protocol bytes to :attr:`Writer.buf` (under the client's
-lock) and then either :meth:`kick`\\ s the writer or calls :meth:`send_soon`, which
-hands the bytes to the kernel from the calling thread when that cannot block (nobody
-else is writing, plain TCP, and the socket takes them at once) and kicks the writer for
-whatever is left. So no caller ever waits on the socket: a caller with a timeout waits
-on its own deadline (a PONG, a reply), whatever the peer does.
+Everybody else only appends protocol bytes to the queue :attr:`Writer.q` and then either
+:meth:`kick`\\ s the writer or calls :meth:`send_soon`, which hands the bytes to the
+kernel from the calling thread when that cannot block (nobody else is writing, plain
+TCP, and the socket takes them at once) and kicks the writer for whatever is left. So no
+caller ever waits on the socket: a caller with a timeout waits on its own deadline (a
+PONG, a reply), whatever the peer does.
+
+The queue is a list of triplets, each appended with one ``q += (a, b, c)`` (one atomic
+operation: no other thread sees half of it):
+
+* a message: ``(head, payload, CRLF)``, head being the ``PUB``/``HPUB`` line (and the
+  header block);
+* anything else (``SUB``, ``UNSUB``, ``PING``, ``PONG``, a resend): ``(data, b"", b"")``
+  (see :meth:`ctl`).
+
+So the bytes to send are ``b"".join(q)``, and the messages and payload bytes among them
+are counted from the triplets (:meth:`take`, :func:`count`) instead of on every
+publish. Whoever takes from the queue (under lock) takes the whole list and puts an
+empty one in its place.
+
+``publish()`` appends without the client's lock: its check of the connection state and
+its append run with no call in between, which the GIL makes one step (no other thread
+runs between them). Everything else appends and takes under the lock.
 
 The writer thread is started on the first kick, not on connect: a client that only
 connects, flushes and closes never starts it. It writes with a deadline
@@ -14,8 +31,8 @@ owner breaks the connection, and the reconnect starts.
 
 Threads and locks:
 
-* ``lock`` is the client's lock: it guards ``buf`` (and the client's state). Held for
-  appends and swaps only, never across a socket call.
+* ``lock`` is the client's lock: it guards taking from the queue, the counters and the
+  client's state. Held for appends and takes only, never across a socket call.
 * ``_send_lock`` is held by whoever writes to the socket (the writer thread, a caller in
   :meth:`send_soon` (which only tries it), the closing thread's final flush). Order:
   ``_send_lock`` before ``lock``.
@@ -28,11 +45,21 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Protocol
+from typing import Final, Protocol
 
 from .transport import Transport
 
-__all__ = ["Writer", "WriterOwner"]
+__all__ = ["CRLF", "Writer", "WriterOwner", "count"]
+
+CRLF: Final = b"\r\n"  # the third item of a message triplet
+_NONE: Final = b""  # the second and third items of any other triplet
+_JOIN_ITEMS: Final = 3 * 1024  # triplets joined into one buffer for one write
+
+
+def count(items: list[bytes]) -> tuple[int, int]:
+    """The messages and their payload bytes in *items* (whole triplets)."""
+    tails = items[2::3]
+    return len(tails) - tails.count(_NONE), sum(map(len, items[1::3]))
 
 
 class WriterOwner(Protocol):
@@ -60,7 +87,12 @@ class Writer:
     """The write side of one client: a buffer and the thread that sends it."""
 
     def __init__(self, owner: WriterOwner, lock: threading.Lock, stall: float, name: str) -> None:
-        self.buf = bytearray()
+        self.q: list[bytes] = []
+        self._ctl = 0  # triplets in q that are not messages (changed under lock)
+        # messages (and their payload bytes) taken from q: sent, or dropped with a
+        # connection (changed under lock)
+        self.out_msgs = 0
+        self.out_bytes = 0
         self.kicked = False  # a kick is pending (set by callers, cleared by the writer)
         self.event: threading.Event | _StartOnSet = _StartOnSet(self)
         self.stall = stall
@@ -73,6 +105,47 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._stopped = False
         self.busy = False  # a batch is being written (changed under lock)
+
+    # --- the queue (called with lock held) ------------------------------------------------
+
+    def ctl(self, data: bytes) -> None:
+        """Queue protocol bytes that are not a message."""
+        self.q += (data, _NONE, _NONE)
+        self._ctl += 1
+
+    def ctl_first(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue protocol bytes before everything queued (a resend, an unsent rest)."""
+        self.q[0:0] = (bytes(data), _NONE, _NONE)
+        self._ctl += 1
+
+    def take(self) -> bytes:
+        """Take everything queued (counting its messages), as bytes."""
+        return b"".join(self.take_items())
+
+    def take_items(self) -> list[bytes]:
+        """Take everything queued (counting its messages): whole triplets."""
+        items = self.q
+        if not items:
+            return items
+        # A new list: a publisher appends to the list it loaded in the same step as
+        # it loads it (see above), so nothing lands in the old one after this.
+        self.q = []
+        # every triplet that is not a message was queued under lock, by ctl()
+        self.out_msgs += len(items) // 3 - self._ctl
+        self._ctl = 0
+        self.out_bytes += sum(map(len, items[1::3]))
+        return items
+
+    def drop(self) -> None:
+        """Empty the queue (its messages count as sent: at most once)."""
+        self.take_items()
+
+    def pending(self) -> tuple[int, int]:
+        """The messages and payload bytes queued now."""
+        return count(self.q[:])
+
+    def queued_bytes(self) -> int:
+        return sum(map(len, self.q[:]))
 
     # --- callers -------------------------------------------------------------------------
 
@@ -91,12 +164,11 @@ class Writer:
         try:
             with self._lock:
                 t = self._owner._writable()
-                if t is None or not self.buf or t.tls:
-                    left = bool(self.buf) and t is not None
+                if t is None or not self.q or t.tls:
+                    left = bool(self.q) and t is not None
                     data = None
                 else:
-                    data = self.buf
-                    self.buf = bytearray()
+                    data = self.take()
             if data is not None:
                 try:
                     n = t.try_send(data) if t is not None else 0
@@ -107,7 +179,7 @@ class Writer:
                 if n < len(data):
                     with self._lock:
                         if self._owner._writable() is t:  # still the same connection
-                            self.buf[0:0] = memoryview(data)[n:]
+                            self.ctl_first(memoryview(data)[n:])
                             left = True
         finally:
             self._send_lock.release()
@@ -147,16 +219,18 @@ class Writer:
             while True:
                 with self._lock:
                     t = self._owner._writable()
-                    if t is None or not self.buf:
+                    if t is None or not self.q:
                         self.busy = False
                         self.idle.notify_all()
                         return True
-                    data = self.buf
-                    self.buf = bytearray()
+                    items = self.take_items()
                     self.busy = True
                     self.idle.notify_all()  # publishers waiting for room
                 try:
-                    t.write(data, self.stall, deadline)
+                    # joined a piece at a time: small buffers are reused by the
+                    # allocator, a big one costs fresh pages on every batch
+                    for i in range(0, len(items), _JOIN_ITEMS):
+                        t.write(b"".join(items[i : i + _JOIN_ITEMS]), self.stall, deadline)
                 except OSError as e:
                     with self._lock:
                         self.busy = False
@@ -170,7 +244,7 @@ class Writer:
         """Back-pressure: wait (until *deadline*) while more than *limit* bytes wait to
         be written to a live connection. Called without locks."""
         with self._lock:
-            while len(self.buf) > limit and self._owner._writable() is not None:
+            while self.queued_bytes() > limit and self._owner._writable() is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return

@@ -17,7 +17,11 @@ Modules, one job each (each readable alone):
 Threads of one client (all named ``natsync-...``, all daemon, all joined by ``close()``
 against one shared deadline):
 
-* **reader** — the only thread that reads the socket. It parses, routes MSG to its
+* **reader** — the only thread that reads the socket once it runs. It is not started by
+  ``connect()``: a subscription or request starts it at once, and otherwise the
+  process-wide starter (``_starter``) starts it 50 ms after connect; until then a
+  ``flush()`` reads on its caller's thread (``_read_inline``), holding ``_read_token``
+  as the reader does for its whole life. It parses, routes MSG to its
   subscription's queue, PONG to flush waiters, INFO to the server pool, -ERR to error
   handling. The socket has a receive timeout (at most 1 s, at most ``ping_interval``):
   on a timeout the reader sends a PING when one is due and detects a stale connection,
@@ -29,12 +33,15 @@ against one shared deadline):
 
 Locks and rules:
 
-* ``_lock`` guards the state, the write buffer, the subscription table and every
-  subscription's state. It is held only for short, non-blocking work: never across a
-  socket call, never while user code runs. A message's bytes are appended to the buffer
-  in one critical section, so concurrent publishers never interleave.
+* ``_lock`` guards the state, taking from the write queue, the subscription table and
+  every subscription's state. It is held only for short, non-blocking work: never
+  across a socket call, never while user code runs. ``publish()`` takes no lock while
+  connected: it appends a message as one triplet in one step (see ``_writer``), so
+  concurrent publishers never interleave.
 * The writer's send lock is taken before ``_lock``; a subscription's ``_cond`` after it.
 * ``_lazy_lock`` serialises the first connect of a lazy client (taken before ``_lock``).
+* ``_reader_lock`` orders starting the reader against ``close()``; ``_read_token`` is
+  held by whoever reads the socket.
 * User code (callbacks) never runs on the reader or writer thread, nor under a lock.
 * Every call with a timeout waits on its own deadline, never on the socket; every
   blocking call wakes when the client closes.
@@ -83,6 +90,7 @@ from ._state import (
     STATE_NAMES,
 )
 from ._subs import SubTable
+from ._writer import CRLF as _CRLF
 from ._writer import Writer
 from .dispatch import EventDispatcher
 from .errors import (
@@ -123,6 +131,7 @@ _READ_SIZE: Final = 64 * 1024
 _INLINE_READ_SIZE: Final = 4096  # flush() reading before the reader runs: PONG, PING, INFO, -ERR
 # More than this waiting for the writer makes a publisher wait for room (back-pressure).
 _FLUSH_THRESHOLD: Final = 1024 * 1024
+_ROOM_CHECK: Final = 3 * _FLUSH_THRESHOLD  # len(queue) is 3 items per message
 _FLUSH_DEFAULT: Final = 10.0
 _MAX_TICK: Final = 1.0  # the reader's receive timeout at most
 
@@ -175,8 +184,8 @@ class Client:
         self._next_ping = 0.0
         self._tick: float | None = None
         self._table = SubTable()
-        # subject -> {payload size -> "PUB <subject> <size>\r\n"} (subjects validated)
-        self._pub_cache: dict[str, dict[int, bytes]] = {}
+        # subject -> {payload size -> ("PUB <subject> <size>\r\n", room)}
+        self._pub_cache: dict[str, dict[int, tuple[bytes, int]]] = {}
         self._mux = RequestMux("")
         self._events = EventDispatcher("natsync-events")
         self._reader: threading.Thread | None = None
@@ -204,8 +213,6 @@ class Client:
         # stats: each counter has a single writer thread (reader: in_*; publishers under _lock: out_*)
         self._in_msgs = 0
         self._in_bytes = 0
-        self._out_msgs = 0
-        self._out_bytes = 0
         self._reconnects = 0
         self._errors_received = 0
         self._pending_size = 0  # wire bytes buffered while not connected
@@ -413,7 +420,7 @@ class Client:
             self._apply_info(conn.info, initial=not was_reconnect)
             out = self._table.resend()  # ACTIVE ones only
             if out:
-                self._w.buf[0:0] = out
+                self._w.ctl_first(out)
             self._pending_size = 0
             self._transport = transport
             self._parser = conn.parser
@@ -439,8 +446,9 @@ class Client:
         """Take a new INFO (called with _lock held)."""
         self._server_info = info
         mp = info.get("max_payload")
-        if isinstance(mp, int) and not isinstance(mp, bool) and mp > 0:
+        if isinstance(mp, int) and not isinstance(mp, bool) and mp > 0 and mp != self._max_payload:
             self._max_payload = mp
+            self._pub_cache = {}  # its PUB lines were checked against the old limit
         self._headers_ok = bool(info.get("headers", False))
         cid = info.get("client_id")
         if isinstance(cid, int):
@@ -621,7 +629,7 @@ class Client:
             if not stale:
                 self._pings_out += 1
                 self._pongs.append(None)
-                self._w.buf += protocol.PING_CMD
+                self._w.ctl(protocol.PING_CMD)
         if stale:
             self._disconnect_reason = StaleConnectionError(
                 f"{self._server_name()} did not answer {o.max_outstanding_pings} PINGs; reconnecting"
@@ -678,7 +686,7 @@ class Client:
             self._parser = None
             # What was buffered for the broken connection may hold PINGs and SUBs of its own;
             # messages in it were never acknowledged: at-most-once, dropped.
-            self._w.buf = bytearray()
+            self._w.drop()
             self._w.idle.notify_all()  # publishers waiting for room: there is no connection now
             self._pending_size = 0
             pongs = list(self._pongs)
@@ -806,7 +814,7 @@ class Client:
         """Queue protocol bytes if connected (dropped otherwise: they belong to this connection)."""
         with self._lock:
             if self._state in CONNECTED_STATES:
-                self._w.buf += data
+                self._w.ctl(data)
         self._w.send_soon()
 
     def publish(
@@ -832,16 +840,10 @@ class Client:
         # head: everything before the payload ("PUB <subject> <size>\r\n", or the HPUB
         # line and the header block), so that three appends write any message
         if reply is None and headers is None:
-            heads = self._pub_cache.get(subject)
-            if heads is None:
-                heads = self._pub_heads(subject)
-            if size > self._max_payload:
-                raise self._too_big(size, 0)
-            head = heads.get(size)
-            if head is None:
-                if len(heads) >= _SIZES_PER_SUBJECT:
-                    heads.clear()
-                head = heads[size] = b"PUB %s %d\r\n" % (subject.encode(), size)
+            try:
+                head, room = self._pub_cache[subject][size]
+            except KeyError:  # a new subject or size: checked once
+                head, room = self._pub_head(subject, size)
         else:
             prefix, hdr = self._slow_prefix(subject, reply, headers)
             if hdr is None:
@@ -853,45 +855,51 @@ class Client:
                 if hl + size > self._max_payload:
                     raise self._too_big(size, hl)
                 head = prefix + b"%d %d\r\n" % (hl, hl + size) + hdr
-        lock = self._lock
-        lock.acquire()
+            room = _ROOM_CHECK // (size + 12)
+        # No lock: from the state check to the append nothing is called, so no other
+        # thread runs in between (see _writer: the queue and its one-step appends).
         if self._state != CONNECTED:
-            lock.release()
-            self._publish_slow(head, b"", payload, _kick)
+            self._publish_slow(head, payload, _kick)
             return
         w = self._w
-        buf = w.buf
-        buf += head
-        buf += payload
-        buf += b"\r\n"
-        self._out_msgs += 1
-        self._out_bytes += size
-        big = len(buf) > _FLUSH_THRESHOLD
-        lock.release()
-        if _kick and not w.kicked:
-            # _kick=False: the caller sends the buffer itself right after (request(),
-            # respond()), so waking the writer would only cost a thread switch.
-            w.kicked = True
-            w.event.set()
-        if big and _kick:
-            self._backpressure()
+        q = w.q
+        q += (head, payload, _CRLF)
+        if _kick:
+            if not w.kicked:
+                # _kick=False: the caller sends the buffer itself right after (request(),
+                # respond()), so waking the writer would only cost a thread switch.
+                w.kicked = True
+                w.event.set()
+            # room: the queue length at which the queued bytes would pass the threshold
+            # if every queued message were this size (with the shortest PUB line); past
+            # it, count them and wait for room if needed
+            if len(q) > room:
+                self._backpressure()
 
-    def _pub_heads(self, subject: str) -> dict[int, bytes]:
-        """The (new, empty) PUB line cache of *subject*, once it is validated."""
-        protocol.validate_subject(subject)
+    def _pub_head(self, subject: str, size: int) -> tuple[bytes, int]:
+        """The PUB line of *subject* and *size* and its room (see publish()), checked and
+        cached. Sizes are checked against max_payload here only: a new max_payload
+        empties the cache."""
         cache = self._pub_cache
-        if len(cache) >= _SUBJECT_CACHE_MAX:
-            cache.clear()
-        heads: dict[int, bytes] = {}
-        cache[subject] = heads
-        return heads
+        heads = cache.get(subject)
+        if heads is None:
+            protocol.validate_subject(subject)
+            if len(cache) >= _SUBJECT_CACHE_MAX:
+                cache.clear()
+            heads = cache[subject] = {}
+        if size > self._max_payload:
+            raise self._too_big(size, 0)
+        if len(heads) >= _SIZES_PER_SUBJECT:
+            heads.clear()
+        entry = heads[size] = (b"PUB %s %d\r\n" % (subject.encode(), size), _ROOM_CHECK // (size + 12))
+        return entry
 
     def _backpressure(self) -> None:
         o = self._opts
         assert o is not None
         self._w.wait_room(_FLUSH_THRESHOLD, time.monotonic() + o.flusher_timeout)
 
-    def _publish_slow(self, prefix: bytes, line: bytes, payload: bytes, kick: bool) -> None:
+    def _publish_slow(self, head: bytes, payload: bytes, kick: bool) -> None:
         """publish() when not CONNECTED: connect a lazy client, buffer while
         reconnecting (charging the wire bytes to ``reconnect_buffer_size``), refuse when
         closed or in the last phase of a drain."""
@@ -899,14 +907,8 @@ class Client:
             self._ensure_connected()  # the first use connects; later first uses wait for it
         with self._lock:
             if self._state != CONNECTED:
-                self._check_publish_state(len(prefix) + len(line) + len(payload) + 2)
-            buf = self._w.buf
-            buf += prefix
-            buf += line
-            buf += payload
-            buf += b"\r\n"
-            self._out_msgs += 1
-            self._out_bytes += len(payload)
+                self._check_publish_state(len(head) + len(payload) + 2)
+            self._w.q += (head, payload, _CRLF)
         if kick:
             self._w.kick()
 
@@ -983,7 +985,7 @@ class Client:
                 if st in (CLOSED, DISCONNECTED, LAZY):
                     raise self._closed_error()
                 if st in CONNECTED_STATES:
-                    self._w.buf += protocol.PING_CMD
+                    self._w.ctl(protocol.PING_CMD)
                     self._pongs.append(w)
                     sent = True
                 else:
@@ -1060,9 +1062,9 @@ class Client:
                 sub._max = max_msgs
             self._table.add(sub)
             if st == CONNECTED:
-                self._w.buf += protocol.encode_sub(subject, sid, queue)
+                self._w.ctl(protocol.encode_sub(subject, sid, queue))
                 if max_msgs is not None:
-                    self._w.buf += protocol.encode_unsub(sid, max_msgs)
+                    self._w.ctl(protocol.encode_unsub(sid, max_msgs))
             # not connected: _install() sends every ACTIVE subscription on connect
         self._ensure_reader()
         if sub._thread is not None:
@@ -1091,7 +1093,7 @@ class Client:
                 sub._max = limit
                 if connected and sub._state == ACTIVE:
                     # the server counts from the SUB it got on this connection
-                    self._w.buf += protocol.encode_unsub(sub.sid, max(limit - sub._received_at_sub, 1))
+                    self._w.ctl(protocol.encode_unsub(sub.sid, max(limit - sub._received_at_sub, 1)))
                 # the reader may have counted the last message before it saw _max
                 if sub._received >= limit:
                     self._table.remove(sub)
@@ -1101,7 +1103,7 @@ class Client:
             else:
                 self._table.remove(sub)
                 if connected:
-                    self._w.buf += protocol.encode_unsub(sub.sid)
+                    self._w.ctl(protocol.encode_unsub(sub.sid))
                 sub._end(
                     BadSubscriptionError(f"subscription {sub.sid} was unsubscribed"), discard=limit is None
                 )
@@ -1133,7 +1135,7 @@ class Client:
             if sub._state == ACTIVE:
                 sub._state = DRAINING  # never resent by a reconnect
                 if st in CONNECTED_STATES:
-                    self._w.buf += protocol.encode_unsub(sub.sid)
+                    self._w.ctl(protocol.encode_unsub(sub.sid))
         # every message sent before the server processed UNSUB arrives before its PONG
         try:
             self.flush(max(deadline - time.monotonic(), 0.001))
@@ -1223,7 +1225,7 @@ class Client:
             self._table.add(sub)
             self._table.resp = sub
             if st in CONNECTED_STATES:
-                self._w.buf += protocol.encode_sub(sub.subject, sid, None)
+                self._w.ctl(protocol.encode_sub(sub.subject, sid, None))
         self._ensure_reader()
 
     # --- lifecycle (see _lifecycle) --------------------------------------------------------
@@ -1366,11 +1368,16 @@ class Client:
 
     @property
     def stats(self) -> Stats:
+        w = self._w
+        with self._lock:  # what the writer took, and what is queued
+            msgs, nbytes = w.pending()
+            msgs += w.out_msgs
+            nbytes += w.out_bytes
         return Stats(
             in_msgs=self._in_msgs,
-            out_msgs=self._out_msgs,
+            out_msgs=msgs,
             in_bytes=self._in_bytes,
-            out_bytes=self._out_bytes,
+            out_bytes=nbytes,
             reconnects=self._reconnects,
             errors_received=self._errors_received,
         )

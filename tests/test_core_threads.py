@@ -229,3 +229,68 @@ def test_subscription_states_from_outside(server: NATSServer) -> None:
         nc.flush(timeout=WAIT)
         assert [m.data for m in limited] == [b"0", b"1"]
         assert not limited.is_valid
+
+
+def test_publishers_without_a_lock_lose_nothing_and_stats_stay_exact(server: NATSServer) -> None:
+    # publish() appends to the writer's queue without the client's lock, while other
+    # threads queue SUB/UNSUB/PING under it and the writer takes batches: every message
+    # must arrive whole and in order per publisher, and the counters must be exact
+    threads_n, per_thread = 6, 5000
+    receiver = natsync.connect(server.url)
+    nc = natsync.connect(server.url)
+    try:
+        sub = receiver.subscribe("lockfree.>", pending_msgs_limit=None, pending_bytes_limit=None)
+        receiver.flush(timeout=WAIT)
+        go = threading.Barrier(threads_n + 1)
+        errors: list[BaseException] = []
+        sizes = [0, 1, 16, 300, 5000]
+
+        def publisher(i: int) -> None:
+            try:
+                go.wait(WAIT)
+                for n in range(per_thread):
+                    size = sizes[n % len(sizes)]
+                    nc.publish(f"lockfree.{i}", b"%d:%d:" % (i, n) + b"x" * size)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        def control() -> None:
+            try:
+                go.wait(WAIT)
+                for _ in range(200):
+                    s = nc.subscribe("lockfree.control")
+                    s.unsubscribe()
+                    nc.flush(timeout=WAIT)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        workers = [threading.Thread(target=publisher, args=(i,)) for i in range(threads_n - 1)]
+        workers.append(threading.Thread(target=control))
+        for t in workers:
+            t.start()
+        go.wait(WAIT)
+        for t in workers:
+            t.join(WAIT * 6)
+        assert not any(t.is_alive() for t in workers)
+        assert errors == []
+        nc.flush(timeout=WAIT)
+        total = (threads_n - 1) * per_thread
+        expected_bytes = 0
+        for i in range(threads_n - 1):
+            for n in range(per_thread):
+                expected_bytes += len(b"%d:%d:" % (i, n)) + sizes[n % len(sizes)]
+        st = nc.stats
+        assert st.out_msgs == total
+        assert st.out_bytes == expected_bytes
+        seen = [0] * (threads_n - 1)
+        for _ in range(total):
+            msg = sub.next_msg(timeout=WAIT)
+            i_s, n_s, rest = msg.data.split(b":", 2)
+            i, n = int(i_s), int(n_s)
+            assert n == seen[i]  # in order, none missing, none twice
+            assert rest == b"x" * sizes[n % len(sizes)]
+            seen[i] += 1
+        assert seen == [per_thread] * (threads_n - 1)
+    finally:
+        nc.close()
+        receiver.close()
