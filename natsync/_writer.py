@@ -144,9 +144,6 @@ class Writer:
         """The messages and payload bytes queued now."""
         return count(self.q[:])
 
-    def queued_bytes(self) -> int:
-        return sum(map(len, self.q[:]))
-
     # --- callers -------------------------------------------------------------------------
 
     def kick(self) -> None:
@@ -240,11 +237,12 @@ class Writer:
         finally:
             self._send_lock.release()
 
-    def wait_room(self, limit: int, deadline: float) -> None:
-        """Back-pressure: wait (until *deadline*) while more than *limit* bytes wait to
-        be written to a live connection. Called without locks."""
+    def wait_room(self, room: int, deadline: float) -> None:
+        """Back-pressure: wait (until *deadline*) while more than *room* items wait to be
+        taken for a live connection (the caller sizes *room* from its message, so that
+        it stands for about 1 MiB). Called without locks."""
         with self._lock:
-            while self.queued_bytes() > limit and self._owner._writable() is not None:
+            while len(self.q) > room and self._owner._writable() is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return

@@ -832,7 +832,7 @@ class Client:
         :class:`BadSubjectError`, :class:`BadHeaderError`, :class:`MaxPayloadError`
         for bad input (nothing is sent), :class:`ConnectionClosedError`,
         :class:`ConnectionDrainingError`, :class:`OutboundBufferFullError`. When more
-        than 1 MiB waits for the socket, it waits for room (at most ``flusher_timeout``).
+        than about 1 MiB waits for the socket, it waits for room (at most ``flusher_timeout``).
         """
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
@@ -855,7 +855,7 @@ class Client:
                 if hl + size > self._max_payload:
                     raise self._too_big(size, hl)
                 head = prefix + b"%d %d\r\n" % (hl, hl + size) + hdr
-            room = _ROOM_CHECK // (size + 12)
+            room = _ROOM_CHECK // (len(head) + size + 2)
         # No lock: from the state check to the append nothing is called, so no other
         # thread runs in between (see _writer: the queue and its one-step appends).
         if self._state != CONNECTED:
@@ -870,11 +870,10 @@ class Client:
                 # respond()), so waking the writer would only cost a thread switch.
                 w.kicked = True
                 w.event.set()
-            # room: the queue length at which the queued bytes would pass the threshold
-            # if every queued message were this size (with the shortest PUB line); past
-            # it, count them and wait for room if needed
+            # room: the queue length at which about 1 MiB waits if every queued message
+            # is this one's size; past it, wait until the writer takes the queue
             if len(q) > room:
-                self._backpressure()
+                self._backpressure(room)
 
     def _pub_head(self, subject: str, size: int) -> tuple[bytes, int]:
         """The PUB line of *subject* and *size* and its room (see publish()), checked and
@@ -891,13 +890,14 @@ class Client:
             raise self._too_big(size, 0)
         if len(heads) >= _SIZES_PER_SUBJECT:
             heads.clear()
-        entry = heads[size] = (b"PUB %s %d\r\n" % (subject.encode(), size), _ROOM_CHECK // (size + 12))
+        head = b"PUB %s %d\r\n" % (subject.encode(), size)
+        entry = heads[size] = (head, _ROOM_CHECK // (len(head) + size + 2))
         return entry
 
-    def _backpressure(self) -> None:
+    def _backpressure(self, room: int) -> None:
         o = self._opts
         assert o is not None
-        self._w.wait_room(_FLUSH_THRESHOLD, time.monotonic() + o.flusher_timeout)
+        self._w.wait_room(room, time.monotonic() + o.flusher_timeout)
 
     def _publish_slow(self, head: bytes, payload: bytes, kick: bool) -> None:
         """publish() when not CONNECTED: connect a lazy client, buffer while
