@@ -370,7 +370,7 @@ class Client:
         if self._reader is not None:
             return
         with self._reader_lock:
-            if self._reader is not None or self._close_event.is_set():
+            if self._reader is not None or self._close_event.is_set() or self._state == CLOSED:
                 return
             reader = threading.Thread(target=self._reader_main, name="natsync-reader", daemon=True)
             self._reader = reader

@@ -953,6 +953,8 @@ def test_callbacks_never_run_on_reader_thread(server: NATSServer, nc2: natsync.C
         nc2.flush()
         assert done.wait(10)
         errors.wait_for(1)
+        # "q" goes to another subscription's thread: close() would discard it if queued
+        wait_until(lambda: len(msg_threads) == 4, what="all four callbacks")
     assert len(msg_threads) == 4
     assert all(name.startswith("natsync-sub-") for name in msg_threads), msg_threads
     assert f"natsync-sub-{sub.sid}" in msg_threads and f"natsync-sub-{qsub.sid}" in msg_threads
