@@ -178,6 +178,12 @@ def ns_memory(url: str, what: str, count: int) -> dict[str, Any]:
         conns = [natsync.connect(url) for _ in range(count)]
         for nc in conns:
             nc.flush()
+        # steady state: every connection has its reader thread (started off the
+        # connect path, 50 ms after connect) and the reader its read buffer
+        deadline = time.monotonic() + 10
+        while not all(nc._reader is not None for nc in conns) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
         after = _rss()
         for nc in conns:
             nc.close()

@@ -823,8 +823,6 @@ class Client:
         payload: PayloadType = b"",
         reply: str | None = None,
         headers: HeadersInput | None = None,
-        *,
-        _kick: bool = True,
     ) -> None:
         """Publish *payload* to *subject*; returns once buffered (see :meth:`flush`).
 
@@ -838,42 +836,62 @@ class Client:
             payload = _as_bytes(payload)
         size = len(payload)
         # head: everything before the payload ("PUB <subject> <size>\r\n", or the HPUB
-        # line and the header block), so that three appends write any message
+        # line and the header block), so that one triplet is the whole message
         if reply is None and headers is None:
             try:
                 head, room = self._pub_cache[subject][size]
             except KeyError:  # a new subject or size: checked once
                 head, room = self._pub_head(subject, size)
         else:
-            prefix, hdr = self._slow_prefix(subject, reply, headers)
-            if hdr is None:
-                if size > self._max_payload:
-                    raise self._too_big(size, 0)
-                head = prefix + b"%d\r\n" % size
-            else:
-                hl = len(hdr)
-                if hl + size > self._max_payload:
-                    raise self._too_big(size, hl)
-                head = prefix + b"%d %d\r\n" % (hl, hl + size) + hdr
-            room = _ROOM_CHECK // (len(head) + size + 2)
+            head, room = self._head_with(subject, size, reply, headers)
         # No lock: from the state check to the append nothing is called, so no other
         # thread runs in between (see _writer: the queue and its one-step appends).
         if self._state != CONNECTED:
-            self._publish_slow(head, payload, _kick)
+            self._publish_slow(head, payload, True)
             return
         w = self._w
         q = w.q
         q += (head, payload, _CRLF)
-        if _kick:
-            if not w.kicked:
-                # _kick=False: the caller sends the buffer itself right after (request(),
-                # respond()), so waking the writer would only cost a thread switch.
-                w.kicked = True
-                w.event.set()
-            # room: the queue length at which about 1 MiB waits if every queued message
-            # is this one's size; past it, wait until the writer takes the queue
-            if len(q) > room:
-                self._backpressure(room)
+        if not w.kicked:
+            w.kicked = True
+            w.event.set()
+        # room: the queue length at which about 1 MiB waits if every queued message is
+        # this one's size; past it, wait until the writer takes the queue
+        if len(q) > room:
+            self._backpressure(room)
+
+    def _publish_quiet(
+        self, subject: str, payload: PayloadType, reply: str | None, headers: HeadersInput | None
+    ) -> None:
+        """publish() without waking the writer: for request() and respond(), which hand
+        the queue to the socket themselves right after (a wake-up would only cost a
+        thread switch)."""
+        if type(payload) is not bytes:
+            payload = _as_bytes(payload)
+        size = len(payload)
+        if reply is None and headers is None:
+            entry = self._pub_cache.get(subject, {}).get(size)
+            head = entry[0] if entry is not None else self._pub_head(subject, size)[0]
+        else:
+            head = self._head_with(subject, size, reply, headers)[0]
+        self._publish_slow(head, payload, False)
+
+    def _head_with(
+        self, subject: str, size: int, reply: str | None, headers: HeadersInput | None
+    ) -> tuple[bytes, int]:
+        """The PUB/HPUB line (and header block) of a message with a reply or headers,
+        and its room (see publish())."""
+        prefix, hdr = self._slow_prefix(subject, reply, headers)
+        if hdr is None:
+            if size > self._max_payload:
+                raise self._too_big(size, 0)
+            head = prefix + b"%d\r\n" % size
+        else:
+            hl = len(hdr)
+            if hl + size > self._max_payload:
+                raise self._too_big(size, hl)
+            head = prefix + b"%d %d\r\n" % (hl, hl + size) + hdr
+        return head, _ROOM_CHECK // (len(head) + size + 2)
 
     def _pub_head(self, subject: str, size: int) -> tuple[bytes, int]:
         """The PUB line of *subject* and *size* and its room (see publish()), checked and
@@ -960,7 +978,7 @@ class Client:
     def _respond(self, reply: str, data: PayloadType, headers: HeadersInput | None) -> None:
         """Msg.respond(): a reply is on somebody's latency path: hand it to the socket
         from this thread when that cannot block, else to the writer."""
-        self.publish(reply, data, headers=headers, _kick=False)
+        self._publish_quiet(reply, data, None, headers)
         self._w.send_soon()
 
     def flush(self, timeout: float | None = None) -> None:
@@ -1193,7 +1211,7 @@ class Client:
         mux = self._mux
         reply, w = mux.register()
         try:
-            self.publish(subject, payload, reply=reply, headers=headers, _kick=False)
+            self._publish_quiet(subject, payload, reply, headers)
             self._w.send_soon()
             if not w.wait(timeout):
                 if self._state in (RECONNECTING, CONNECTING):
