@@ -861,7 +861,12 @@ class Client:
             self._backpressure(room)
 
     def _publish_quiet(
-        self, subject: str, payload: PayloadType, reply: str | None, headers: HeadersInput | None
+        self,
+        subject: str,
+        payload: PayloadType,
+        reply: str | None,
+        headers: HeadersInput | None,
+        respond: bool = False,
     ) -> None:
         """publish() without waking the writer: for request() and respond(), which hand
         the queue to the socket themselves right after (a wake-up would only cost a
@@ -869,10 +874,10 @@ class Client:
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
         size = len(payload)
-        if reply is None and headers is None:
+        if reply is None and headers is None and not respond:
             entry = self._pub_cache.get(subject, {}).get(size)
             head = entry[0] if entry is not None else self._pub_head(subject, size)[0]
-        else:
+        else:  # a reply subject is used once: not worth a place in the PUB line cache
             head = self._head_with(subject, size, reply, headers)[0]
         self._publish_slow(head, payload, False)
 
@@ -978,7 +983,7 @@ class Client:
     def _respond(self, reply: str, data: PayloadType, headers: HeadersInput | None) -> None:
         """Msg.respond(): a reply is on somebody's latency path: hand it to the socket
         from this thread when that cannot block, else to the writer."""
-        self._publish_quiet(reply, data, None, headers)
+        self._publish_quiet(reply, data, None, headers, respond=True)
         self._w.send_soon()
 
     def flush(self, timeout: float | None = None) -> None:
