@@ -881,12 +881,31 @@ class Client:
             head = self._head_with(subject, size, reply, headers)[0]
         self._publish_slow(head, payload, False)
 
+    def _publish_inbox_reply(
+        self, subject: str, payload: PayloadType, reply: str, headers: HeadersInput | None
+    ) -> None:
+        """publish() with a reply subject that natsync made from a checked inbox and a
+        token of digits (JetStream's publish_async): only the subject is checked."""
+        if type(payload) is not bytes:
+            payload = _as_bytes(payload)
+        cache = self._pub_cache
+        if type(subject) is str and subject not in cache and len(cache) < _SUBJECT_CACHE_MAX:
+            protocol.validate_subject(subject)
+            cache[subject] = {}  # checked once (the cache's keys are checked subjects)
+        head = self._head_with(subject, len(payload), reply, headers, reply_checked=True)[0]
+        self._publish_slow(head, payload, True)
+
     def _head_with(
-        self, subject: str, size: int, reply: str | None, headers: HeadersInput | None
+        self,
+        subject: str,
+        size: int,
+        reply: str | None,
+        headers: HeadersInput | None,
+        reply_checked: bool = False,
     ) -> tuple[bytes, int]:
         """The PUB/HPUB line (and header block) of a message with a reply or headers,
         and its room (see publish())."""
-        prefix, hdr = self._slow_prefix(subject, reply, headers)
+        prefix, hdr = self._slow_prefix(subject, reply, headers, reply_checked)
         if hdr is None:
             if size > self._max_payload:
                 raise self._too_big(size, 0)
@@ -943,12 +962,13 @@ class Client:
         )
 
     def _slow_prefix(
-        self, subject: str, reply: str | None, headers: HeadersInput | None
+        self, subject: str, reply: str | None, headers: HeadersInput | None, reply_checked: bool = False
     ) -> tuple[bytes, bytes | None]:
-        protocol.validate_subject(subject)
+        if type(subject) is not str or subject not in self._pub_cache:  # its keys were checked
+            protocol.validate_subject(subject)
         if reply is not None and type(reply) is not str:
             raise BadSubjectError(f"reply subject must be str or None, not {type(reply).__name__}")
-        if reply:
+        if reply and not reply_checked:
             protocol.validate_subject(reply, "reply subject")
         hdr = None
         if headers is not None:

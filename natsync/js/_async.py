@@ -143,7 +143,8 @@ class AsyncPublisher:
             dq = self._deadlines.setdefault(timeout, deque())
         dq.append((time.monotonic() + timeout, token))
         try:
-            self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            # the reply is a checked inbox and a number: only the subject needs checking
+            self._nc._publish_inbox_reply(subject, payload, self._prefix + token, headers)
         except BaseException:
             pending.pop(token, None)
             raise
