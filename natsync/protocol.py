@@ -270,7 +270,17 @@ class Parser:
                 while i < lim:
                     known = heads_get(parts[i])
                     if known is None:
-                        break
+                        # a new line: checked here (a line with a reply subject, such as
+                        # a JetStream delivery or a reply to a request, is seen once:
+                        # not worth a place in the cache)
+                        line = parts[i]
+                        if line[:4] != b"MSG " or len(line) > MAX_CONTROL_LINE:
+                            break
+                        known = _msg_args(line)
+                        if known[2] is None:
+                            if len(heads) >= 256:
+                                heads.clear()
+                            heads[line] = known
                     subject, sid, reply, size, step = known
                     data = parts[i + 1]
                     if len(data) != size:  # the payload holds a CRLF (or the size lied)
@@ -313,9 +323,10 @@ class Parser:
                 known = heads_get(line)
                 if known is None:
                     known = _msg_args(line)
-                    if len(heads) >= 256:
-                        heads.clear()
-                    heads[line] = known
+                    if known[2] is None:  # see above: lines with a reply are not kept
+                        if len(heads) >= 256:
+                            heads.clear()
+                        heads[line] = known
                 subject, sid, reply, size, step = known
                 start = end + 2
                 stop = start + size

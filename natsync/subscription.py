@@ -98,7 +98,8 @@ class Subscription:
         self.queue = queue
         self._cb = cb
         self._queue: deque[Msg] = deque()
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()  # the lock of _cond (entered directly: cheaper)
+        self._cond = threading.Condition(self._mutex)
         self._waiters = 0  # consumers looking at or sleeping on the queue (changed under _cond)
         self._kicked = False  # the reader notified and no consumer has woken since
         self._pmsgs = _NO_LIMIT if pending_msgs_limit is None else pending_msgs_limit
@@ -238,7 +239,8 @@ class Subscription:
     def _after_fork(self, error: NatsError) -> None:
         """In a forked child: end this copy of a parent's subscription without touching
         anything the parent's threads may have held (locks are replaced, not acquired)."""
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._waiters = 0
         self._kicked = False
         self._done = threading.Event()
@@ -255,7 +257,7 @@ class Subscription:
         """
         cond = self._cond
         q = self._queue
-        with cond:
+        with self._mutex:  # _cond's lock, so cond.wait() below may release it
             while True:
                 self._kicked = False
                 self._waiters += 1  # announced before looking: the reader appends, then looks
