@@ -244,9 +244,10 @@ class OrderedConsumer(PushSubscription):
             # fast path: a message is queued; no clock, no reconnect check (see _poll)
             self._count += 1
             try:
-                msg = self._handle(sub.next_msg(timeout=None))
+                got = sub._next(None)  # next_msg(timeout=None) without its checks: no callback
             except BadSubscriptionError:
-                msg = None
+                got = None
+            msg = self._handle(got) if got is not None else None
             if msg is not None:
                 return msg
         return self._poll(timeout)
