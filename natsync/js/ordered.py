@@ -333,8 +333,8 @@ class OrderedConsumer(PushSubscription):
             return None
         dots = reply.count(".")
         if dots == 8:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-            t = reply.split(".", 7)
-            sseq, cseq = t[5], t[6]
+            t = reply.rsplit(".", 4)  # [..., sseq, cseq, ts, pending]: the fewest strings
+            sseq, cseq = t[1], t[2]
         elif dots >= 10:  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>...
             t = reply.split(".", 9)
             sseq, cseq = t[7], t[8]
