@@ -286,6 +286,23 @@ class Subscription:
                 finally:
                     self._waiters -= 1
 
+    def _take_upto(self, n: int) -> list[Msg]:
+        """Take up to *n* queued messages at once, without waiting (for a library
+        consumer that is this subscription's only reader, such as the ordered
+        consumer): [] when none is queued. Counted as delivered."""
+        q = self._queue
+        with self._mutex:
+            k = min(n, len(q))
+            if not k:
+                return []
+            popleft = q.popleft
+            msgs = [popleft() for _ in range(k)]
+            self._out_bytes += sum(len(m.data) for m in msgs)
+            self.delivered += k
+            if q and self._waiters:
+                self._cond.notify()
+            return msgs
+
     def next_msg(self, timeout: float | None = 1.0) -> Msg:
         """Return the next message, waiting up to *timeout* seconds (None: until one comes).
 

@@ -211,3 +211,26 @@ def test_explicit_store_dir_is_kept(tmp_path: object) -> None:
         with natsync.connect(s.url) as nc:
             nc.jetstream().add_stream(name="KEPT", subjects=["kept"])
     assert os.path.isdir(store / "jetstream")
+
+
+def test_ordered_gap_inside_a_taken_batch_drops_the_rest_and_redelivers(js: JetStream, stream: str) -> None:
+    # next_msg() takes queued deliveries a batch at a time; a gap found inside a batch
+    # must drop what is left of it (the old consumer's) and resume after the last
+    # message handed out: nothing lost, nothing twice
+    for i in range(200):
+        js.publish(f"{stream}.a", b"%d" % i)
+    oc = OrderedConsumer(js, stream, idle_heartbeat=0.5)
+    try:
+        sub = oc._sub
+        assert sub is not None
+        assert wait_until(lambda: sub.pending_msgs >= 150)
+        first = oc.next_msg(5)
+        assert first.data == b"0"
+        assert len(oc._local) >= 149  # the rest of the batch, taken with it
+        lost = oc._local.popleft()  # as if the delivery of "1" never arrived: a gap
+        assert lost.data == b"1"
+        got = [int(oc.next_msg(5).data) for _ in range(199)]
+        assert got == list(range(1, 200))
+        assert oc.resets == 1
+    finally:
+        oc.stop()

@@ -23,6 +23,7 @@ import datetime
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,7 @@ log = logging.getLogger("natsync")
 
 _INACTIVE = 300.0  # seconds the server keeps a consumer nobody listens to (nats.go: 5 min)
 _MAX_BACKOFF = 1.0
+_BATCH = 256  # messages next_msg() takes from the deliver subscription at once
 
 
 class OrderedConsumer(PushSubscription):
@@ -105,6 +107,7 @@ class OrderedConsumer(PushSubscription):
         self._resets = 0
         self._need_reset = False
         self._count = 0
+        self._local: deque[Msg] = deque()  # a batch taken from the subscription (next_msg)
         self._thread: threading.Thread | None = None
         # the first consumer is created here, so that errors (no stream) raise at once
         info = self._create(timeout)
@@ -192,6 +195,7 @@ class OrderedConsumer(PushSubscription):
         """Drop the current consumer: the next read recreates it after the last stream
         sequence delivered (:meth:`_recreate`)."""
         self._resets += 1
+        self._local.clear()
         self._drop(self._sub, self.consumer)
         self._sub = None
         self._need_reset = True
@@ -239,17 +243,23 @@ class OrderedConsumer(PushSubscription):
         """
         if self._cb is not None:
             raise BadSubscriptionError("this ordered consumer has a callback: messages go to it")
-        sub = self._sub
-        if sub is not None and sub.pending_msgs and not self._stopped and self._count < 1000:
-            # fast path: a message is queued; no clock, no reconnect check (see _poll)
-            self._count += 1
-            try:
-                got = sub._next(None)  # next_msg(timeout=None) without its checks: no callback
-            except BadSubscriptionError:
-                got = None
-            msg = self._handle(got) if got is not None else None
+        # fast path: messages are queued; no clock, no reconnect check (see _poll). They
+        # are taken from the subscription a batch at a time (one lock for the batch);
+        # _reset() drops what is left of a batch, which belongs to the old consumer.
+        local = self._local
+        while local and not self._stopped:
+            msg = self._handle(local.popleft())
             if msg is not None:
                 return msg
+        sub = self._sub
+        if sub is not None and sub.pending_msgs and not self._stopped and self._count < 1000:
+            got = sub._take_upto(_BATCH)
+            self._count += len(got)
+            local.extend(got)
+            while local and not self._stopped:
+                msg = self._handle(local.popleft())
+                if msg is not None:
+                    return msg
         return self._poll(timeout)
 
     def _poll(self, timeout: float | None) -> Msg:
