@@ -210,7 +210,7 @@ class Client:
         # Once a server required TLS, every later connection requires it too (as nats.go):
         # no downgrade to plaintext on a reconnect or to a discovered server.
         self._secure = False
-        # stats: each counter has a single writer thread (reader: in_*; publishers under _lock: out_*)
+        # stats: in_* have a single writer, the reader; out_* are counted by the writer queue
         self._in_msgs = 0
         self._in_bytes = 0
         self._reconnects = 0
@@ -519,16 +519,15 @@ class Client:
         """flush() before the reader thread runs: read on the caller's thread until *w*
         is filled or *deadline* passes, handling what arrives as the reader would.
 
-        When another thread reads, or the connection is TLS, this starts the reader
-        thread instead and returns; when the connection breaks, it does what the reader
-        does (disconnect, then a reader thread reconnects). Either way the caller then
-        waits on *w* as usual.
+        When another thread reads, or the connection is TLS, or it breaks, this starts
+        the reader thread and returns: a broken connection is shut down with its cause
+        kept (as a failed write does), so the reader handles the disconnect, callbacks
+        and reconnect off this caller's deadline. The caller then waits on *w* as usual.
         """
         token = self._read_token
         if not token.acquire(blocking=False):
             self._ensure_reader()  # somebody reads: make sure the reader thread takes over
             return
-        broken: tuple[Transport, BaseException] | None = None
         try:
             transport = self._transport
             parser = self._parser
@@ -554,14 +553,14 @@ class Client:
                         if events:
                             self._process(events)
                 except Exception as e:  # noqa: BLE001 - any failure of the connection
-                    broken = (transport, e)
+                    if self._disconnect_reason is None:
+                        self._disconnect_reason = e  # the cause, for the reader to report
+                        self._reason_reported = False
+                    transport.shutdown()
+                    handoff = True
         finally:
             token.release()
-        if broken is not None:
-            if self._state != CLOSED and not self._close_event.is_set():
-                if self._on_disconnect(*broken):
-                    self._ensure_reader()  # it reconnects
-        elif handoff:
+        if handoff:
             self._ensure_reader()
 
     def _process(self, events: list[Any]) -> None:
@@ -671,16 +670,13 @@ class Client:
             t.shutdown()
 
     def _on_disconnect(self, transport: Transport, err: BaseException) -> bool:
-        """The connection broke (the reader thread, or a flush() reading before it ran).
-        Returns True to start reconnecting. Only the first caller for *transport* acts."""
+        """The connection broke (reader thread). Returns True to start reconnecting."""
         o = self._opts
         assert o is not None
         reason = self._disconnect_reason or err
         with self._lock:
             if self._state == CLOSED:
                 return False
-            if self._transport is not transport:  # the other reader got here first
-                return self._state == RECONNECTING and o.allow_reconnect
             self._last_error = _as_nats_error(reason, f"connection to {self._server_name()} lost")
             self._transport = None
             self._parser = None

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from fakeserver import FakeConn, FakeServer
 from proxy import TCPProxy
 from recorder import Recorder, wait_until
 
@@ -294,3 +295,33 @@ def test_publishers_without_a_lock_lose_nothing_and_stats_stay_exact(server: NAT
     finally:
         nc.close()
         receiver.close()
+
+
+def test_protocol_error_seen_by_a_flush_reading_inline_goes_to_the_reader(
+    no_starter: list[natsync.Client],
+) -> None:
+    # the first connection answers the flush's PING with garbage: the flush (reading on
+    # its own thread) hands the broken connection to a reader thread, which reports the
+    # protocol error and reconnects (to the second connection, which behaves)
+    def garbage(c: FakeConn) -> None:
+        c.handshake()
+        assert c.read_line() == b"PING"
+        c.send(b"NONSENSE\r\n")
+        c.wait(WAIT)
+
+    def good(c: FakeConn) -> None:
+        c.handshake()
+        c.serve()
+
+    rec = Recorder()
+    with FakeServer([garbage], default=good) as fake:
+        nc = natsync.connect(fake.url, reconnect_time_wait=0.05, **rec.options())
+        try:
+            with pytest.raises(natsync.NatsError, match="lost before the server confirmed"):
+                nc.flush(timeout=WAIT)
+            assert rec.wait_count("reconnected")
+            assert rec.errors_of(natsync.ProtocolError)
+            assert isinstance(nc.last_error, natsync.ProtocolError)
+            nc.flush(timeout=WAIT)
+        finally:
+            nc.close()
