@@ -16,7 +16,7 @@ operation: no other thread sees half of it):
   (see :meth:`ctl`).
 
 So the bytes to send are ``b"".join(q)``, and the messages and payload bytes among them
-are counted from the triplets (:meth:`take`, :func:`count`) instead of on every
+are counted from the triplets (:meth:`take_items`, :meth:`pending`) instead of on every
 publish. Whoever takes from the queue (under lock) takes the whole list and puts an
 empty one in its place.
 
@@ -49,17 +49,11 @@ from typing import Final, Protocol
 
 from .transport import Transport
 
-__all__ = ["CRLF", "Writer", "WriterOwner", "count"]
+__all__ = ["CRLF", "Writer", "WriterOwner"]
 
 CRLF: Final = b"\r\n"  # the third item of a message triplet
 _NONE: Final = b""  # the second and third items of any other triplet
 _JOIN_ITEMS: Final = 3 * 1024  # triplets joined into one buffer for one write
-
-
-def count(items: list[bytes]) -> tuple[int, int]:
-    """The messages and their payload bytes in *items* (whole triplets)."""
-    tails = items[2::3]
-    return len(tails) - tails.count(_NONE), sum(map(len, items[1::3]))
 
 
 class WriterOwner(Protocol):
@@ -130,10 +124,10 @@ class Writer:
         # A new list: a publisher appends to the list it loaded in the same step as
         # it loads it (see above), so nothing lands in the old one after this.
         self.q = []
-        # every triplet that is not a message was queued under lock, by ctl()
-        self.out_msgs += len(items) // 3 - self._ctl
+        msgs, nbytes = self._count(items)
         self._ctl = 0
-        self.out_bytes += sum(map(len, items[1::3]))
+        self.out_msgs += msgs
+        self.out_bytes += nbytes
         return items
 
     def drop(self) -> None:
@@ -142,7 +136,12 @@ class Writer:
 
     def pending(self) -> tuple[int, int]:
         """The messages and payload bytes queued now."""
-        return count(self.q[:])
+        return self._count(self.q[:])
+
+    def _count(self, items: list[bytes]) -> tuple[int, int]:
+        """The messages and payload bytes in *items*, everything queued now: every
+        triplet that is not a message was queued under lock by ctl(), and counted."""
+        return len(items) // 3 - self._ctl, sum(map(len, items[1::3]))
 
     # --- callers -------------------------------------------------------------------------
 
