@@ -147,7 +147,7 @@ class NATS:
         durable: str,
         subject: str | None = None,
         permanent: type[BaseException] | Iterable[type[BaseException]] = (),
-        backoff: Sequence[float] = (1.0, 5.0, 30.0),
+        backoff: Sequence[float] = _web._DEFAULT_BACKOFF,
         batch: int = 10,
         name: str | None = None,
     ) -> Callable[[Callable[[Msg], Any]], Callable[[Msg], Any]]:

@@ -137,9 +137,7 @@ class Transport:
             self._raw_write(data, stall, deadline)
 
     def _raw_write(self, data: Buffer, stall: float, deadline: float | None) -> None:
-        view = data if isinstance(data, memoryview) else memoryview(data)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
+        view = _bytes_view(data)
         send = self._sock.send
         total = len(view)
         off = 0
@@ -321,9 +319,7 @@ class Transport:
     def _tls_sendall(self, data: Buffer) -> None:
         obj = self._ssl
         assert obj is not None
-        view = data if isinstance(data, memoryview) else memoryview(data)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
+        view = _bytes_view(data)
         total = len(view)
         sock = self._sock
         with self._send_lock:
@@ -340,9 +336,7 @@ class Transport:
     def _tls_write(self, data: Buffer, stall: float, deadline: float | None) -> None:
         obj = self._ssl
         assert obj is not None
-        view = data if isinstance(data, memoryview) else memoryview(data)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
+        view = _bytes_view(data)
         total = len(view)
         with self._send_lock:
             off = 0
@@ -427,6 +421,14 @@ def _ip_family(host: str) -> socket.AddressFamily | None:
             continue
         return family
     return None
+
+
+def _bytes_view(data: Buffer) -> memoryview:
+    """*data* as a flat view of bytes (sliced per send without copying)."""
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    return view
 
 
 def _left(deadline: float) -> float:

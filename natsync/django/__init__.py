@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import _web
+from .._options import _ALL_CALLBACKS
 from ..client import Client
 from ..headers import HeadersInput
 from ..protocol import validate_subject
@@ -78,17 +79,7 @@ _NONE_ALLOWED = {"flush_timeout", "pending_msgs_limit", "pending_bytes_limit"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 # Options that cannot come from a string (callables, SSL contexts).
-_NOT_FROM_ENV = {
-    "tls",
-    "signature_cb",
-    "user_jwt_cb",
-    "error_cb",
-    "disconnected_cb",
-    "reconnected_cb",
-    "closed_cb",
-    "discovered_server_cb",
-    "lame_duck_mode_cb",
-}
+_NOT_FROM_ENV = {"tls", *_ALL_CALLBACKS}
 
 
 def settings_options(
