@@ -103,6 +103,7 @@ from .errors import (
     NatsError,
     NoRespondersError,
     NoServersError,
+    NotConnectedError,
     OutboundBufferFullError,
     PermissionsError,
     SecureConnectionError,
@@ -1223,9 +1224,9 @@ class Client:
             if st in (RECONNECTING, CONNECTING):
                 # nothing could answer before the connection is back: say so now rather
                 # than after the whole timeout
-                raise TimeoutError(
-                    f"request on {subject!r} not sent: the client is not connected (reconnecting "
-                    f"to {self._server_name()}); retry when it is connected"
+                raise NotConnectedError(
+                    f"not connected (reconnecting to {self._server_name()}): request on {subject!r} "
+                    "not sent; retry when the client is connected"
                 )
         if self._table.resp is None:
             self._init_resp_sub()
@@ -1236,9 +1237,9 @@ class Client:
             self._w.send_soon()
             if not w.wait(timeout):
                 if self._state in (RECONNECTING, CONNECTING):
-                    raise TimeoutError(
-                        f"no reply to request on {subject!r} within {timeout} s: the connection was lost "
-                        "meanwhile and the client is not connected (reconnecting)"
+                    raise NotConnectedError(
+                        f"not connected (reconnecting): no reply to request on {subject!r} within "
+                        f"{timeout} s, the connection was lost meanwhile"
                     )
                 raise TimeoutError(f"no reply to request on {subject!r} within {timeout} s")
         finally:

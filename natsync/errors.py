@@ -19,6 +19,7 @@ __all__ = [
     "NoServersError",
     "AuthorizationError",
     "TimeoutError",
+    "NotConnectedError",
     "NoRespondersError",
     "BadSubjectError",
     "BadHeaderError",
@@ -66,6 +67,19 @@ class TimeoutError(NatsError, builtins.TimeoutError):
     """An operation did not complete in time. Also a builtin :class:`TimeoutError`."""
 
     def __init__(self, message: str = "timed out") -> None:
+        super().__init__(message)
+
+
+class NotConnectedError(TimeoutError):
+    """The client is not connected (it is reconnecting): a request, or a JetStream, Key/Value
+    or Object Store call, was not sent because nothing could answer it now.
+
+    Raised at once, without waiting for the timeout.  A subclass of
+    :class:`TimeoutError`, so handlers of timeouts also catch it; retry when the client is
+    connected again (``reconnected_cb``, or ``Client.is_connected``).
+    """
+
+    def __init__(self, message: str = "not connected (reconnecting): retry when connected") -> None:
         super().__init__(message)
 
 

@@ -125,11 +125,12 @@ class Msg:
 
         _msg.in_progress(self)
 
-    def term(self) -> None:
-        """Stop redelivery of this message (JetStream)."""
+    def term(self, reason: str | None = None) -> None:
+        """Stop redelivery of this message (JetStream); ``reason`` goes with it
+        (``+TERM <reason>``) into the server's advisory."""
         from .js import _msg
 
-        _msg.term(self)
+        _msg.term(self, reason)
 
     @property
     def metadata(self) -> MsgMetadata:

@@ -82,9 +82,19 @@ def in_progress(msg: Msg) -> None:
     _send(msg, WPI, False)
 
 
-def term(msg: Msg) -> None:
-    """Stop redelivery of the message (``+TERM``); final."""
-    _send(msg, TERM, True)
+def term(msg: Msg, reason: str | None = None) -> None:
+    """Stop redelivery of the message (``+TERM``, or ``+TERM <reason>``: the server
+    puts the reason in its advisory); final.
+
+    Raises:
+        ValueError: ``reason`` holds a line break.
+    """
+    if not reason:
+        _send(msg, TERM, True)
+        return
+    if not isinstance(reason, str) or "\r" in reason or "\n" in reason:
+        raise ValueError(f"term reason must be a str on one line, not {reason!r}")
+    _send(msg, TERM + b" " + reason.encode(), True)
 
 
 def metadata(msg: Msg) -> MsgMetadata:

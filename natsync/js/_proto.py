@@ -23,6 +23,9 @@ __all__ = [
     "Status",
     "classify_status",
     "api_prefix",
+    "consumer_name",
+    "subject_token_ok",
+    "server_at_least",
 ]
 
 ACK_PREFIX = "$JS.ACK."
@@ -225,3 +228,35 @@ def status_of(hdr: bytes | None, data: bytes, headers: Headers | None) -> tuple[
     if hdr is None or data or headers is None or headers.status is None:
         return None
     return headers.status, headers.description
+
+
+def consumer_name() -> str:
+    """A fresh consumer name for an ephemeral consumer (created through the extended
+    ``CONSUMER.CREATE.<stream>.<name>`` subject, as nats.go names them)."""
+    from ..nuid import next_nuid
+
+    return next_nuid()
+
+
+def subject_token_ok(subject: str) -> bool:
+    """True if ``subject`` may be appended to an API subject: non-empty tokens, no
+    whitespace (wildcards are fine)."""
+    if not subject or any(c in subject for c in " \t\r\n\f\v"):
+        return False
+    return all(subject.split("."))
+
+
+def server_at_least(version: object, wanted: tuple[int, int, int]) -> bool:
+    """True if the server ``version`` string ("2.10.4", "2.11.0-beta.1") is at least
+    ``wanted``; True as well when it cannot be read (current servers are assumed)."""
+    if not isinstance(version, str):
+        return True
+    core = version.split("-", 1)[0].split("+", 1)[0]
+    parts: list[int] = []
+    for p in core.split(".")[:3]:
+        if not p.isdigit():
+            return True
+        parts.append(int(p))
+    while len(parts) < 3:
+        parts.append(0)
+    return (parts[0], parts[1], parts[2]) >= wanted

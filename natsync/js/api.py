@@ -36,6 +36,7 @@ __all__ = [
     "AckPolicy",
     "DeliverPolicy",
     "ReplayPolicy",
+    "PriorityPolicy",
     "Base",
     "PubAck",
     "Placement",
@@ -54,6 +55,8 @@ __all__ = [
     "ConsumerConfig",
     "SequenceInfo",
     "ConsumerInfo",
+    "PriorityGroupState",
+    "ConsumerPause",
     "AccountLimits",
     "Tier",
     "APIStats",
@@ -155,6 +158,18 @@ class ReplayPolicy(str, enum.Enum):
 
     INSTANT = "instant"
     ORIGINAL = "original"
+
+
+class PriorityPolicy(str, enum.Enum):
+    """How a pull consumer with priority groups picks the pulls it serves (server
+    2.11+): ``pinned_client`` serves one client (pinned by a pin id) until it stops
+    pulling; ``overflow`` serves pulls whose ``min_pending``/``min_ack_pending``
+    conditions hold; ``prioritized`` (2.12+) serves lower ``priority`` values first."""
+
+    NONE = "none"
+    PINNED_CLIENT = "pinned_client"
+    OVERFLOW = "overflow"
+    PRIORITIZED = "prioritized"
 
 
 # ---------------------------------------------------------------------------- time
@@ -548,7 +563,7 @@ class StreamInfo(Base):
 class ConsumerConfig(Base):
     """A consumer's configuration (``add_consumer``, ``pull_subscribe``, ``subscribe``)."""
 
-    _nanos = frozenset({"ack_wait", "idle_heartbeat", "inactive_threshold", "backoff"})
+    _nanos = frozenset({"ack_wait", "idle_heartbeat", "inactive_threshold", "backoff", "priority_timeout"})
 
     name: str | None = None
     durable_name: str | None = None
@@ -578,6 +593,13 @@ class ConsumerConfig(Base):
     metadata: dict[str, str] | None = None
     max_batch: int | None = None
     max_bytes: int | None = None
+    # server 2.11+: paused until this time (see JetStream.pause_consumer)
+    pause_until: datetime.datetime | None = None
+    # server 2.11+ pull consumers: priority groups (pulls name one with ``group=``),
+    # the policy, and how long (seconds) a pinned client stays pinned without pulling
+    priority_groups: list[str] | None = None
+    priority_policy: PriorityPolicy | None = None
+    priority_timeout: float | None = None
 
 
 @dataclass
@@ -606,6 +628,31 @@ class ConsumerInfo(Base):
     cluster: ClusterInfo | None = None
     push_bound: bool | None = None
     ts: datetime.datetime | None = None
+    paused: bool | None = None
+    pause_remaining: float | None = None
+    priority_groups: list[PriorityGroupState] | None = None
+
+    _nanos = frozenset({"pause_remaining"})
+
+
+@dataclass
+class PriorityGroupState(Base):
+    """A priority group's state in :class:`ConsumerInfo` (server 2.11+)."""
+
+    group: str
+    pinned_client_id: str | None = None
+    pinned_ts: datetime.datetime | None = None
+
+
+@dataclass
+class ConsumerPause(Base):
+    """The answer to :meth:`JetStream.pause_consumer` / ``resume_consumer``."""
+
+    _nanos = frozenset({"pause_remaining"})
+
+    paused: bool
+    pause_until: datetime.datetime | None = None
+    pause_remaining: float | None = None
 
 
 @dataclass

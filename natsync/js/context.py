@@ -6,6 +6,7 @@ request mux on ``_INBOX``): no second connection, no library lock of the client.
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 import time
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NoRespondersError, TimeoutError
+from ..errors import NoRespondersError, NotConnectedError, TimeoutError
 from ..headers import Headers, HeadersInput
 from . import _proto
 from ._proto import check_name, decode_api_response
@@ -22,14 +23,17 @@ from .api import (
     AckPolicy,
     ConsumerConfig,
     ConsumerInfo,
+    ConsumerPause,
     DeliverPolicy,
     PubAck,
     RawStreamMsg,
     StreamConfig,
     StreamInfo,
+    format_time,
 )
 from .errors import (
     APIError,
+    BadRequestError,
     NoStreamResponseError,
     NotFoundError,
     ServiceUnavailableError,
@@ -117,6 +121,8 @@ class JetStream:
                 "and the domain/prefix)",
                 operation=operation,
             ) from None
+        except NotConnectedError as e:
+            raise NotConnectedError(f"JetStream {operation}: {e}") from None
         except TimeoutError:
             raise TimeoutError(
                 f"JetStream {operation}: no answer within {t} s (is JetStream available, and may "
@@ -264,8 +270,19 @@ class JetStream:
         **fields: Any,
     ) -> ConsumerInfo:
         """Create (or update) a consumer on ``stream`` from ``config`` or keyword fields
-        of :class:`ConsumerConfig`; durable with ``durable_name``/``name``, else
-        ephemeral."""
+        of :class:`ConsumerConfig`; durable with ``durable_name``, named but not
+        durable with ``name`` alone (the server removes it after
+        ``inactive_threshold`` without interest), else ephemeral with a generated
+        name (as nats.go).
+
+        The consumer is created through ``CONSUMER.CREATE.<stream>.<name>`` (with
+        ``.<filter>`` for a single filter subject) on servers 2.9 and later.
+
+        Raises:
+            ValueError: a bad stream or consumer name, or ``name`` and
+                ``durable_name`` that differ.
+            APIError: the server refused it.
+        """
         check_name("stream", stream)
         if config is None:
             cfg = ConsumerConfig(**fields)
@@ -273,24 +290,108 @@ class JetStream:
             cfg = config.evolve(**fields) if fields else config
         else:
             raise TypeError(f"config must be a ConsumerConfig, not {type(config).__name__}")
+        return self._create_consumer(stream, cfg, timeout)
+
+    def _create_consumer(
+        self, stream: str, cfg: ConsumerConfig, timeout: float | None, action: str | None = None
+    ) -> ConsumerInfo:
+        """Create a consumer; ``action`` "create" fails (10148) rather than update one
+        that exists with another config."""
         for given in (cfg.name, cfg.durable_name):
             if given is not None:
                 check_name("consumer", given)
-        name = cfg.name or cfg.durable_name
         if cfg.name and cfg.durable_name and cfg.name != cfg.durable_name:
             raise ValueError(
                 f"consumer name {cfg.name!r} and durable_name {cfg.durable_name!r} differ: give one, "
                 "or the same in both"
             )
+        name = cfg.name or cfg.durable_name
+        extended = self._extended_consumer_api()
+        if not name and extended:
+            name = _proto.consumer_name()  # an ephemeral gets a name of ours (nats.go)
         body: dict[str, Any] = {"stream_name": stream, "config": cfg.to_json()}
+        if action is not None:
+            body["action"] = action
         if name:
-            check_name("consumer", name)
-            if not cfg.name:
-                body["config"]["name"] = name
+            body["config"]["name"] = name
             subject = f"CONSUMER.CREATE.{stream}.{name}"
+            flt = cfg.filter_subject
+            if extended and flt and not cfg.filter_subjects and _proto.subject_token_ok(flt):
+                subject = f"{subject}.{flt}"
+            if not extended and cfg.durable_name:
+                subject = f"CONSUMER.DURABLE.CREATE.{stream}.{name}"
         else:
             subject = f"CONSUMER.CREATE.{stream}"
         return ConsumerInfo.from_json(self._api(subject, body, "CONSUMER.CREATE", timeout))
+
+    def _extended_consumer_api(self) -> bool:
+        """True when the server takes ``CONSUMER.CREATE.<stream>.<name>`` (2.9+)."""
+        return _proto.server_at_least(self._nc.server_info.get("version"), (2, 9, 0))
+
+    def consumer_names(self, stream: str, timeout: float | None = None) -> list[str]:
+        """The names of every consumer of ``stream`` (all pages)."""
+        check_name("stream", stream)
+        return [
+            str(n)
+            for n in self._paged(f"CONSUMER.NAMES.{stream}", "consumers", "CONSUMER.NAMES", None, timeout)
+        ]
+
+    def pause_consumer(
+        self,
+        stream: str,
+        consumer: str,
+        pause_until: datetime.datetime | str,
+        timeout: float | None = None,
+    ) -> ConsumerPause:
+        """Pause a consumer until ``pause_until`` (an aware :class:`datetime.datetime`,
+        or an RFC 3339 string as nats-py takes): it delivers nothing until then
+        (server 2.11+).
+
+        Raises:
+            ConsumerNotFoundError: no such consumer.
+            ValueError: a naive datetime, or a bad name.
+        """
+        check_name("stream", stream)
+        check_name("consumer", consumer)
+        if isinstance(pause_until, datetime.datetime):
+            if pause_until.tzinfo is None:
+                raise ValueError("pause_until must be an aware datetime (e.g. with tzinfo=timezone.utc)")
+            until = format_time(pause_until)
+        elif isinstance(pause_until, str) and pause_until:
+            until = pause_until
+        else:
+            raise TypeError(f"pause_until must be a datetime or an RFC 3339 str, not {pause_until!r}")
+        resp = self._api(
+            f"CONSUMER.PAUSE.{stream}.{consumer}", {"pause_until": until}, "CONSUMER.PAUSE", timeout
+        )
+        return ConsumerPause.from_json(resp)
+
+    def resume_consumer(self, stream: str, consumer: str, timeout: float | None = None) -> ConsumerPause:
+        """Resume a paused consumer now (a pause with no time, as nats.go).
+
+        Raises:
+            ConsumerNotFoundError: no such consumer.
+        """
+        check_name("stream", stream)
+        check_name("consumer", consumer)
+        resp = self._api(f"CONSUMER.PAUSE.{stream}.{consumer}", None, "CONSUMER.PAUSE", timeout)
+        return ConsumerPause.from_json(resp)
+
+    def unpin_consumer(self, stream: str, consumer: str, group: str, timeout: float | None = None) -> bool:
+        """Unpin the client pinned in priority ``group`` of a ``pinned_client``
+        consumer (server 2.11+): the next pull of any client may be pinned.  Returns
+        True.
+
+        Raises:
+            ConsumerNotFoundError: no such consumer.
+            APIError: e.g. ``group`` is not one of the consumer's priority groups.
+        """
+        check_name("stream", stream)
+        check_name("consumer", consumer)
+        if not isinstance(group, str) or not group:
+            raise ValueError(f"group must be a non-empty str, not {group!r}")
+        self._api(f"CONSUMER.UNPIN.{stream}.{consumer}", {"group": group}, "CONSUMER.UNPIN", timeout)
+        return True
 
     def delete_consumer(self, stream: str, name: str, timeout: float | None = None) -> bool:
         """Delete a consumer; returns True."""
@@ -616,7 +717,17 @@ class JetStream:
             if cfg.ack_policy is None:
                 changes["ack_policy"] = AckPolicy.EXPLICIT
             cfg = cfg.evolve(**changes) if changes else cfg
-            info = self.add_consumer(stream, cfg, timeout=timeout)
+            try:
+                info = self._create_consumer(stream, cfg, timeout)
+            except BadRequestError as e:
+                # another thread or process made it meanwhile: bind to it (nats.go)
+                if not name or e.err_code not in _CONSUMER_EXISTS:
+                    raise
+                info = self.consumer_info(stream, name, timeout)
+        if info.config.deliver_subject:
+            raise ValueError(
+                f"consumer {info.name!r} on stream {stream!r} is a push consumer: use subscribe() for it"
+            )
         return PullSubscription(
             self,
             stream,
@@ -625,6 +736,7 @@ class JetStream:
             ephemeral=not name,
             pending_msgs_limit=pending_msgs_limit,
             pending_bytes_limit=pending_bytes_limit,
+            priority_groups=info.config.priority_groups,
         )
 
     def pull_subscribe_bind(
@@ -647,7 +759,14 @@ class JetStream:
         if consumer is None or stream is None:
             raise ValueError("pull_subscribe_bind needs consumer and stream")
         info = self.consumer_info(stream, consumer, timeout)
-        return PullSubscription(self, stream, info.name, inbox_prefix=inbox_prefix, ephemeral=False)
+        return PullSubscription(
+            self,
+            stream,
+            info.name,
+            inbox_prefix=inbox_prefix,
+            ephemeral=False,
+            priority_groups=info.config.priority_groups,
+        )
 
     # --- consumers: push ------------------------------------------------------------------
 
@@ -695,6 +814,45 @@ class JetStream:
         )
         return sub
 
+    def subscribe_bind(
+        self,
+        stream: str,
+        config: ConsumerConfig | None = None,
+        consumer: str | None = None,
+        cb: Callable[[Msg], object] | None = None,
+        manual_ack: bool = False,
+        pending_msgs_limit: int | None = None,
+        pending_bytes_limit: int | None = None,
+        timeout: float | None = None,
+    ) -> PushSubscription:
+        """Subscribe to an existing push consumer (nats-py's ``subscribe_bind``).
+
+        With a ``config`` that has ``deliver_subject`` (nats-py's call: ``config=
+        info.config``) it subscribes there, with ``config.deliver_group`` as queue,
+        without asking the server; otherwise the consumer is looked up and its
+        deliver subject and group are used.  The consumer is never deleted by this
+        subscription.  Without ``manual_ack`` a message is acked after ``cb``
+        returns, except for a consumer with ack policy none.
+
+        Raises:
+            ValueError: neither ``consumer`` nor a named ``config``.
+            ConsumerNotFoundError: the consumer does not exist.
+            JetStreamError: it is a pull consumer, or already bound.
+        """
+        from .push import subscribe_bind
+
+        return subscribe_bind(
+            self,
+            stream,
+            config,
+            consumer,
+            cb=cb,
+            manual_ack=manual_ack,
+            pending_msgs_limit=pending_msgs_limit,
+            pending_bytes_limit=pending_bytes_limit,
+            timeout=timeout,
+        )
+
     # --- Key/Value and Object Store (natsync.js.kv, natsync.js.object_store) -------------
 
     # The KV/Object Store engineer owns natsync/js/kv.py and natsync/js/object_store.py;
@@ -741,6 +899,10 @@ class JetStream:
 
 JetStreamManager = JetStream
 """nats-py's manager type: the same :class:`JetStream`."""
+
+# nats-server: 10013 consumer name already in use, 10105 consumer already exists,
+# 10148 consumer already exists (action "create" with another config)
+_CONSUMER_EXISTS = frozenset({10013, 10105, 10148})
 
 # Nats-* headers that belong to the stored message (kept in a direct get's answer);
 # Nats-Marker-Reason marks the server's own delete markers (KV TTL, server 2.11+).

@@ -13,13 +13,13 @@ from ..msg import Msg
 from ..subscription import Subscription
 from ._proto import check_name
 from .api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
-from .errors import JetStreamError, MsgAlreadyAckdError, NotFoundError
+from .errors import BadRequestError, JetStreamError, MsgAlreadyAckdError, NotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..client import Client
     from .context import JetStream
 
-__all__ = ["PushSubscription", "subscribe_push", "handle_control"]
+__all__ = ["PushSubscription", "subscribe_push", "subscribe_bind", "handle_control"]
 
 
 def handle_control(nc: Client, msg: Msg) -> bool:
@@ -118,11 +118,19 @@ class PushSubscription:
 
     def unsubscribe(self) -> None:
         """End the subscription.  A consumer this subscription created without a
-        durable name is deleted; a durable one stays."""
+        name (ephemeral) is deleted; a durable or named one stays.
+
+        Raises:
+            BadSubscriptionError: the subscription has already ended (a second
+                ``unsubscribe()``), as for core subscriptions.
+        """
         sub = self._sub
-        if sub is not None and sub.is_valid:
+        if sub is None:
+            raise BadSubscriptionError("push subscription has already ended")
+        try:
             sub.unsubscribe()
-        self._delete_consumer()
+        finally:
+            self._delete_consumer()
 
     def drain(self, timeout: float | None = None) -> None:
         """Deliver what is pending, then end (as :meth:`natsync.Subscription.drain`)."""
@@ -143,18 +151,25 @@ class PushSubscription:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if not self.is_valid:
+            self._delete_consumer()
+            return
         try:
             self.unsubscribe()
-        except ConnectionClosedError:
+        except (ConnectionClosedError, BadSubscriptionError):
             pass
 
 
-def _wrap(nc: Client, cb: Callable[[Msg], object], manual_ack: bool) -> Callable[[Msg], None]:
+def _wrap(nc: Client, cb: Callable[[Msg], object], auto_ack: bool) -> Callable[[Msg], None]:
+    """The callback of a push subscription: control messages answered here, ``cb`` for
+    the rest, then an ack unless ``auto_ack`` is False (manual_ack, or a consumer with
+    ack policy none: nothing to acknowledge)."""
+
     def deliver(msg: Msg) -> None:
         if handle_control(nc, msg):
             return
         cb(msg)
-        if not manual_ack and msg.reply and not getattr(msg, "_ackd", False):
+        if auto_ack and msg.reply and not getattr(msg, "_ackd", False):
             try:
                 msg.ack()
             except (MsgAlreadyAckdError, ConnectionClosedError):
@@ -206,52 +221,31 @@ def subscribe_push(
             cb=cb,
         )
     nc = js._nc
-    name = durable or cfg.durable_name or queue
+    name = durable or cfg.durable_name or cfg.name or queue
     if name:
         check_name("consumer", name)
-    info: ConsumerInfo | None = None
-    if name:
-        try:
-            info = js.consumer_info(stream, name, timeout)
-        except NotFoundError:
-            info = None
-    wrapped = _wrap(nc, cb, manual_ack) if cb is not None else None
+    if cfg.deliver_subject is not None and not cfg.deliver_subject:
+        raise ValueError("config.deliver_subject is empty: give a subject, or leave it None for an inbox")
     limits: dict[str, Any] = {}
     if pending_msgs_limit is not None:
         limits["pending_msgs_limit"] = pending_msgs_limit
     if pending_bytes_limit is not None:
         limits["pending_bytes_limit"] = pending_bytes_limit
-    if info is not None:
-        deliver = info.config.deliver_subject
-        if not deliver:
-            raise JetStreamError(
-                f"consumer {name!r} on stream {stream!r} is a pull consumer: use pull_subscribe() for it"
-            )
-        group = info.config.deliver_group
-        if info.push_bound and not group:
-            # a subscription that just ended may still count on the server for a moment
-            for _ in range(5):
-                time.sleep(0.1)
-                info = js.consumer_info(stream, info.name, timeout)
-                if not info.push_bound:
-                    break
-        if info.push_bound and not group:
-            raise JetStreamError(
-                f"consumer {name!r} on stream {stream!r} is already bound to a subscription: "
-                "use a deliver group (queue) to share it, or another durable name"
-            )
-        if group != queue and (group or queue):
-            raise JetStreamError(
-                f"consumer {name!r} has deliver group {group!r}, not {queue!r}: "
-                f"subscribe with queue={group!r}"
-            )
-        sub = nc.subscribe(deliver, queue=queue, cb=wrapped, **limits)
-        return PushSubscription(js, stream, info.name, sub)
-    deliver = nc.new_inbox()
-    changes: dict[str, Any] = {"deliver_subject": deliver}
     if name:
-        changes["durable_name"] = name
+        try:
+            info = js.consumer_info(stream, name, timeout)
+        except NotFoundError:
+            pass
+        else:
+            return _bind_existing(js, stream, info, queue, cb, manual_ack, limits, timeout)
+    changes: dict[str, Any] = {}
+    if not cfg.deliver_subject:
+        changes["deliver_subject"] = nc.new_inbox()
+    if durable or (name and not cfg.name and not cfg.durable_name):
+        changes["durable_name"] = name  # nats.go: the queue names the durable when none is given
     if queue:
+        if cfg.deliver_group and cfg.deliver_group != queue:
+            raise ValueError(f"queue {queue!r} and config.deliver_group {cfg.deliver_group!r} differ")
         changes["deliver_group"] = queue
     if subject and not cfg.filter_subject and not cfg.filter_subjects:
         changes["filter_subject"] = subject
@@ -268,10 +262,29 @@ def subscribe_push(
     if cfg.ack_policy is None:
         changes["ack_policy"] = AckPolicy.EXPLICIT
     cfg = cfg.evolve(**changes)
+    deliver = cfg.deliver_subject
+    assert deliver
+    group = cfg.deliver_group
+    auto_ack = not manual_ack and cfg.ack_policy != AckPolicy.NONE
+    wrapped = _wrap(nc, cb, auto_ack) if cb is not None else None
     # subscribe first: the server starts delivering as soon as the consumer exists
-    sub = nc.subscribe(deliver, queue=queue, cb=wrapped, **limits)
+    sub = nc.subscribe(deliver, queue=group, cb=wrapped, **limits)
     try:
-        info = js.add_consumer(stream, cfg, timeout=timeout)
+        # "create", not create-or-update: a consumer another thread made meanwhile with
+        # another deliver subject must not be changed under its subscription
+        info = js._create_consumer(stream, cfg, timeout, action="create")
+    except BadRequestError as e:
+        try:
+            sub.unsubscribe()
+        except NatsError:
+            pass
+        from .context import _CONSUMER_EXISTS
+
+        if not name or e.err_code not in _CONSUMER_EXISTS:
+            raise
+        # made by someone else meanwhile (nats.go: look it up and bind if it matches)
+        info = js.consumer_info(stream, name, timeout)
+        return _bind_existing(js, stream, info, queue, cb, manual_ack, limits, timeout)
     except BaseException:
         try:
             sub.unsubscribe()
@@ -279,3 +292,84 @@ def subscribe_push(
             pass
         raise
     return PushSubscription(js, stream, info.name, sub, delete_on_unsubscribe=not name)
+
+
+def _bind_existing(
+    js: JetStream,
+    stream: str,
+    info: ConsumerInfo,
+    queue: str | None,
+    cb: Callable[[Msg], object] | None,
+    manual_ack: bool,
+    limits: dict[str, Any],
+    timeout: float | None,
+) -> PushSubscription:
+    """Subscribe to an existing push consumer's deliver subject (nats.go's checks)."""
+    name = info.name
+    deliver = info.config.deliver_subject
+    if not deliver:
+        raise JetStreamError(
+            f"consumer {name!r} on stream {stream!r} is a pull consumer: use pull_subscribe() for it"
+        )
+    group = info.config.deliver_group
+    if info.push_bound and not group:
+        # a subscription that just ended may still count on the server for a moment
+        for _ in range(5):
+            time.sleep(0.1)
+            info = js.consumer_info(stream, info.name, timeout)
+            if not info.push_bound:
+                break
+    if info.push_bound and not group:
+        raise JetStreamError(
+            f"consumer {name!r} on stream {stream!r} is already bound to a subscription: "
+            "use a deliver group (queue) to share it, or another durable name"
+        )
+    if group != queue and (group or queue):
+        raise JetStreamError(
+            f"consumer {name!r} has deliver group {group!r}, not {queue!r}: subscribe with queue={group!r}"
+        )
+    nc = js._nc
+    auto_ack = not manual_ack and info.config.ack_policy != AckPolicy.NONE
+    wrapped = _wrap(nc, cb, auto_ack) if cb is not None else None
+    sub = nc.subscribe(deliver, queue=queue, cb=wrapped, **limits)
+    return PushSubscription(js, stream, info.name, sub)
+
+
+def subscribe_bind(
+    js: JetStream,
+    stream: str,
+    config: ConsumerConfig | None,
+    consumer: str | None,
+    *,
+    cb: Callable[[Msg], object] | None,
+    manual_ack: bool,
+    pending_msgs_limit: int | None,
+    pending_bytes_limit: int | None,
+    timeout: float | None,
+) -> PushSubscription:
+    """The work of :meth:`JetStream.subscribe_bind`."""
+    if cb is not None and not callable(cb):
+        raise TypeError("cb must be callable or None")
+    check_name("stream", stream)
+    if consumer is None and config is not None:
+        consumer = config.name or config.durable_name
+    if consumer is None:
+        raise ValueError("subscribe_bind needs consumer= (or a config with its name)")
+    check_name("consumer", consumer)
+    limits: dict[str, Any] = {}
+    if pending_msgs_limit is not None:
+        limits["pending_msgs_limit"] = pending_msgs_limit
+    if pending_bytes_limit is not None:
+        limits["pending_bytes_limit"] = pending_bytes_limit
+    if config is not None and config.deliver_subject:
+        # nats-py: the config says where the messages go; no lookup
+        ack_none = config.ack_policy == AckPolicy.NONE
+        wrapped = _wrap(js._nc, cb, not manual_ack and not ack_none) if cb is not None else None
+        sub = js._nc.subscribe(
+            config.deliver_subject, queue=config.deliver_group or None, cb=wrapped, **limits
+        )
+        return PushSubscription(js, stream, consumer, sub)
+    info = js.consumer_info(stream, consumer, timeout)
+    queue = config.deliver_group if config is not None else None
+    queue = queue or info.config.deliver_group
+    return _bind_existing(js, stream, info, queue, cb, manual_ack, limits, timeout)
