@@ -1225,8 +1225,8 @@ class Client:
                 # nothing could answer before the connection is back: say so now rather
                 # than after the whole timeout
                 raise NotConnectedError(
-                    f"not connected (reconnecting to {self._server_name()}): request on {subject!r} "
-                    "not sent; retry when the client is connected"
+                    f"not connected (reconnecting): request on {subject!r} not sent; retry when the "
+                    f"client is connected again to {self._server_name()}"
                 )
         if self._table.resp is None:
             self._init_resp_sub()
