@@ -692,7 +692,13 @@ class JetStream:
         timeout: float | None = None,
     ) -> PullSubscription:
         """Bind to (durable that exists) or create a pull consumer on the stream that
-        captures ``subject`` (or ``stream``) and return a :class:`PullSubscription`."""
+        captures ``subject`` (or ``stream``) and return a :class:`PullSubscription`.
+        A consumer made by another subscriber at the same moment is bound to.
+
+        Raises:
+            NotFoundError: no stream captures ``subject``.
+            ValueError: bad names, or the named consumer is a push consumer.
+        """
         from .pull import PullSubscription
 
         if durable is not None:
@@ -788,10 +794,22 @@ class JetStream:
         pending_bytes_limit: int | None = None,
         timeout: float | None = None,
     ) -> PushSubscription:
-        """Subscribe with a push consumer: bind to the durable if it exists, else create
-        one (deliver group ``queue``).  Messages go to ``cb`` (on its own thread) or to
+        """Subscribe with a push consumer: bind to the consumer named by ``durable``,
+        ``config.durable_name``, ``config.name`` or ``queue`` if it exists, else create
+        it (deliver group ``queue``; ``config.deliver_subject`` if given, else a new
+        inbox).  Subscribers that create the same consumer at once all bind to it
+        (nats.go).  Messages go to ``cb`` (on its own thread) or to
         ``next_msg``/iteration.  Without ``manual_ack`` a message is acked after its
-        callback returns.  ``ordered_consumer=True`` gives the ordered consumer."""
+        callback returns, unless the consumer's ack policy is none.
+        ``ordered_consumer=True`` gives the ordered consumer.  ``unsubscribe()``
+        deletes only a consumer this call created without any name.
+
+        Raises:
+            NotFoundError: no stream captures ``subject``.
+            JetStreamError: the consumer is a pull consumer, is bound already, or has
+                another deliver group.
+            ValueError: bad names, or ``queue`` and ``config.deliver_group`` differ.
+        """
         from .push import subscribe_push
 
         sub: PushSubscription = subscribe_push(
