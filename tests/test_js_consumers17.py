@@ -220,10 +220,14 @@ def test_fetch_returns_what_is_there_without_waiting_for_a_full_batch(
     assert elapsed < 15  # not the request's 30 s expiry (generous: a loaded machine)
     for m in msgs:
         m.ack()
-    # nothing there: the fetch waits and returns as soon as messages come
-    threading.Timer(0.3, lambda: _publish(js, f"{stream}.a", 2, 3)).start()
-    later = psub.fetch(10, timeout=30)
-    assert [m.data for m in later][:1] == [b"3"]
+    # nothing there: the fetch waits, and returns as soon as its batch is full
+    timer = threading.Timer(0.3, lambda: _publish(js, f"{stream}.a", 2, 3))
+    timer.start()
+    start = time.monotonic()
+    later = psub.fetch(2, timeout=30)
+    assert [m.data for m in later] == [b"3", b"4"]
+    assert time.monotonic() - start < 15
+    timer.join(5)
 
 
 def test_fetch_no_wait(js: JetStream, stream: str) -> None:
