@@ -533,3 +533,50 @@ def test_not_connected_error_while_reconnecting() -> None:
     finally:
         nc.close()
         server.stop()
+
+
+def test_ten_threads_pull_subscribe_one_durable(js: JetStream, stream: str) -> None:
+    barrier = threading.Barrier(10)
+    psubs: list[object] = []
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        try:
+            barrier.wait(10)
+            p = js.pull_subscribe(f"{stream}.>", durable="pw")
+            with lock:
+                psubs.append(p)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            with lock:
+                failures.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert failures == [] and len(psubs) == 10
+    assert js.consumer_names(stream) == ["pw"]
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+
+
+def test_server_version_and_filter_token_checks() -> None:
+    from natsync.js import _proto
+
+    assert _proto.server_at_least("2.9.0", (2, 9, 0))
+    assert _proto.server_at_least("2.12.1", (2, 9, 0))
+    assert _proto.server_at_least("2.11.0-RC.1", (2, 11, 0))
+    assert not _proto.server_at_least("2.8.4", (2, 9, 0))
+    assert not _proto.server_at_least("1.99", (2, 9, 0))
+    assert _proto.server_at_least(None, (2, 9, 0))  # unknown: assume a current server
+    assert _proto.server_at_least("dev", (2, 9, 0))
+    assert _proto.subject_token_ok("orders.*.>")
+    for bad in ("", "a..b", ".a", "a.", "a b"):
+        assert not _proto.subject_token_ok(bad)
+    names = {_proto.consumer_name() for _ in range(100)}
+    assert len(names) == 100
+    for n in names:
+        _proto.check_name("consumer", n)
