@@ -23,10 +23,12 @@ from .api import (
     ConsumerConfig,
     ConsumerInfo,
     DeliverPolicy,
+    Header,
     PubAck,
     RawStreamMsg,
     StreamConfig,
     StreamInfo,
+    format_ttl,
 )
 from .errors import (
     APIError,
@@ -140,14 +142,25 @@ class JetStream:
             cfg = config.evolve(**fields) if fields else config
         else:
             raise TypeError(f"config must be a StreamConfig, not {type(config).__name__}")
-        check_name("stream", cfg.name)
+        # a missing name, a name with '.', a compression other than none/s2, metadata
+        # that is not str -> str...: ValueError naming the field, before any request
+        cfg.validate()
         return cfg
 
     def add_stream(
         self, config: StreamConfig | None = None, timeout: float | None = None, **fields: Any
     ) -> StreamInfo:
         """Create a stream from ``config`` or keyword fields of :class:`StreamConfig`
-        (e.g. ``add_stream(name="ORDERS", subjects=["orders.>"])``)."""
+        (e.g. ``add_stream(name="ORDERS", subjects=["orders.>"])``).
+
+        Raises:
+            ValueError: a bad value (see :meth:`StreamConfig.validate`), before any
+                request: no name, a name with ``.``, ``*``, ``>``, whitespace or a path
+                separator, a compression other than ``"none"``/``"s2"``, metadata that
+                is not str -> str.
+            BadRequestError: the server refused the configuration (e.g. a stream of
+                that name exists with another one).
+        """
         cfg = self._stream_config(config, fields)
         resp = self._api(f"STREAM.CREATE.{cfg.name}", cfg.to_json(), "STREAM.CREATE", timeout)
         return StreamInfo.from_json(resp)
@@ -175,8 +188,18 @@ class JetStream:
         timeout: float | None = None,
     ) -> bool:
         """Remove messages from a stream: all, those on ``subject``, those below
-        ``seq``, or all but the last ``keep``; returns True."""
+        ``seq``, or all but the last ``keep``; returns True.
+
+        nats-py's positional order is ``(name, seq, subject, keep)``: a positional
+        int in the ``subject`` place (and a str in the ``seq`` place) is read that way.
+        """
         check_name("stream", name)
+        pos_subject: object = subject
+        pos_seq: object = seq
+        if isinstance(pos_subject, int) and not isinstance(pos_subject, bool):
+            if pos_seq is None or isinstance(pos_seq, str):
+                # nats-py's purge_stream(name, seq, subject), called positionally
+                subject, seq = pos_seq, pos_subject
         if seq is not None and keep is not None:
             raise ValueError("purge_stream: give seq or keep, not both")
         body: dict[str, Any] = {}
@@ -190,12 +213,25 @@ class JetStream:
         return bool(resp.get("success", False))
 
     def stream_info(
-        self, name: str, subjects_filter: str | None = None, timeout: float | None = None
+        self,
+        name: str,
+        subjects_filter: str | None = None,
+        timeout: float | None = None,
+        *,
+        deleted_details: bool = False,
     ) -> StreamInfo:
         """A stream's configuration and state; with ``subjects_filter`` (e.g. ``">"``)
-        ``state.subjects`` counts the messages of each matching subject."""
+        ``state.subjects`` counts the messages of each matching subject (``None``
+        when none matches, as nats-py); with ``deleted_details=True``
+        ``state.deleted`` lists the sequences deleted inside the stream's range."""
         check_name("stream", name)
-        body = {"subjects_filter": subjects_filter} if subjects_filter else None
+        body: dict[str, Any] | None = None
+        if subjects_filter or deleted_details:
+            body = {}
+            if subjects_filter:
+                body["subjects_filter"] = subjects_filter
+            if deleted_details:
+                body["deleted_details"] = True
         resp = self._api(f"STREAM.INFO.{name}", body, "STREAM.INFO", timeout)
         info = StreamInfo.from_json(resp)
         if subjects_filter:
@@ -205,7 +241,7 @@ class JetStream:
             while isinstance(total, int) and len(subjects) < total:
                 more = self._api(
                     f"STREAM.INFO.{name}",
-                    {"subjects_filter": subjects_filter, "offset": len(subjects)},
+                    dict(body or {}, offset=len(subjects)),
                     "STREAM.INFO",
                     timeout,
                 )
@@ -213,33 +249,46 @@ class JetStream:
                 if not page:
                     break
                 subjects.update(page)
-            info.state.subjects = subjects
+            info.state.subjects = subjects or None
         return info
 
     def _paged(
-        self, subject: str, key: str, operation: str, body: dict[str, Any] | None, timeout: float | None
+        self,
+        subject: str,
+        key: str,
+        operation: str,
+        body: dict[str, Any] | None,
+        timeout: float | None,
+        offset: int = 0,
     ) -> list[Any]:
         out: list[Any] = []
         while True:
             req = dict(body or {})
-            req["offset"] = len(out)
+            req["offset"] = offset + len(out)
             resp = self._api(subject, req, operation, timeout)
             page = resp.get(key) or []
             out.extend(page)
             total = resp.get("total", 0)
-            if not page or not isinstance(total, int) or len(out) >= total:
+            if not page or not isinstance(total, int) or offset + len(out) >= total:
                 return out
 
-    def streams_info(self, timeout: float | None = None) -> list[StreamInfo]:
-        """Every stream's info (all pages)."""
+    def streams_info(
+        self, offset: int = 0, subject: str | None = None, timeout: float | None = None
+    ) -> list[StreamInfo]:
+        """The info of every stream (all pages, from ``offset`` on, as nats-py's
+        ``streams_info(offset)``); with ``subject``, of the streams that capture it
+        (a subject or a pattern with wildcards, e.g. ``"$KV.*.>"``)."""
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an int >= 0, not {offset!r}")
+        body = {"subject": subject} if subject else None
         return [
             StreamInfo.from_json(s)
-            for s in self._paged("STREAM.LIST", "streams", "STREAM.LIST", None, timeout)
+            for s in self._paged("STREAM.LIST", "streams", "STREAM.LIST", body, timeout, offset)
         ]
 
     def stream_names(self, subject: str | None = None, timeout: float | None = None) -> list[str]:
-        """The names of every stream (all pages); with ``subject``, of those that
-        capture it."""
+        """The names of every stream (all pages); with ``subject`` (a subject or a
+        pattern with wildcards), of those that capture it."""
         body = {"subject": subject} if subject else None
         return [str(n) for n in self._paged("STREAM.NAMES", "streams", "STREAM.NAMES", body, timeout)]
 
@@ -414,6 +463,7 @@ class JetStream:
         expected_last_seq: int | None,
         expected_last_subject_seq: int | None,
         expected_last_msg_id: str | None,
+        extra: tuple[float | str | None, float | str | None, str | None] | None = None,
     ) -> HeadersInput | None:
         if (
             msg_id is None
@@ -421,9 +471,12 @@ class JetStream:
             and expected_last_seq is None
             and expected_last_subject_seq is None
             and expected_last_msg_id is None
+            and extra is None
         ):
             return headers
         h = Headers(headers) if headers is not None else Headers()
+        if extra is not None:
+            _ttl_headers(h, extra, expected_last_subject_seq)
         if msg_id is not None:
             h["Nats-Msg-Id"] = str(msg_id)
         if expected_stream is not None:
@@ -449,16 +502,31 @@ class JetStream:
         expected_last_seq: int | None = None,
         expected_last_subject_seq: int | None = None,
         expected_last_msg_id: str | None = None,
+        ttl: float | str | None = None,
+        msg_ttl: float | str | None = None,
+        expected_last_subject_seq_subject: str | None = None,
     ) -> PubAck:
         """Publish to a stream and wait for its acknowledgement.
 
         ``msg_id`` sets ``Nats-Msg-Id`` (deduplication), ``stream``/``expected_stream``
         and the ``expected_*`` arguments set the ``Nats-Expected-*`` headers.
+        ``ttl`` (``msg_ttl`` is nats-py's name) sets the message's own time to live,
+        ``Nats-TTL`` (server 2.11+, the stream needs ``allow_msg_ttl=True``): seconds
+        (at least 1), a Go duration string such as ``"1m"``, or ``"never"``.
+        ``expected_last_subject_seq_subject`` (nats.go's
+        ``WithExpectLastSequenceForSubject``) makes ``expected_last_subject_seq`` the
+        last sequence of the messages on that subject (a pattern such as
+        ``"orders.*"`` allowed) instead of on ``subject``.
+
+        A subject no stream listens on is tried twice more, 250 ms apart, within
+        ``timeout`` (as nats.go: a stream created at that moment still gets it).
 
         Raises:
             NoStreamResponseError: no stream captures ``subject``.
             APIError: the stream refused it (e.g. err_code 10071, wrong last sequence).
             natsync.TimeoutError: no acknowledgement within ``timeout``.
+            ValueError: a bad ``ttl``, or ``expected_last_subject_seq_subject``
+                without ``expected_last_subject_seq``.
         """
         t = self._timeout if timeout is None else _check_timeout(timeout)
         hdrs = self._pub_headers(
@@ -468,6 +536,9 @@ class JetStream:
             expected_last_seq,
             expected_last_subject_seq,
             expected_last_msg_id,
+            None
+            if ttl is None and msg_ttl is None and expected_last_subject_seq_subject is None
+            else (ttl, msg_ttl, expected_last_subject_seq_subject),
         )
         nc = self._nc
         deadline = time.monotonic() + t
@@ -478,13 +549,9 @@ class JetStream:
                     subject, payload, timeout=max(deadline - time.monotonic(), 0.001), headers=hdrs
                 )
             except NoRespondersError:
-                # In a cluster a stream may be between leaders for a moment (nats.go retries);
-                # a single server has no elections: no stream is listening.
-                if (
-                    retries < _PUB_RETRIES
-                    and self._clustered()
-                    and time.monotonic() + _PUB_RETRY_WAIT < deadline
-                ):
+                # A stream may be between leaders, or be created at this moment: nats.go
+                # retries no-responders twice, 250 ms apart, on every server.
+                if retries < _PUB_RETRIES and time.monotonic() + _PUB_RETRY_WAIT < deadline:
                     retries += 1
                     time.sleep(_PUB_RETRY_WAIT)
                     continue
@@ -501,10 +568,6 @@ class JetStream:
                     continue
                 raise
 
-    def _clustered(self) -> bool:
-        info = self._nc.server_info
-        return bool(info.get("cluster") or info.get("connect_urls"))
-
     def publish_async(
         self,
         subject: str,
@@ -518,6 +581,9 @@ class JetStream:
         expected_last_seq: int | None = None,
         expected_last_subject_seq: int | None = None,
         expected_last_msg_id: str | None = None,
+        ttl: float | str | None = None,
+        msg_ttl: float | str | None = None,
+        expected_last_subject_seq_subject: str | None = None,
     ) -> Future[PubAck]:
         """Publish without waiting; returns a :class:`concurrent.futures.Future` of the
         :class:`PubAck`.
@@ -527,7 +593,8 @@ class JetStream:
         after ``timeout``.  The future always completes: with the ack, an
         :class:`APIError`, :class:`NoStreamResponseError`, :class:`natsync.TimeoutError`
         after ``timeout``, or :class:`natsync.ConnectionClosedError` when the client
-        closes.
+        closes.  ``ttl``/``msg_ttl`` and ``expected_last_subject_seq_subject`` as in
+        :meth:`publish`.
         """
         pub = self._async
         if pub is None:
@@ -541,6 +608,9 @@ class JetStream:
             and expected_last_seq is None
             and expected_last_subject_seq is None
             and expected_last_msg_id is None
+            and ttl is None
+            and msg_ttl is None
+            and expected_last_subject_seq_subject is None
         ):
             return pub.publish(subject, payload, None, self._timeout)  # type: ignore[no-any-return]
         t = self._timeout if timeout is None else _check_timeout(timeout)
@@ -551,6 +621,9 @@ class JetStream:
             expected_last_seq,
             expected_last_subject_seq,
             expected_last_msg_id,
+            None
+            if ttl is None and msg_ttl is None and expected_last_subject_seq_subject is None
+            else (ttl, msg_ttl, expected_last_subject_seq_subject),
         )
         return pub.publish(subject, payload, hdrs, t)  # type: ignore[no-any-return]
 
@@ -749,6 +822,33 @@ _USER_NATS = frozenset(
 )
 
 
+def _ttl_headers(
+    h: Headers,
+    extra: tuple[float | str | None, float | str | None, str | None],
+    expected_last_subject_seq: int | None,
+) -> None:
+    """Set ``Nats-TTL`` and ``Nats-Expected-Last-Subject-Sequence-Subject`` on ``h``
+    (the publish options that are not on the fast path)."""
+    ttl, msg_ttl, last_subject = extra
+    if ttl is not None and msg_ttl is not None:
+        raise ValueError("give ttl or msg_ttl (nats-py's name of the same thing), not both")
+    if msg_ttl is not None:
+        ttl = msg_ttl
+    if ttl is not None:
+        h[Header.MSG_TTL.value] = format_ttl(ttl, "ttl")
+    if last_subject is not None:
+        if not isinstance(last_subject, str) or not last_subject or " " in last_subject:
+            raise ValueError(
+                f"expected_last_subject_seq_subject must be a subject (or pattern), not {last_subject!r}"
+            )
+        if expected_last_subject_seq is None:
+            raise ValueError(
+                "expected_last_subject_seq_subject needs expected_last_subject_seq: the sequence "
+                "the last message on that subject must have"
+            )
+        h[Header.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT.value] = last_subject
+
+
 def pub_ack(data: bytes) -> PubAck:
     """Decode a publish acknowledgement or raise its error.
 
@@ -771,6 +871,8 @@ def pub_ack(data: bytes) -> PubAck:
         stream = resp.get("stream")
         seq = resp.get("seq")
         if stream is not None and seq is not None:
-            return PubAck(stream, seq, resp.get("domain"), resp.get("duplicate"))
+            return PubAck(
+                stream, seq, resp.get("domain"), resp.get("duplicate"), resp.get("batch"), resp.get("count")
+            )
     decode_api_response(data, "PUBLISH")
     raise APIError(description=f"invalid publish acknowledgement: {data[:80]!r}", operation="PUBLISH")
