@@ -40,6 +40,8 @@ from .errors import (
 if TYPE_CHECKING:  # pragma: no cover
     from ..client import Client
     from ..msg import Msg
+    from .kv import BucketStatus
+    from .object_store import ObjectStoreStatus
     from .pull import PullSubscription
     from .push import PushSubscription
 
@@ -810,6 +812,32 @@ class JetStream:
         from . import object_store
 
         return object_store.delete_object_store(self, *args, **kwargs)
+
+    def key_value_store_names(self, timeout: float | None = None) -> list[str]:
+        """The names of every Key/Value bucket (nats.go's ``KeyValueStoreNames``)."""
+        from . import kv
+
+        return kv.key_value_store_names(self, timeout=timeout)
+
+    def key_value_stores(self, timeout: float | None = None) -> list[BucketStatus]:
+        """The :class:`~natsync.js.kv.BucketStatus` of every Key/Value bucket (nats.go's
+        ``KeyValueStores``)."""
+        from . import kv
+
+        return kv.key_value_stores(self, timeout=timeout)
+
+    def object_store_names(self, timeout: float | None = None) -> list[str]:
+        """The names of every Object Store bucket (nats.go's ``ObjectStoreNames``)."""
+        from . import object_store
+
+        return object_store.object_store_names(self, timeout=timeout)
+
+    def object_stores(self, timeout: float | None = None) -> list[ObjectStoreStatus]:
+        """The :class:`~natsync.js.object_store.ObjectStoreStatus` of every Object Store
+        bucket (nats.go's ``ObjectStores``)."""
+        from . import object_store
+
+        return object_store.object_stores(self, timeout=timeout)
 
 
 JetStreamManager = JetStream
