@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from .errors import (
 if TYPE_CHECKING:  # pragma: no cover
     from ..client import Client
     from ..msg import Msg
+    from .batch import BatchMessage, BatchPublisher
     from .kv import BucketStatus
     from .object_store import ObjectStoreStatus
     from .pull import PullSubscription
@@ -628,6 +629,50 @@ class JetStream:
             else (ttl, msg_ttl, expected_last_subject_seq_subject),
         )
         return pub.publish(subject, payload, hdrs, t)  # type: ignore[no-any-return]
+
+    def batch_publisher(
+        self, *, ack_first: bool = True, ack_every: int = 0, timeout: float | None = None
+    ) -> BatchPublisher:
+        """Start an atomic batch (server 2.12+, the stream needs ``allow_atomic=True``):
+        ``add()`` messages, then ``commit()`` the last one; the stream stores all of
+        them or none.  See :class:`natsync.js.batch.BatchPublisher` (nats.go's
+        ``jetstreamext.NewBatchPublisher``).
+
+        Raises:
+            ValueError: a bad ``ack_every``, ``ack_first`` or ``timeout``.
+        """
+        from .batch import BatchPublisher
+
+        return BatchPublisher(self, ack_first=ack_first, ack_every=ack_every, timeout=timeout)
+
+    def publish_batch(
+        self,
+        messages: Iterable[BatchMessage | Msg],
+        *,
+        ack_first: bool = True,
+        ack_every: int = 0,
+        timeout: float | None = None,
+    ) -> PubAck:
+        """Publish ``messages`` as one atomic batch (server 2.12+, the stream needs
+        ``allow_atomic=True``) and return the commit's :class:`PubAck` (its
+        ``batch_size`` is how many were stored, ``seq`` the last one's sequence).
+
+        ``messages`` are ``(subject, payload)`` or ``(subject, payload, headers)``
+        tuples (or :class:`natsync.Msg` objects); the last one commits the batch.  As
+        nats.go's ``jetstreamext.PublishMsgBatch``: the first message waits for the
+        server's answer (``ack_first``), then one every ``ack_every`` messages.
+
+        Raises:
+            ValueError: no messages, or a message with ``Nats-Batch-*`` headers of
+                its own (nothing is sent).
+            APIError: the server refused the batch (nothing of it was stored), e.g.
+                err_code 10174 (the stream has no ``allow_atomic``).
+            NoStreamResponseError: no stream captures the first subject.
+            natsync.TimeoutError: no answer within ``timeout``.
+        """
+        from .batch import publish_batch
+
+        return publish_batch(self, messages, ack_first=ack_first, ack_every=ack_every, timeout=timeout)
 
     def _async_publisher(self) -> Any:
         from ._async import AsyncPublisher
