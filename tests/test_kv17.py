@@ -280,3 +280,51 @@ def test_watch_resume_from_revision(kv: KeyValue) -> None:
     # past the end: only the marker, then live changes
     with kv.watch(">", resume_from_revision=rev + 100) as w:
         assert w.updates(timeout=5) is None
+
+
+# ------------------------------------------------------- nats-py's KV signatures
+
+
+def test_validate_keys_false_as_nats_py(nc: natsync.Client, kv: KeyValue) -> None:
+    # nats.py: put/get/create/update/delete(..., validate_keys=False)
+    with pytest.raises(errors.InvalidKeyError):
+        kv.put("odd@key!", b"v")
+    rev = kv.put("odd@key!", b"v", False)
+    assert kv.get("odd@key!", None, False).revision == rev
+    rev2 = kv.update("odd@key!", b"w", rev, validate_keys=False)
+    assert kv.create("new@key", b"n", False) > rev2
+    assert kv.delete("new@key", validate_keys=False) is True
+    with pytest.raises(errors.KeyDeletedError):
+        kv.get("new@key", validate_keys=False)
+    before = nc.stats.out_msgs
+    for bad in ("a b", "a.*", "a.>", "", ".a", "a..b"):
+        with pytest.raises(errors.InvalidKeyError):
+            kv.put(bad, b"v", validate_keys=False)
+    assert nc.stats.out_msgs == before
+
+
+def test_purge_marker_ttl(js: JetStream) -> None:
+    # nats.go PurgeTTL / nats.py purge(key, msg_ttl=): the purge marker itself expires
+    name = f"PT{next(_names)}"
+    # (the server raises a marker TTL below limit_marker_ttl to it: keep it above)
+    kv = js.create_key_value(bucket=name, history=5, limit_marker_ttl=1, storage=StorageType.MEMORY)
+    kv.put("k", b"1")
+    kv.put("k", b"2")
+    assert kv.purge("k", msg_ttl=2) is True
+    marker = js.get_last_msg(f"KV_{name}", f"$KV.{name}.k")
+    assert marker.headers is not None and marker.headers.get("Nats-TTL") == "2s"
+    assert marker.headers.get("KV-Operation") == "PURGE"
+
+    def marker_gone() -> bool:
+        try:
+            kv.get("k")
+        except errors.KeyDeletedError:
+            return False
+        except errors.KeyNotFoundError:
+            return True
+        return False
+
+    assert wait_until(marker_gone, 15)
+    with pytest.raises(ValueError, match="msg_ttl"):
+        kv.purge("k", ttl=1, msg_ttl=1)
+    js.delete_key_value(name)

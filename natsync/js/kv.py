@@ -120,6 +120,25 @@ def validate_key(key: object) -> str:
     return key
 
 
+def _key(key: object, validate_keys: bool) -> str:
+    """*key* checked as :func:`validate_key` does, or (``validate_keys=False``, as
+    nats-py's option) only as a subject's tail: a non-empty str without whitespace or
+    wildcards, so that the key still names one subject."""
+    if validate_keys:
+        return validate_key(key)
+    if (
+        not isinstance(key, str)
+        or not _dots_ok(key)
+        or any(c.isspace() or c in "*>" for c in key)
+        or not key.isprintable()
+    ):
+        raise InvalidKeyError(
+            f"invalid key {key!r}: even with validate_keys=False a key must be a subject's tail "
+            "(no whitespace, '*', '>' or empty token)"
+        )
+    return key
+
+
 def validate_key_filter(pattern: object) -> str:
     """Return *pattern* if it is a valid key pattern (``*`` tokens, trailing ``>``).
 
@@ -397,7 +416,14 @@ class KeyValue:
 
     # ------------------------------------------------------------------ reads
 
-    def get(self, key: str, revision: int | None = None, *, timeout: float | None = None) -> Entry:
+    def get(
+        self,
+        key: str,
+        revision: int | None = None,
+        validate_keys: bool = True,
+        *,
+        timeout: float | None = None,
+    ) -> Entry:
         """Return the newest revision of *key*, or revision *revision* of it.
 
         Raises:
@@ -407,7 +433,7 @@ class KeyValue:
             KeyNotFoundError: the key never existed, or *revision* is not one of its.
             BucketNotFoundError: the bucket was deleted.
         """
-        entry = self._get(validate_key(key), revision, timeout)
+        entry = self._get(_key(key, validate_keys), revision, timeout)
         if entry.operation is not None:
             what = "deleted" if entry.operation == KV_DEL else "purged"
             raise KeyDeletedError(
@@ -461,14 +487,16 @@ class KeyValue:
                 description=f"bucket {self._name!r} not found: no stream stored the write"
             ) from err
 
-    def put(self, key: str, value: bytes | str, *, timeout: float | None = None) -> int:
+    def put(
+        self, key: str, value: bytes | str, validate_keys: bool = True, *, timeout: float | None = None
+    ) -> int:
         """Store *value* (bytes, or str sent as UTF-8) under *key*; return its revision.
 
         Raises:
             InvalidKeyError: for a bad key (nothing is sent).
             APIError: e.g. the value exceeds the bucket's ``max_value_size``.
         """
-        subject = self._pre + validate_key(key)
+        subject = self._pre + _key(key, validate_keys)
         ack = self._publish(subject, _as_value(value), None, timeout)
         return int(ack.seq)
 
@@ -476,10 +504,11 @@ class KeyValue:
         self,
         key: str,
         value: bytes | str,
+        validate_keys: bool = True,
+        msg_ttl: float | str | None = None,
         *,
         timeout: float | None = None,
         ttl: float | str | None = None,
-        msg_ttl: float | str | None = None,
     ) -> int:
         """Store *value* under *key* only if the key has no value; return the revision.
 
@@ -495,7 +524,7 @@ class KeyValue:
             ValueError: a bad *ttl*, or both *ttl* and *msg_ttl* (nothing is sent).
             APIError: the bucket does not allow per-key TTLs (no ``limit_marker_ttl``).
         """
-        validate_key(key)
+        _key(key, validate_keys)
         data = _as_value(value)
         if ttl is not None and msg_ttl is not None:
             raise ValueError("give ttl or msg_ttl (nats-py's name of the same thing), not both")
@@ -518,7 +547,13 @@ class KeyValue:
             return self._update(key, data, entry.revision, timeout, ttl_value)
 
     def update(
-        self, key: str, value: bytes | str, last: int | None = None, *, timeout: float | None = None
+        self,
+        key: str,
+        value: bytes | str,
+        last: int | None = None,
+        validate_keys: bool = True,
+        *,
+        timeout: float | None = None,
     ) -> int:
         """Store *value* under *key* only if the key's newest revision is *last*
         (``0`` or None: only if the key has no message at all, as nats-py).
@@ -529,7 +564,7 @@ class KeyValue:
             KeyWrongLastSequenceError: another revision was stored meanwhile.
             InvalidKeyError: for a bad key (nothing is sent).
         """
-        validate_key(key)
+        _key(key, validate_keys)
         if last is None:
             last = 0
         if not isinstance(last, int) or isinstance(last, bool) or last < 0:
@@ -552,7 +587,9 @@ class KeyValue:
             raise
         return int(ack.seq)
 
-    def delete(self, key: str, last: int | None = None, *, timeout: float | None = None) -> bool:
+    def delete(
+        self, key: str, last: int | None = None, validate_keys: bool = True, *, timeout: float | None = None
+    ) -> bool:
         """Place a delete marker on *key* (its history is kept); return True.
 
         With *last*, only if the key's newest revision is *last*.
@@ -561,19 +598,38 @@ class KeyValue:
             KeyWrongLastSequenceError: *last* was given and is not the newest revision.
             InvalidKeyError: for a bad key (nothing is sent).
         """
-        return self._marker(key, KV_DEL, last, timeout)
+        return self._marker(_key(key, validate_keys), KV_DEL, last, timeout)
 
-    def purge(self, key: str, last: int | None = None, *, timeout: float | None = None) -> bool:
+    def purge(
+        self,
+        key: str,
+        last: int | None = None,
+        *,
+        timeout: float | None = None,
+        ttl: float | str | None = None,
+        msg_ttl: float | str | None = None,
+    ) -> bool:
         """Place a purge marker on *key* and drop all its older revisions; return True.
+
+        *ttl* (``msg_ttl`` is nats-py's name; nats.go's ``PurgeTTL``) makes the marker
+        itself expire after that many seconds (the bucket needs ``limit_marker_ttl``).
+        nats-py's second positional parameter is ``msg_ttl``; natsync's is *last*
+        (give the TTL by keyword).
 
         Raises:
             KeyWrongLastSequenceError: *last* was given and is not the newest revision.
             InvalidKeyError: for a bad key (nothing is sent).
         """
-        return self._marker(key, KV_PURGE, last, timeout)
+        if ttl is not None and msg_ttl is not None:
+            raise ValueError("give ttl or msg_ttl (nats-py's name of the same thing), not both")
+        given = ttl if ttl is not None else msg_ttl
+        return self._marker(
+            validate_key(key), KV_PURGE, last, timeout, None if given is None else api.format_ttl(given)
+        )
 
-    def _marker(self, key: str, op: str, last: int | None, timeout: float | None) -> bool:
-        validate_key(key)
+    def _marker(
+        self, key: str, op: str, last: int | None, timeout: float | None, ttl: str | None = None
+    ) -> bool:
         if last is not None and (not isinstance(last, int) or isinstance(last, bool) or last < 0):
             raise ValueError(f"last must be a revision (an int >= 0), not {last!r}")
         headers = {KV_OP: op}
@@ -581,6 +637,8 @@ class KeyValue:
             headers[ROLLUP] = ROLLUP_SUBJECT
         if last:
             headers[EXPECTED_LAST_SUBJECT_SEQ] = str(last)
+        if ttl is not None:
+            headers[MSG_TTL] = ttl
         try:
             self._publish(self._pre + key, b"", headers, timeout)
         except APIError as err:
