@@ -320,3 +320,27 @@ def test_publish_no_stream_retries_stay_within_timeout(nc: natsync.Client, js: J
         js.publish("nostream17.y", b"x", timeout=0.3)
     assert time.monotonic() - start < 5
     assert nc.stats.out_msgs - before == 2  # no retry that would end after the timeout
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        (1, "1s"),
+        (90, "90s"),
+        (1.5, "1.5s"),
+        (2.25, "2.25s"),
+        ("1s", "1s"),
+        ("1m30s", "1m30s"),
+        ("1.5h", "1.5h"),
+        ("90", "90"),
+        ("never", "never"),
+    ],
+)
+def test_format_ttl(given: float | str, sent: str) -> None:
+    assert api.format_ttl(given) == sent
+
+
+@pytest.mark.parametrize("bad", ["", "1x", "s", "1 s", "-1s", "999ms", "0", float("inf"), None, [1]])
+def test_format_ttl_refuses(bad: object) -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        api.format_ttl(bad)  # type: ignore[arg-type]
