@@ -224,3 +224,18 @@ def test_atomic_batch_on_r3_cluster() -> None:
         with pytest.raises(errors.APIError):
             batch.commit("br3.a", b"y")
         assert js.stream_info("BR3").state.messages == 50
+
+
+def test_publish_batch_of_received_msgs(nc: natsync.Client, js: JetStream, stream: str) -> None:
+    # messages received from a subscription can be re-published as a batch
+    sub = nc.subscribe(_s(stream, ">"))
+    nc.publish(_s(stream, "in.a"), b"first", headers={"K": "1"})
+    nc.publish(_s(stream, "in.b"), b"second")
+    got = [sub.next_msg(timeout=5), sub.next_msg(timeout=5)]
+    sub.unsubscribe()
+    before = js.stream_info(stream).state.messages  # the two plain publishes were stored
+    ack = js.publish_batch(got)
+    assert ack.batch_size == 2
+    assert js.stream_info(stream).state.messages == before + 2
+    m = js.get_msg(stream, ack.seq - 1)
+    assert m.data == b"first" and m.headers is not None and m.headers.get("K") == "1"
