@@ -167,6 +167,21 @@ def test_streams_info_and_names_by_subject(js: JetStream) -> None:
     js.delete_stream(b)
 
 
+def test_streams_info_iterator(js: JetStream) -> None:
+    # nats.py: streams_info_iterator(offset=0), pages fetched as the iteration goes on
+    names = [_new(js) for _ in range(3)]
+    everything = [i.config.name for i in js.streams_info()]
+    it = js.streams_info_iterator()
+    assert [i.config.name for i in it] == everything
+    assert [i.config.name for i in js.streams_info_iterator(1)] == everything[1:]
+    only = [i.config.name for i in js.streams_info_iterator(subject=_subj(names[0], "q"))]
+    assert only == [names[0]]
+    with pytest.raises(ValueError, match="offset"):
+        js.streams_info_iterator(-1)
+    for n in names:
+        js.delete_stream(n)
+
+
 def test_purge_stream_nats_py_positional_order(js: JetStream) -> None:
     # nats-py: purge_stream(name, seq=None, subject=None, keep=None)
     name = _new(js)

@@ -303,6 +303,15 @@ def test_validate_keys_false_as_nats_py(nc: natsync.Client, kv: KeyValue) -> Non
     assert nc.stats.out_msgs == before
 
 
+def test_watch_headers_only_as_nats_py(kv: KeyValue) -> None:
+    # nats.py: watch(keys, headers_only=True) delivers entries without their values
+    kv.put("h", b"value")
+    with kv.watch("h", headers_only=True) as w:
+        e = w.updates(timeout=5)
+        assert e is not None and e.key == "h" and e.value == b""
+        assert w.updates(timeout=5) is None
+
+
 def test_purge_marker_ttl(js: JetStream) -> None:
     # nats.go PurgeTTL / nats.py purge(key, msg_ttl=): the purge marker itself expires
     name = f"PT{next(_names)}"

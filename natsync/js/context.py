@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -288,6 +288,31 @@ class JetStream:
             StreamInfo.from_json(s)
             for s in self._paged("STREAM.LIST", "streams", "STREAM.LIST", body, timeout, offset)
         ]
+
+    def streams_info_iterator(
+        self, offset: int = 0, subject: str | None = None, timeout: float | None = None
+    ) -> Iterator[StreamInfo]:
+        """The info of every stream, one page requested at a time as the iteration
+        goes on (nats-py's ``streams_info_iterator``); arguments as
+        :meth:`streams_info`."""
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an int >= 0, not {offset!r}")
+        return self._stream_pages(offset, subject, timeout)
+
+    def _stream_pages(self, offset: int, subject: str | None, timeout: float | None) -> Iterator[StreamInfo]:
+        got = 0
+        while True:
+            req: dict[str, Any] = {"offset": offset + got}
+            if subject:
+                req["subject"] = subject
+            resp = self._api("STREAM.LIST", req, "STREAM.LIST", timeout)
+            page = resp.get("streams") or []
+            for s in page:
+                yield StreamInfo.from_json(s)
+            got += len(page)
+            total = resp.get("total", 0)
+            if not page or not isinstance(total, int) or offset + got >= total:
+                return
 
     def stream_names(self, subject: str | None = None, timeout: float | None = None) -> list[str]:
         """The names of every stream (all pages); with ``subject`` (a subject or a

@@ -738,6 +738,7 @@ class KeyValue:
         updates_only: bool = False,
         resume_from_revision: int | None = None,
         timeout: float | None = None,
+        headers_only: bool = False,
     ) -> KeyWatcher:
         """Watch the keys matching *keys* (a pattern or a list of patterns).
 
@@ -751,7 +752,8 @@ class KeyValue:
         reconnects and server restarts without missing or repeating a change.
         *resume_from_revision* (nats.go's ``ResumeFromRevision``) starts at that
         revision (stream sequence) and delivers every revision from there on, as
-        with *include_history*, then ``None``, then the changes.
+        with *include_history*, then ``None``, then the changes.  *headers_only* is
+        nats-py's other name of *meta_only*.
 
         Raises:
             InvalidKeyError: for a bad pattern (nothing is sent).
@@ -764,7 +766,7 @@ class KeyValue:
             _patterns(keys),
             include_history=include_history,
             ignore_deletes=ignore_deletes,
-            meta_only=meta_only,
+            meta_only=meta_only or headers_only,
             updates_only=updates_only,
             resume_from_revision=resume_from_revision,
             timeout=timeout,
