@@ -124,7 +124,7 @@ def test_key_deleted_error_names_the_key(kv: KeyValue) -> None:
 
 
 def test_kv_create_with_ttl_and_limit_markers(js: JetStream) -> None:
-    # nats.go TestKeyValueCreateWithTTL / TestKeyValueLimitMarkerTTL
+    # nats.go TestKeyValueLimitMarkerTTL ("create with TTL")
     name = f"KVT{next(_names)}"
     kv = js.create_key_value(bucket=name, history=5, limit_marker_ttl=1, storage=StorageType.MEMORY)
     st = kv.status()
@@ -137,14 +137,19 @@ def test_kv_create_with_ttl_and_limit_markers(js: JetStream) -> None:
     raw = js.get_msg(f"KV_{name}", rev)
     assert raw.headers is not None and raw.headers.get("Nats-TTL") == "1s"
 
-    def expired() -> bool:
-        try:
-            kv.get("session")
-        except errors.KeyNotFoundError:
-            return True
-        return False
+    with kv.watch(">", updates_only=True) as watcher:
 
-    assert wait_until(expired, 15)
+        def expired() -> bool:
+            try:
+                kv.get("session")
+            except errors.KeyNotFoundError:
+                return True
+            return False
+
+        assert wait_until(expired, 15)
+        # the watcher sees the server's marker as a purge of the key
+        seen = watcher.updates(timeout=10)
+        assert seen is not None and seen.key == "session" and seen.operation == "PURGE"
     # the key may be created again once it expired
     assert kv.create("session", b"again", msg_ttl="1h") > rev
     with pytest.raises(ValueError, match="ttl"):
@@ -207,7 +212,7 @@ def test_key_value_and_object_store_listing(js: JetStream) -> None:
 
 
 def test_bucket_metadata_and_status_config(js: JetStream) -> None:
-    # nats.go TestKeyValueMetadata / KeyValueStatus.Config()
+    # nats.go TestKeyValueConfig (KeyValueStatus.Config()) / TestObjectMetadata
     name = f"MD{next(_names)}"
     kv = js.create_key_value(
         bucket=name,
@@ -260,7 +265,7 @@ def test_compressed_bucket(js: JetStream) -> None:
 
 
 def test_watch_resume_from_revision(kv: KeyValue) -> None:
-    # nats.go TestKeyValueWatchResumeFromRevision
+    # nats.go's ResumeFromRevision watch option
     revs = [kv.put("a", b"1"), kv.put("b", b"2"), kv.put("a", b"3"), kv.put("c", b"4")]
     with kv.watch(">", resume_from_revision=revs[1]) as w:
         got = _drain(w, 4)
@@ -313,7 +318,8 @@ def test_watch_headers_only_as_nats_py(kv: KeyValue) -> None:
 
 
 def test_purge_marker_ttl(js: JetStream) -> None:
-    # nats.go PurgeTTL / nats.py purge(key, msg_ttl=): the purge marker itself expires
+    # nats.go TestKeyValueLimitMarkerTTL ("purge with TTL") / nats.py purge(key,
+    # msg_ttl=): the purge marker itself expires
     name = f"PT{next(_names)}"
     # (the server raises a marker TTL below limit_marker_ttl to it: keep it above)
     kv = js.create_key_value(bucket=name, history=5, limit_marker_ttl=1, storage=StorageType.MEMORY)
