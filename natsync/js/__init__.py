@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from . import api, errors
 from ._proto import MsgMetadata, SequencePair
+from .batch import BatchClosedError, BatchPublisher
 from .context import JetStream, JetStreamManager
 from .errors import (
     APIError,
@@ -81,6 +82,8 @@ __all__ = [
     "ObjectDeletedError",
     "NoHeartbeatError",
     "ConsumerSequenceMismatchError",
+    "BatchPublisher",
+    "BatchClosedError",
 ]
 
 JetStreamContext = JetStream

@@ -19,12 +19,15 @@ import dataclasses
 import datetime
 import enum
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, Union
 
 from ..headers import Headers
+from ._proto import check_name
 
 __all__ = [
     "Header",
@@ -70,6 +73,9 @@ __all__ = [
     "ObjectInfo",
     "parse_time",
     "format_time",
+    "validate_stream_config",
+    "check_metadata",
+    "format_ttl",
 ]
 
 
@@ -81,6 +87,12 @@ class Header(str, enum.Enum):
     EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
     EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
     EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+    EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+    MSG_TTL = "Nats-TTL"
+    MARKER_REASON = "Nats-Marker-Reason"
+    BATCH_ID = "Nats-Batch-Id"
+    BATCH_SEQ = "Nats-Batch-Sequence"
+    BATCH_COMMIT = "Nats-Batch-Commit"
     ROLLUP = "Nats-Rollup"
     STREAM = "Nats-Stream"
     SEQUENCE = "Nats-Sequence"
@@ -382,12 +394,21 @@ def _encode(kind: _Kind, v: Any) -> Any:
 
 @dataclass
 class PubAck(Base):
-    """The server's acknowledgement of a JetStream publish."""
+    """The server's acknowledgement of a JetStream publish.
+
+    ``batch_id`` and ``batch_size`` are set on the acknowledgement of an atomic
+    batch's commit (:mod:`natsync.js.batch`): the batch's id and how many messages
+    it stored; ``seq`` is then the sequence of the batch's last message.
+    """
+
+    _wire = {"batch_id": "batch", "batch_size": "count"}
 
     stream: str
     seq: int
     domain: str | None = None
     duplicate: bool | None = None
+    batch_id: str | None = None
+    batch_size: int | None = None
 
 
 @dataclass
@@ -521,6 +542,21 @@ class StreamConfig(Base):
     metadata: dict[str, str] | None = None
     consumer_limits: StreamConsumerLimits | None = None
     subject_delete_marker_ttl: float | None = None
+    allow_atomic: bool | None = None
+
+    def validate(self) -> StreamConfig:
+        """Check the values the server would refuse, before anything is sent; return
+        ``self``.
+
+        Raises:
+            ValueError: naming the field: a missing or bad ``name`` (empty, or holding
+                ``.``, ``*``, ``>``, whitespace or a path separator), a
+                ``compression`` other than ``"none"``/``"s2"``, ``metadata`` that is
+                not a str -> str dict, a negative duration, or a
+                ``subject_delete_marker_ttl`` under 1 s.
+        """
+        validate_stream_config(self)
+        return self
 
 
 @dataclass
@@ -752,9 +788,16 @@ class RawStreamMsg(Base):
 
 @dataclass
 class KeyValueConfig(Base):
-    """A Key/Value bucket's configuration (``create_key_value``)."""
+    """A Key/Value bucket's configuration (``create_key_value``).
 
-    _nanos = frozenset({"ttl"})
+    ``limit_marker_ttl`` (seconds, server 2.11+; nats.go's ``LimitMarkerTTL``) makes
+    the server leave a marker for that long when a key ages out by ``ttl`` or is
+    removed by a per-key TTL (it also enables per-key TTLs: ``kv.create(key, value,
+    ttl=...)``).  ``metadata`` is a str -> str dict kept on the bucket's stream;
+    ``compression=True`` stores it S2-compressed.
+    """
+
+    _nanos = frozenset({"ttl", "limit_marker_ttl"})
 
     bucket: str
     description: str | None = None
@@ -767,11 +810,16 @@ class KeyValueConfig(Base):
     placement: Placement | None = None
     republish: RePublish | None = None
     direct: bool | None = None
+    limit_marker_ttl: float | None = None
+    metadata: dict[str, str] | None = None
+    compression: bool | None = None
 
 
 @dataclass
 class ObjectStoreConfig(Base):
-    """An Object Store bucket's configuration (``create_object_store``)."""
+    """An Object Store bucket's configuration (``create_object_store``); ``metadata``
+    is a str -> str dict kept on the bucket's stream, ``compression=True`` stores it
+    S2-compressed."""
 
     _nanos = frozenset({"ttl"})
 
@@ -782,6 +830,8 @@ class ObjectStoreConfig(Base):
     storage: StorageType | None = None
     replicas: int = 1
     placement: Placement | None = None
+    metadata: dict[str, str] | None = None
+    compression: bool | None = None
 
 
 @dataclass
@@ -844,3 +894,118 @@ class ObjectInfo(Base):
             options=self.options,
             metadata=self.metadata,
         )
+
+
+
+# ---------------------------------------------------------------------- checks
+
+_COMPRESSIONS = frozenset({"none", "s2"})
+
+
+def check_metadata(field_name: str, metadata: object) -> None:
+    """Raise ValueError unless ``metadata`` is None or a dict of str -> str.
+
+    ``field_name`` names the field in the message.
+    """
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{field_name} must be a dict of str -> str, not {type(metadata).__name__}")
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise ValueError(
+                f"{field_name} must be a dict of str -> str: {k!r}: {v!r} is not (convert the value "
+                "with str() or json.dumps())"
+            )
+
+
+def validate_stream_config(cfg: StreamConfig) -> None:
+    """The checks of :meth:`StreamConfig.validate` (pure).
+
+    Raises:
+        ValueError: naming the field that is wrong.
+    """
+    name = cfg.name
+    if name is None or (isinstance(name, str) and not name):
+        raise ValueError("StreamConfig.name is missing: give the stream a name, e.g. name=\"ORDERS\"")
+    if not isinstance(name, str):
+        raise ValueError(f"StreamConfig.name must be a str, not {type(name).__name__}")
+    check_name("stream", name)
+    comp = cfg.compression
+    if comp is not None:
+        value = comp.value if isinstance(comp, StoreCompression) else comp
+        if not isinstance(value, str) or value not in _COMPRESSIONS:
+            raise ValueError(
+                f"StreamConfig.compression must be StoreCompression.NONE or .S2 (\"none\" or \"s2\"), "
+                f"not {comp!r}"
+            )
+    check_metadata("StreamConfig.metadata", cfg.metadata)
+    for f in ("max_age", "duplicate_window", "subject_delete_marker_ttl"):
+        v = getattr(cfg, f)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+            raise ValueError(f"StreamConfig.{f} must be a number of seconds >= 0, not {v!r}")
+    marker = cfg.subject_delete_marker_ttl
+    if marker and marker < 1:
+        raise ValueError(
+            f"StreamConfig.subject_delete_marker_ttl must be at least 1 second (or 0/None: no "
+            f"markers), not {marker!r}"
+        )
+
+
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h)")
+_GO_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _parse_go_duration(text: str) -> float | None:
+    """Seconds of a Go duration string such as ``"1m30s"`` or ``"1.5s"``; None if it
+    is not one."""
+    if not text:
+        return None
+    pos = 0
+    total = 0.0
+    part = _GO_DURATION_PART
+    while pos < len(text):
+        m = part.match(text, pos)
+        if m is None:
+            return None
+        total += float(m.group(1)) * _GO_DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    return total
+
+
+def format_ttl(ttl: float | str, what: str = "ttl") -> str:
+    """The ``Nats-TTL`` header value of a per-message TTL.
+
+    ``ttl`` is seconds (an int or float, at least 1: the server's minimum), a Go
+    duration string as nats.go writes it (``"1s"``, ``"1m30s"``, ``"500ms"`` is
+    refused as under 1 s), or ``"never"`` (the message never expires, even when the
+    stream has a ``max_age``).  Whole seconds are sent as nats.go sends them
+    (``"90s"``), fractions as a decimal number of seconds (``"1.5s"``).
+
+    Raises:
+        ValueError: naming ``what``, for anything else.
+    """
+    if isinstance(ttl, str):
+        if ttl == "never":
+            return ttl
+        secs = _parse_go_duration(ttl)
+        if secs is None:
+            if ttl.isdigit():
+                secs = float(ttl)
+            else:
+                raise ValueError(
+                    f"{what} {ttl!r} is not a duration: give seconds (e.g. 60), a Go duration string "
+                    "(\"1m\", \"90s\") or \"never\""
+                )
+        if secs < 1:
+            raise ValueError(f"{what} must be at least 1 second, not {ttl!r}")
+        return ttl
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl):
+        raise ValueError(
+            f"{what} must be seconds (a number >= 1), a Go duration string or \"never\", not {ttl!r}"
+        )
+    if ttl < 1:
+        raise ValueError(f"{what} must be at least 1 second (the server's minimum), not {ttl!r}")
+    if float(ttl).is_integer():
+        return f"{int(ttl)}s"
+    return f"{ttl:.9f}".rstrip("0").rstrip(".") + "s"

@@ -10,7 +10,7 @@ import datetime
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +25,13 @@ from .api import (
     ConsumerInfo,
     ConsumerPause,
     DeliverPolicy,
+    Header,
     PubAck,
     RawStreamMsg,
     StreamConfig,
     StreamInfo,
     format_time,
+    format_ttl,
 )
 from .errors import (
     APIError,
@@ -42,6 +44,9 @@ from .errors import (
 if TYPE_CHECKING:  # pragma: no cover
     from ..client import Client
     from ..msg import Msg
+    from .batch import BatchMessage, BatchPublisher
+    from .kv import BucketStatus
+    from .object_store import ObjectStoreStatus
     from .pull import PullSubscription
     from .push import PushSubscription
 
@@ -146,14 +151,25 @@ class JetStream:
             cfg = config.evolve(**fields) if fields else config
         else:
             raise TypeError(f"config must be a StreamConfig, not {type(config).__name__}")
-        check_name("stream", cfg.name)
+        # a missing name, a name with '.', a compression other than none/s2, metadata
+        # that is not str -> str...: ValueError naming the field, before any request
+        cfg.validate()
         return cfg
 
     def add_stream(
         self, config: StreamConfig | None = None, timeout: float | None = None, **fields: Any
     ) -> StreamInfo:
         """Create a stream from ``config`` or keyword fields of :class:`StreamConfig`
-        (e.g. ``add_stream(name="ORDERS", subjects=["orders.>"])``)."""
+        (e.g. ``add_stream(name="ORDERS", subjects=["orders.>"])``).
+
+        Raises:
+            ValueError: a bad value (see :meth:`StreamConfig.validate`), before any
+                request: no name, a name with ``.``, ``*``, ``>``, whitespace or a path
+                separator, a compression other than ``"none"``/``"s2"``, metadata that
+                is not str -> str.
+            BadRequestError: the server refused the configuration (e.g. a stream of
+                that name exists with another one).
+        """
         cfg = self._stream_config(config, fields)
         resp = self._api(f"STREAM.CREATE.{cfg.name}", cfg.to_json(), "STREAM.CREATE", timeout)
         return StreamInfo.from_json(resp)
@@ -181,8 +197,18 @@ class JetStream:
         timeout: float | None = None,
     ) -> bool:
         """Remove messages from a stream: all, those on ``subject``, those below
-        ``seq``, or all but the last ``keep``; returns True."""
+        ``seq``, or all but the last ``keep``; returns True.
+
+        nats-py's positional order is ``(name, seq, subject, keep)``: a positional
+        int in the ``subject`` place (and a str in the ``seq`` place) is read that way.
+        """
         check_name("stream", name)
+        pos_subject: object = subject
+        pos_seq: object = seq
+        if isinstance(pos_subject, int) and not isinstance(pos_subject, bool):
+            if pos_seq is None or isinstance(pos_seq, str):
+                # nats-py's purge_stream(name, seq, subject), called positionally
+                subject, seq = pos_seq, pos_subject
         if seq is not None and keep is not None:
             raise ValueError("purge_stream: give seq or keep, not both")
         body: dict[str, Any] = {}
@@ -196,12 +222,25 @@ class JetStream:
         return bool(resp.get("success", False))
 
     def stream_info(
-        self, name: str, subjects_filter: str | None = None, timeout: float | None = None
+        self,
+        name: str,
+        subjects_filter: str | None = None,
+        timeout: float | None = None,
+        *,
+        deleted_details: bool = False,
     ) -> StreamInfo:
         """A stream's configuration and state; with ``subjects_filter`` (e.g. ``">"``)
-        ``state.subjects`` counts the messages of each matching subject."""
+        ``state.subjects`` counts the messages of each matching subject (``None``
+        when none matches, as nats-py); with ``deleted_details=True``
+        ``state.deleted`` lists the sequences deleted inside the stream's range."""
         check_name("stream", name)
-        body = {"subjects_filter": subjects_filter} if subjects_filter else None
+        body: dict[str, Any] | None = None
+        if subjects_filter or deleted_details:
+            body = {}
+            if subjects_filter:
+                body["subjects_filter"] = subjects_filter
+            if deleted_details:
+                body["deleted_details"] = True
         resp = self._api(f"STREAM.INFO.{name}", body, "STREAM.INFO", timeout)
         info = StreamInfo.from_json(resp)
         if subjects_filter:
@@ -211,7 +250,7 @@ class JetStream:
             while isinstance(total, int) and len(subjects) < total:
                 more = self._api(
                     f"STREAM.INFO.{name}",
-                    {"subjects_filter": subjects_filter, "offset": len(subjects)},
+                    dict(body or {}, offset=len(subjects)),
                     "STREAM.INFO",
                     timeout,
                 )
@@ -219,33 +258,71 @@ class JetStream:
                 if not page:
                     break
                 subjects.update(page)
-            info.state.subjects = subjects
+            info.state.subjects = subjects or None
         return info
 
     def _paged(
-        self, subject: str, key: str, operation: str, body: dict[str, Any] | None, timeout: float | None
+        self,
+        subject: str,
+        key: str,
+        operation: str,
+        body: dict[str, Any] | None,
+        timeout: float | None,
+        offset: int = 0,
     ) -> list[Any]:
         out: list[Any] = []
         while True:
             req = dict(body or {})
-            req["offset"] = len(out)
+            req["offset"] = offset + len(out)
             resp = self._api(subject, req, operation, timeout)
             page = resp.get(key) or []
             out.extend(page)
             total = resp.get("total", 0)
-            if not page or not isinstance(total, int) or len(out) >= total:
+            if not page or not isinstance(total, int) or offset + len(out) >= total:
                 return out
 
-    def streams_info(self, timeout: float | None = None) -> list[StreamInfo]:
-        """Every stream's info (all pages)."""
+    def streams_info(
+        self, offset: int = 0, subject: str | None = None, timeout: float | None = None
+    ) -> list[StreamInfo]:
+        """The info of every stream (all pages, from ``offset`` on, as nats-py's
+        ``streams_info(offset)``); with ``subject``, of the streams that capture it
+        (a subject or a pattern with wildcards, e.g. ``"$KV.*.>"``)."""
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an int >= 0, not {offset!r}")
+        body = {"subject": subject} if subject else None
         return [
             StreamInfo.from_json(s)
-            for s in self._paged("STREAM.LIST", "streams", "STREAM.LIST", None, timeout)
+            for s in self._paged("STREAM.LIST", "streams", "STREAM.LIST", body, timeout, offset)
         ]
 
+    def streams_info_iterator(
+        self, offset: int = 0, subject: str | None = None, timeout: float | None = None
+    ) -> Iterator[StreamInfo]:
+        """The info of every stream, one page requested at a time as the iteration
+        goes on (nats-py's ``streams_info_iterator``); arguments as
+        :meth:`streams_info`."""
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an int >= 0, not {offset!r}")
+        return self._stream_pages(offset, subject, timeout)
+
+    def _stream_pages(self, offset: int, subject: str | None, timeout: float | None) -> Iterator[StreamInfo]:
+        got = 0
+        while True:
+            req: dict[str, Any] = {"offset": offset + got}
+            if subject:
+                req["subject"] = subject
+            resp = self._api("STREAM.LIST", req, "STREAM.LIST", timeout)
+            page = resp.get("streams") or []
+            for s in page:
+                yield StreamInfo.from_json(s)
+            got += len(page)
+            total = resp.get("total", 0)
+            if not page or not isinstance(total, int) or offset + got >= total:
+                return
+
     def stream_names(self, subject: str | None = None, timeout: float | None = None) -> list[str]:
-        """The names of every stream (all pages); with ``subject``, of those that
-        capture it."""
+        """The names of every stream (all pages); with ``subject`` (a subject or a
+        pattern with wildcards), of those that capture it."""
         body = {"subject": subject} if subject else None
         return [str(n) for n in self._paged("STREAM.NAMES", "streams", "STREAM.NAMES", body, timeout)]
 
@@ -515,6 +592,7 @@ class JetStream:
         expected_last_seq: int | None,
         expected_last_subject_seq: int | None,
         expected_last_msg_id: str | None,
+        extra: tuple[float | str | None, float | str | None, str | None] | None = None,
     ) -> HeadersInput | None:
         if (
             msg_id is None
@@ -522,9 +600,12 @@ class JetStream:
             and expected_last_seq is None
             and expected_last_subject_seq is None
             and expected_last_msg_id is None
+            and extra is None
         ):
             return headers
         h = Headers(headers) if headers is not None else Headers()
+        if extra is not None:
+            _ttl_headers(h, extra, expected_last_subject_seq)
         if msg_id is not None:
             h["Nats-Msg-Id"] = str(msg_id)
         if expected_stream is not None:
@@ -550,16 +631,31 @@ class JetStream:
         expected_last_seq: int | None = None,
         expected_last_subject_seq: int | None = None,
         expected_last_msg_id: str | None = None,
+        ttl: float | str | None = None,
+        msg_ttl: float | str | None = None,
+        expected_last_subject_seq_subject: str | None = None,
     ) -> PubAck:
         """Publish to a stream and wait for its acknowledgement.
 
         ``msg_id`` sets ``Nats-Msg-Id`` (deduplication), ``stream``/``expected_stream``
         and the ``expected_*`` arguments set the ``Nats-Expected-*`` headers.
+        ``ttl`` (``msg_ttl`` is nats-py's name) sets the message's own time to live,
+        ``Nats-TTL`` (server 2.11+, the stream needs ``allow_msg_ttl=True``): seconds
+        (at least 1), a Go duration string such as ``"1m"``, or ``"never"``.
+        ``expected_last_subject_seq_subject`` (nats.go's
+        ``WithExpectLastSequenceForSubject``) makes ``expected_last_subject_seq`` the
+        last sequence of the messages on that subject (a pattern such as
+        ``"orders.*"`` allowed) instead of on ``subject``.
+
+        A subject no stream listens on is tried twice more, 250 ms apart, within
+        ``timeout`` (as nats.go: a stream created at that moment still gets it).
 
         Raises:
             NoStreamResponseError: no stream captures ``subject``.
             APIError: the stream refused it (e.g. err_code 10071, wrong last sequence).
             natsync.TimeoutError: no acknowledgement within ``timeout``.
+            ValueError: a bad ``ttl``, or ``expected_last_subject_seq_subject``
+                without ``expected_last_subject_seq``.
         """
         t = self._timeout if timeout is None else _check_timeout(timeout)
         hdrs = self._pub_headers(
@@ -569,6 +665,9 @@ class JetStream:
             expected_last_seq,
             expected_last_subject_seq,
             expected_last_msg_id,
+            None
+            if ttl is None and msg_ttl is None and expected_last_subject_seq_subject is None
+            else (ttl, msg_ttl, expected_last_subject_seq_subject),
         )
         nc = self._nc
         deadline = time.monotonic() + t
@@ -579,13 +678,9 @@ class JetStream:
                     subject, payload, timeout=max(deadline - time.monotonic(), 0.001), headers=hdrs
                 )
             except NoRespondersError:
-                # In a cluster a stream may be between leaders for a moment (nats.go retries);
-                # a single server has no elections: no stream is listening.
-                if (
-                    retries < _PUB_RETRIES
-                    and self._clustered()
-                    and time.monotonic() + _PUB_RETRY_WAIT < deadline
-                ):
+                # A stream may be between leaders, or be created at this moment: nats.go
+                # retries no-responders twice, 250 ms apart, on every server.
+                if retries < _PUB_RETRIES and time.monotonic() + _PUB_RETRY_WAIT < deadline:
                     retries += 1
                     time.sleep(_PUB_RETRY_WAIT)
                     continue
@@ -602,10 +697,6 @@ class JetStream:
                     continue
                 raise
 
-    def _clustered(self) -> bool:
-        info = self._nc.server_info
-        return bool(info.get("cluster") or info.get("connect_urls"))
-
     def publish_async(
         self,
         subject: str,
@@ -619,6 +710,9 @@ class JetStream:
         expected_last_seq: int | None = None,
         expected_last_subject_seq: int | None = None,
         expected_last_msg_id: str | None = None,
+        ttl: float | str | None = None,
+        msg_ttl: float | str | None = None,
+        expected_last_subject_seq_subject: str | None = None,
     ) -> Future[PubAck]:
         """Publish without waiting; returns a :class:`concurrent.futures.Future` of the
         :class:`PubAck`.
@@ -628,7 +722,8 @@ class JetStream:
         after ``timeout``.  The future always completes: with the ack, an
         :class:`APIError`, :class:`NoStreamResponseError`, :class:`natsync.TimeoutError`
         after ``timeout``, or :class:`natsync.ConnectionClosedError` when the client
-        closes.
+        closes.  ``ttl``/``msg_ttl`` and ``expected_last_subject_seq_subject`` as in
+        :meth:`publish`.
         """
         pub = self._async
         if pub is None:
@@ -642,6 +737,9 @@ class JetStream:
             and expected_last_seq is None
             and expected_last_subject_seq is None
             and expected_last_msg_id is None
+            and ttl is None
+            and msg_ttl is None
+            and expected_last_subject_seq_subject is None
         ):
             return pub.publish(subject, payload, None, self._timeout)  # type: ignore[no-any-return]
         t = self._timeout if timeout is None else _check_timeout(timeout)
@@ -652,8 +750,55 @@ class JetStream:
             expected_last_seq,
             expected_last_subject_seq,
             expected_last_msg_id,
+            None
+            if ttl is None and msg_ttl is None and expected_last_subject_seq_subject is None
+            else (ttl, msg_ttl, expected_last_subject_seq_subject),
         )
         return pub.publish(subject, payload, hdrs, t)  # type: ignore[no-any-return]
+
+    def batch_publisher(
+        self, *, ack_first: bool = True, ack_every: int = 0, timeout: float | None = None
+    ) -> BatchPublisher:
+        """Start an atomic batch (server 2.12+, the stream needs ``allow_atomic=True``):
+        ``add()`` messages, then ``commit()`` the last one; the stream stores all of
+        them or none.  See :class:`natsync.js.batch.BatchPublisher` (nats.go's
+        ``jetstreamext.NewBatchPublisher``).
+
+        Raises:
+            ValueError: a bad ``ack_every``, ``ack_first`` or ``timeout``.
+        """
+        from .batch import BatchPublisher
+
+        return BatchPublisher(self, ack_first=ack_first, ack_every=ack_every, timeout=timeout)
+
+    def publish_batch(
+        self,
+        messages: Iterable[BatchMessage | Msg],
+        *,
+        ack_first: bool = True,
+        ack_every: int = 0,
+        timeout: float | None = None,
+    ) -> PubAck:
+        """Publish ``messages`` as one atomic batch (server 2.12+, the stream needs
+        ``allow_atomic=True``) and return the commit's :class:`PubAck` (its
+        ``batch_size`` is how many were stored, ``seq`` the last one's sequence).
+
+        ``messages`` are ``(subject, payload)`` or ``(subject, payload, headers)``
+        tuples (or :class:`natsync.Msg` objects); the last one commits the batch.  As
+        nats.go's ``jetstreamext.PublishMsgBatch``: the first message waits for the
+        server's answer (``ack_first``), then one every ``ack_every`` messages.
+
+        Raises:
+            ValueError: no messages, or a message with ``Nats-Batch-*`` headers of
+                its own (nothing is sent).
+            APIError: the server refused the batch (nothing of it was stored), e.g.
+                err_code 10174 (the stream has no ``allow_atomic``).
+            NoStreamResponseError: no stream captures the first subject.
+            natsync.TimeoutError: no answer within ``timeout``.
+        """
+        from .batch import publish_batch
+
+        return publish_batch(self, messages, ack_first=ack_first, ack_every=ack_every, timeout=timeout)
 
     def _async_publisher(self) -> Any:
         from ._async import AsyncPublisher
@@ -914,6 +1059,32 @@ class JetStream:
 
         return object_store.delete_object_store(self, *args, **kwargs)
 
+    def key_value_store_names(self, timeout: float | None = None) -> list[str]:
+        """The names of every Key/Value bucket (nats.go's ``KeyValueStoreNames``)."""
+        from . import kv
+
+        return kv.key_value_store_names(self, timeout=timeout)
+
+    def key_value_stores(self, timeout: float | None = None) -> list[BucketStatus]:
+        """The :class:`~natsync.js.kv.BucketStatus` of every Key/Value bucket (nats.go's
+        ``KeyValueStores``)."""
+        from . import kv
+
+        return kv.key_value_stores(self, timeout=timeout)
+
+    def object_store_names(self, timeout: float | None = None) -> list[str]:
+        """The names of every Object Store bucket (nats.go's ``ObjectStoreNames``)."""
+        from . import object_store
+
+        return object_store.object_store_names(self, timeout=timeout)
+
+    def object_stores(self, timeout: float | None = None) -> list[ObjectStoreStatus]:
+        """The :class:`~natsync.js.object_store.ObjectStoreStatus` of every Object Store
+        bucket (nats.go's ``ObjectStores``)."""
+        from . import object_store
+
+        return object_store.object_stores(self, timeout=timeout)
+
 
 JetStreamManager = JetStream
 """nats-py's manager type: the same :class:`JetStream`."""
@@ -927,6 +1098,33 @@ _CONSUMER_EXISTS = frozenset({10013, 10105, 10148})
 _USER_NATS = frozenset(
     {"Nats-Msg-Id", "Nats-Rollup", "Nats-Expected-Stream", "Nats-Marker-Reason", "Nats-TTL"}
 )
+
+
+def _ttl_headers(
+    h: Headers,
+    extra: tuple[float | str | None, float | str | None, str | None],
+    expected_last_subject_seq: int | None,
+) -> None:
+    """Set ``Nats-TTL`` and ``Nats-Expected-Last-Subject-Sequence-Subject`` on ``h``
+    (the publish options that are not on the fast path)."""
+    ttl, msg_ttl, last_subject = extra
+    if ttl is not None and msg_ttl is not None:
+        raise ValueError("give ttl or msg_ttl (nats-py's name of the same thing), not both")
+    if msg_ttl is not None:
+        ttl = msg_ttl
+    if ttl is not None:
+        h[Header.MSG_TTL.value] = format_ttl(ttl, "ttl")
+    if last_subject is not None:
+        if not isinstance(last_subject, str) or not last_subject or " " in last_subject:
+            raise ValueError(
+                f"expected_last_subject_seq_subject must be a subject (or pattern), not {last_subject!r}"
+            )
+        if expected_last_subject_seq is None:
+            raise ValueError(
+                "expected_last_subject_seq_subject needs expected_last_subject_seq: the sequence "
+                "the last message on that subject must have"
+            )
+        h[Header.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT.value] = last_subject
 
 
 def pub_ack(data: bytes) -> PubAck:
@@ -951,6 +1149,8 @@ def pub_ack(data: bytes) -> PubAck:
         stream = resp.get("stream")
         seq = resp.get("seq")
         if stream is not None and seq is not None:
-            return PubAck(stream, seq, resp.get("domain"), resp.get("duplicate"))
+            return PubAck(
+                stream, seq, resp.get("domain"), resp.get("duplicate"), resp.get("batch"), resp.get("count")
+            )
     decode_api_response(data, "PUBLISH")
     raise APIError(description=f"invalid publish acknowledgement: {data[:80]!r}", operation="PUBLISH")

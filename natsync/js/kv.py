@@ -62,6 +62,8 @@ __all__ = [
     "validate_key_filter",
     "kv_stream_config",
     "entry_operation",
+    "key_value_store_names",
+    "key_value_stores",
 ]
 
 KV_OP = "KV-Operation"
@@ -71,7 +73,10 @@ MARKER_REASON = "Nats-Marker-Reason"
 ROLLUP = "Nats-Rollup"
 ROLLUP_SUBJECT = "sub"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+MSG_TTL = "Nats-TTL"
 MAX_HISTORY = 64
+# Stream metadata keys the server itself sets (API level, version): not the user's.
+_SERVER_METADATA_PREFIX = "_nats."
 # A revision mismatch: 10071 on R1 streams, 10164 on replicated ones.
 _WRONG_LAST_SEQ_CODES = frozenset({10071, 10164})
 _DEFAULT_DUPLICATE_WINDOW = 120.0
@@ -115,6 +120,25 @@ def validate_key(key: object) -> str:
     return key
 
 
+def _key(key: object, validate_keys: bool) -> str:
+    """*key* checked as :func:`validate_key` does, or (``validate_keys=False``, as
+    nats-py's option) only as a subject's tail: a non-empty str without whitespace or
+    wildcards, so that the key still names one subject."""
+    if validate_keys:
+        return validate_key(key)
+    if (
+        not isinstance(key, str)
+        or not _dots_ok(key)
+        or any(c.isspace() or c in "*>" for c in key)
+        or not key.isprintable()
+    ):
+        raise InvalidKeyError(
+            f"invalid key {key!r}: even with validate_keys=False a key must be a subject's tail "
+            "(no whitespace, '*', '>' or empty token)"
+        )
+    return key
+
+
 def validate_key_filter(pattern: object) -> str:
     """Return *pattern* if it is a valid key pattern (``*`` tokens, trailing ``>``).
 
@@ -142,9 +166,14 @@ def subject_prefix(bucket: str) -> str:
 def kv_stream_config(config: api.KeyValueConfig) -> api.StreamConfig:
     """The stream configuration of a bucket, laid out as nats.go lays it out.
 
+    ``limit_marker_ttl`` becomes the stream's ``subject_delete_marker_ttl`` and turns
+    on ``allow_msg_ttl`` (per-key TTLs), as nats.go does; ``compression=True`` is
+    S2 compression.
+
     Raises:
         InvalidBucketNameError: for a bad bucket name.
-        ValueError: for a history outside 1..64 or a negative size or TTL.
+        ValueError: for a history outside 1..64, a negative size or TTL, a
+            ``limit_marker_ttl`` under 1 s, or metadata that is not str -> str.
     """
     bucket = validate_bucket(config.bucket)
     history = 1 if config.history is None else config.history
@@ -157,6 +186,13 @@ def kv_stream_config(config: api.KeyValueConfig) -> api.StreamConfig:
         value = getattr(config, name)
         if value is not None and value < -1:
             raise ValueError(f"{name} must be >= -1, not {value!r}")
+    marker = config.limit_marker_ttl or 0.0
+    if isinstance(marker, bool) or not isinstance(marker, (int, float)) or marker < 0 or 0 < marker < 1:
+        raise ValueError(
+            "limit_marker_ttl must be at least 1 second (or None: no markers), not "
+            f"{config.limit_marker_ttl!r}"
+        )
+    api.check_metadata("KeyValueConfig.metadata", config.metadata)
     duplicates = _DEFAULT_DUPLICATE_WINDOW
     if 0 < ttl < duplicates:
         duplicates = ttl
@@ -179,7 +215,19 @@ def kv_stream_config(config: api.KeyValueConfig) -> api.StreamConfig:
         discard=api.DiscardPolicy.NEW,
         placement=config.placement,
         republish=config.republish,
+        allow_msg_ttl=True if marker else None,
+        subject_delete_marker_ttl=marker or None,
+        metadata=dict(config.metadata) if config.metadata else None,
+        compression=api.StoreCompression.S2 if config.compression else None,
     )
+
+
+def _user_metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
+    """Stream metadata without the keys the server adds (``_nats.*``)."""
+    if not metadata:
+        return None
+    mine = {k: v for k, v in metadata.items() if not k.startswith(_SERVER_METADATA_PREFIX)}
+    return mine or None
 
 
 def entry_operation(headers: Headers | dict[str, str] | None) -> str | None:
@@ -280,6 +328,47 @@ class BucketStatus:
         """How many replicas the bucket's stream has."""
         return int(self.stream_info.config.num_replicas or 1)
 
+    @property
+    def metadata(self) -> dict[str, str] | None:
+        """The bucket's metadata (str -> str; the server's own ``_nats.*`` keys left
+        out), or None."""
+        return _user_metadata(self.stream_info.config.metadata)
+
+    @property
+    def limit_marker_ttl(self) -> float | None:
+        """How long the markers of keys removed by a TTL are kept, in seconds (None:
+        no markers)."""
+        value = self.stream_info.config.subject_delete_marker_ttl
+        return value if value else None
+
+    @property
+    def is_compressed(self) -> bool:
+        """Whether the bucket's data is compressed on disk."""
+        comp: object = self.stream_info.config.compression
+        return comp is not None and comp not in (api.StoreCompression.NONE, "none")
+
+    def config(self) -> api.KeyValueConfig:
+        """The bucket's configuration as a :class:`~natsync.js.api.KeyValueConfig`
+        (nats.go's ``KeyValueStatus.Config()``): what ``create_key_value`` would be
+        given to make this bucket."""
+        cfg = self.stream_info.config
+        return api.KeyValueConfig(
+            bucket=self.bucket,
+            description=cfg.description,
+            max_value_size=cfg.max_msg_size,
+            history=self.history,
+            ttl=self.ttl,
+            max_bytes=cfg.max_bytes,
+            storage=cfg.storage,
+            replicas=self.replicas,
+            placement=cfg.placement,
+            republish=cfg.republish,
+            direct=cfg.allow_direct,
+            limit_marker_ttl=self.limit_marker_ttl,
+            metadata=self.metadata,
+            compression=self.is_compressed,
+        )
+
 
 # --------------------------------------------------------------------------- errors
 
@@ -327,7 +416,14 @@ class KeyValue:
 
     # ------------------------------------------------------------------ reads
 
-    def get(self, key: str, revision: int | None = None, *, timeout: float | None = None) -> Entry:
+    def get(
+        self,
+        key: str,
+        revision: int | None = None,
+        validate_keys: bool = True,
+        *,
+        timeout: float | None = None,
+    ) -> Entry:
         """Return the newest revision of *key*, or revision *revision* of it.
 
         Raises:
@@ -337,9 +433,14 @@ class KeyValue:
             KeyNotFoundError: the key never existed, or *revision* is not one of its.
             BucketNotFoundError: the bucket was deleted.
         """
-        entry = self._get(validate_key(key), revision, timeout)
+        entry = self._get(_key(key, validate_keys), revision, timeout)
         if entry.operation is not None:
-            raise KeyDeletedError(entry=entry, op=entry.operation)
+            what = "deleted" if entry.operation == KV_DEL else "purged"
+            raise KeyDeletedError(
+                description=f"key {key!r} was {what} (revision {entry.revision}) in bucket {self._name!r}",
+                entry=entry,
+                op=entry.operation,
+            )
         return entry
 
     def _get(self, key: str, revision: int | None, timeout: float | None) -> Entry:
@@ -386,30 +487,54 @@ class KeyValue:
                 description=f"bucket {self._name!r} not found: no stream stored the write"
             ) from err
 
-    def put(self, key: str, value: bytes | str, *, timeout: float | None = None) -> int:
+    def put(
+        self, key: str, value: bytes | str, validate_keys: bool = True, *, timeout: float | None = None
+    ) -> int:
         """Store *value* (bytes, or str sent as UTF-8) under *key*; return its revision.
 
         Raises:
             InvalidKeyError: for a bad key (nothing is sent).
             APIError: e.g. the value exceeds the bucket's ``max_value_size``.
         """
-        subject = self._pre + validate_key(key)
+        subject = self._pre + _key(key, validate_keys)
         ack = self._publish(subject, _as_value(value), None, timeout)
         return int(ack.seq)
 
-    def create(self, key: str, value: bytes | str, *, timeout: float | None = None) -> int:
+    def create(
+        self,
+        key: str,
+        value: bytes | str,
+        validate_keys: bool = True,
+        msg_ttl: float | str | None = None,
+        *,
+        timeout: float | None = None,
+        ttl: float | str | None = None,
+    ) -> int:
         """Store *value* under *key* only if the key has no value; return the revision.
 
-        A deleted or purged key counts as having no value.
+        A deleted or purged key counts as having no value.  *ttl* (``msg_ttl`` is
+        nats-py's name; nats.go's ``KeyTTL``) makes this revision expire after that
+        many seconds (at least 1, or a Go duration string such as ``"1m"``); the
+        bucket needs ``limit_marker_ttl`` (server 2.11+), which also leaves a marker
+        when the key expires.
 
         Raises:
             KeyWrongLastSequenceError: the key has a value.
             InvalidKeyError: for a bad key (nothing is sent).
+            ValueError: a bad *ttl*, or both *ttl* and *msg_ttl* (nothing is sent).
+            APIError: the bucket does not allow per-key TTLs (no ``limit_marker_ttl``).
         """
-        validate_key(key)
+        _key(key, validate_keys)
         data = _as_value(value)
+        if ttl is not None and msg_ttl is not None:
+            raise ValueError("give ttl or msg_ttl (nats-py's name of the same thing), not both")
+        ttl_value = None
+        if ttl is not None or msg_ttl is not None:
+            given = ttl if ttl is not None else msg_ttl
+            assert given is not None
+            ttl_value = api.format_ttl(given, "ttl")
         try:
-            return self._update(key, data, 0, timeout)
+            return self._update(key, data, 0, timeout, ttl_value)
         except KeyWrongLastSequenceError as err:
             # The last message may be a delete marker: then the key may be created
             # again, conditionally on that marker still being the last one.
@@ -419,10 +544,16 @@ class KeyValue:
                 raise err from None
             if entry.operation is None:
                 raise
-            return self._update(key, data, entry.revision, timeout)
+            return self._update(key, data, entry.revision, timeout, ttl_value)
 
     def update(
-        self, key: str, value: bytes | str, last: int | None = None, *, timeout: float | None = None
+        self,
+        key: str,
+        value: bytes | str,
+        last: int | None = None,
+        validate_keys: bool = True,
+        *,
+        timeout: float | None = None,
     ) -> int:
         """Store *value* under *key* only if the key's newest revision is *last*
         (``0`` or None: only if the key has no message at all, as nats-py).
@@ -433,16 +564,21 @@ class KeyValue:
             KeyWrongLastSequenceError: another revision was stored meanwhile.
             InvalidKeyError: for a bad key (nothing is sent).
         """
-        validate_key(key)
+        _key(key, validate_keys)
         if last is None:
             last = 0
         if not isinstance(last, int) or isinstance(last, bool) or last < 0:
             raise ValueError(f"last must be a revision (an int >= 0), not {last!r}")
         return self._update(key, _as_value(value), last, timeout)
 
-    def _update(self, key: str, data: bytes, last: int, timeout: float | None) -> int:
+    def _update(
+        self, key: str, data: bytes, last: int, timeout: float | None, ttl: str | None = None
+    ) -> int:
+        headers = {EXPECTED_LAST_SUBJECT_SEQ: str(last)}
+        if ttl is not None:
+            headers[MSG_TTL] = ttl
         try:
-            ack = self._publish(self._pre + key, data, {EXPECTED_LAST_SUBJECT_SEQ: str(last)}, timeout)
+            ack = self._publish(self._pre + key, data, headers, timeout)
         except APIError as err:
             if _wrong_last(err):
                 raise KeyWrongLastSequenceError(
@@ -451,7 +587,9 @@ class KeyValue:
             raise
         return int(ack.seq)
 
-    def delete(self, key: str, last: int | None = None, *, timeout: float | None = None) -> bool:
+    def delete(
+        self, key: str, last: int | None = None, validate_keys: bool = True, *, timeout: float | None = None
+    ) -> bool:
         """Place a delete marker on *key* (its history is kept); return True.
 
         With *last*, only if the key's newest revision is *last*.
@@ -460,19 +598,38 @@ class KeyValue:
             KeyWrongLastSequenceError: *last* was given and is not the newest revision.
             InvalidKeyError: for a bad key (nothing is sent).
         """
-        return self._marker(key, KV_DEL, last, timeout)
+        return self._marker(_key(key, validate_keys), KV_DEL, last, timeout)
 
-    def purge(self, key: str, last: int | None = None, *, timeout: float | None = None) -> bool:
+    def purge(
+        self,
+        key: str,
+        last: int | None = None,
+        *,
+        timeout: float | None = None,
+        ttl: float | str | None = None,
+        msg_ttl: float | str | None = None,
+    ) -> bool:
         """Place a purge marker on *key* and drop all its older revisions; return True.
+
+        *ttl* (``msg_ttl`` is nats-py's name; nats.go's ``PurgeTTL``) makes the marker
+        itself expire after that many seconds (the bucket needs ``limit_marker_ttl``).
+        nats-py's second positional parameter is ``msg_ttl``; natsync's is *last*
+        (give the TTL by keyword).
 
         Raises:
             KeyWrongLastSequenceError: *last* was given and is not the newest revision.
             InvalidKeyError: for a bad key (nothing is sent).
         """
-        return self._marker(key, KV_PURGE, last, timeout)
+        if ttl is not None and msg_ttl is not None:
+            raise ValueError("give ttl or msg_ttl (nats-py's name of the same thing), not both")
+        given = ttl if ttl is not None else msg_ttl
+        return self._marker(
+            validate_key(key), KV_PURGE, last, timeout, None if given is None else api.format_ttl(given)
+        )
 
-    def _marker(self, key: str, op: str, last: int | None, timeout: float | None) -> bool:
-        validate_key(key)
+    def _marker(
+        self, key: str, op: str, last: int | None, timeout: float | None, ttl: str | None = None
+    ) -> bool:
         if last is not None and (not isinstance(last, int) or isinstance(last, bool) or last < 0):
             raise ValueError(f"last must be a revision (an int >= 0), not {last!r}")
         headers = {KV_OP: op}
@@ -480,6 +637,8 @@ class KeyValue:
             headers[ROLLUP] = ROLLUP_SUBJECT
         if last:
             headers[EXPECTED_LAST_SUBJECT_SEQ] = str(last)
+        if ttl is not None:
+            headers[MSG_TTL] = ttl
         try:
             self._publish(self._pre + key, b"", headers, timeout)
         except APIError as err:
@@ -577,7 +736,9 @@ class KeyValue:
         ignore_deletes: bool = False,
         meta_only: bool = False,
         updates_only: bool = False,
+        resume_from_revision: int | None = None,
         timeout: float | None = None,
+        headers_only: bool = False,
     ) -> KeyWatcher:
         """Watch the keys matching *keys* (a pattern or a list of patterns).
 
@@ -589,23 +750,50 @@ class KeyValue:
         iterator or call :meth:`KeyWatcher.updates`; :meth:`KeyWatcher.stop` (or a
         ``with`` block) ends it.  It is built on an ordered consumer: it survives
         reconnects and server restarts without missing or repeating a change.
+        *resume_from_revision* (nats.go's ``ResumeFromRevision``) starts at that
+        revision (stream sequence) and delivers every revision from there on, as
+        with *include_history*, then ``None``, then the changes.  *headers_only* is
+        nats-py's other name of *meta_only*.
 
         Raises:
             InvalidKeyError: for a bad pattern (nothing is sent).
+            ValueError: *include_history* with *updates_only* (as nats.go and nats-py),
+                *resume_from_revision* with *updates_only*, or a revision below 1.
         """
+        _check_watch_options(include_history, updates_only, resume_from_revision)
         return KeyWatcher(
             self,
             _patterns(keys),
             include_history=include_history,
             ignore_deletes=ignore_deletes,
-            meta_only=meta_only,
+            meta_only=meta_only or headers_only,
             updates_only=updates_only,
+            resume_from_revision=resume_from_revision,
             timeout=timeout,
         )
 
     def watchall(self, **kwargs: Any) -> KeyWatcher:
         """Watch every key (``watch(">", ...)``)."""
         return self.watch(">", **kwargs)
+
+
+def _check_watch_options(include_history: bool, updates_only: bool, resume_from_revision: int | None) -> None:
+    if include_history and updates_only:
+        raise ValueError(
+            "include_history and updates_only cannot be used together: include_history replays "
+            "every kept revision, updates_only skips them all"
+        )
+    if resume_from_revision is not None:
+        if (
+            isinstance(resume_from_revision, bool)
+            or not isinstance(resume_from_revision, int)
+            or resume_from_revision < 1
+        ):
+            raise ValueError(
+                f"resume_from_revision must be a revision (an int >= 1), not {resume_from_revision!r}"
+            )
+        if updates_only:
+            raise ValueError("resume_from_revision and updates_only cannot be used together")
 
 
 def _patterns(keys: str | Sequence[str] | None) -> list[str]:
@@ -645,8 +833,41 @@ def create_key_value(
     """
     cfg = _config_from(config, fields, api.KeyValueConfig)
     scfg = kv_stream_config(cfg)
+    if scfg.subject_delete_marker_ttl:
+        _require_api_level(js, 1, "limit_marker_ttl", timeout)
     info = js.add_stream(scfg, timeout=timeout)
     return KeyValue(js, cfg.bucket, info)
+
+
+def _require_api_level(js: Any, level: int, what: str, timeout: float | None) -> None:
+    """Raise if the server's JetStream API level is below *level* (nats.go's
+    ``ErrLimitMarkerTTLNotSupported`` check)."""
+    info = js.account_info(timeout=timeout)
+    have = info.api.level if info.api is not None else None
+    if not have or have < level:
+        raise ServiceUnavailableError(
+            description=f"{what} needs JetStream API level {level} (nats-server 2.11+); the server has "
+            f"level {have or 0}",
+            operation="INFO",
+        )
+
+
+def key_value_store_names(js: Any, *, timeout: float | None = None) -> list[str]:
+    """The names of every Key/Value bucket of the account (nats.go's
+    ``KeyValueStoreNames``): streams named ``KV_*`` on ``$KV.*.>`` subjects."""
+    names = js.stream_names(subject="$KV.*.>", timeout=timeout)
+    return [n[3:] for n in names if n.startswith("KV_")]
+
+
+def key_value_stores(js: Any, *, timeout: float | None = None) -> list[BucketStatus]:
+    """The status of every Key/Value bucket of the account (nats.go's
+    ``KeyValueStores``)."""
+    infos = js.streams_info(subject="$KV.*.>", timeout=timeout)
+    return [
+        BucketStatus(bucket=i.config.name[3:], stream_info=i)
+        for i in infos
+        if i.config.name and i.config.name.startswith("KV_")
+    ]
 
 
 def key_value(js: Any, bucket: str, *, timeout: float | None = None) -> KeyValue:
@@ -707,6 +928,7 @@ class _MetaWatcher:
         headers_only: bool,
         marker: bool,
         timeout: float | None,
+        opt_start_seq: int | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._stopped = False
@@ -720,6 +942,7 @@ class _MetaWatcher:
                 stream,
                 subjects,
                 deliver_policy=deliver_policy,
+                opt_start_seq=opt_start_seq,
                 headers_only=headers_only,
                 timeout=timeout,
             )
@@ -839,6 +1062,7 @@ class KeyWatcher(_MetaWatcher):
         ignore_deletes: bool,
         meta_only: bool,
         updates_only: bool = False,
+        resume_from_revision: int | None = None,
         timeout: float | None,
     ) -> None:
         self._bucket = kv._name
@@ -849,11 +1073,14 @@ class KeyWatcher(_MetaWatcher):
             kv._js,
             kv._stream,
             [kv._pre + p for p in patterns],
-            deliver_policy=api.DeliverPolicy.NEW
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE
+            if resume_from_revision is not None
+            else api.DeliverPolicy.NEW
             if updates_only
             else api.DeliverPolicy.ALL
             if include_history
             else api.DeliverPolicy.LAST_PER_SUBJECT,
+            opt_start_seq=resume_from_revision,
             headers_only=meta_only,
             marker=not updates_only,
             timeout=timeout,

@@ -43,7 +43,7 @@ from .errors import (
     ServiceUnavailableError,
     StreamNotFoundError,
 )
-from .kv import _SKIP, _datetime_ns, _MetaWatcher
+from .kv import _SKIP, _check_watch_options, _datetime_ns, _MetaWatcher, _user_metadata
 
 __all__ = [
     "ObjectStore",
@@ -63,6 +63,8 @@ __all__ = [
     "info_to_json",
     "info_from_json",
     "obs_stream_config",
+    "object_store_names",
+    "object_stores",
 ]
 
 DEFAULT_CHUNK_SIZE = 128 * 1024
@@ -257,6 +259,7 @@ def obs_stream_config(config: api.ObjectStoreConfig) -> api.StreamConfig:
         raise ValueError(f"ttl must be >= 0 seconds, not {ttl!r}")
     if config.max_bytes is not None and config.max_bytes < -1:
         raise ValueError(f"max_bytes must be >= -1, not {config.max_bytes!r}")
+    api.check_metadata("ObjectStoreConfig.metadata", config.metadata)
     return api.StreamConfig(
         name=stream_name(bucket),
         description=config.description,
@@ -269,6 +272,8 @@ def obs_stream_config(config: api.ObjectStoreConfig) -> api.StreamConfig:
         discard=api.DiscardPolicy.NEW,
         allow_rollup_hdrs=True,
         allow_direct=True,
+        metadata=dict(config.metadata) if config.metadata else None,
+        compression=api.StoreCompression.S2 if config.compression else None,
     )
 
 
@@ -428,6 +433,34 @@ class ObjectStoreStatus:
     def size(self) -> int:
         """The bytes the bucket's stream holds (data and meta records)."""
         return int(self.stream_info.state.bytes)
+
+    @property
+    def metadata(self) -> dict[str, str] | None:
+        """The bucket's metadata (str -> str; the server's own ``_nats.*`` keys left
+        out), or None."""
+        return _user_metadata(self.stream_info.config.metadata)
+
+    @property
+    def is_compressed(self) -> bool:
+        """Whether the bucket's data is compressed on disk."""
+        comp: object = self.stream_info.config.compression
+        return comp is not None and comp not in (api.StoreCompression.NONE, "none")
+
+    def config(self) -> api.ObjectStoreConfig:
+        """The bucket's configuration as an :class:`~natsync.js.api.ObjectStoreConfig`
+        (nats.go's ``ObjectStoreStatus.Config()``)."""
+        cfg = self.stream_info.config
+        return api.ObjectStoreConfig(
+            bucket=self.bucket,
+            description=cfg.description,
+            ttl=self.ttl,
+            max_bytes=cfg.max_bytes,
+            storage=cfg.storage,
+            replicas=self.replicas,
+            placement=cfg.placement,
+            metadata=self.metadata,
+            compression=self.is_compressed,
+        )
 
 
 class ObjectStore:
@@ -887,7 +920,11 @@ class ObjectStore:
     ) -> ObjectWatcher:
         """Watch the bucket's meta records: yields each object's info, then ``None``
         once the current ones were delivered, then every change.  ``stop()`` ends it.
+
+        Raises:
+            ValueError: *include_history* with *updates_only* (as nats.go and nats-py).
         """
+        _check_watch_options(include_history, updates_only, None)
         return ObjectWatcher(
             self,
             ignore_deletes=ignore_deletes,
@@ -926,17 +963,36 @@ def _read_into(reader: Any, buf: bytearray) -> int:
 
 
 def create_object_store(
-    js: Any, config: api.ObjectStoreConfig | None = None, *, timeout: float | None = None, **fields: Any
+    js: Any,
+    bucket: str | api.ObjectStoreConfig | None = None,
+    config: api.ObjectStoreConfig | None = None,
+    *,
+    timeout: float | None = None,
+    **fields: Any,
 ) -> ObjectStore:
-    """Create Object Store bucket ``config.bucket`` (or of the keyword *fields*) and
-    return it bound.
+    """Create Object Store bucket *bucket* and return it bound.
+
+    The signature is nats-py's, ``create_object_store(bucket=None, config=None,
+    **params)``: *bucket* names the bucket (and wins over ``config.bucket``),
+    *config* gives the rest, keyword *fields* of
+    :class:`~natsync.js.api.ObjectStoreConfig` change it.  An
+    :class:`~natsync.js.api.ObjectStoreConfig` given first (natsync's older
+    ``create_object_store(config)``) is taken as *config*.  The config given is not
+    modified.
 
     Raises:
-        InvalidBucketNameError: a bad name (nothing is sent).
+        InvalidBucketNameError: a bad name, or none (nothing is sent).
+        ValueError: both a config first and *config*.
         BadRequestError: the bucket exists with other settings.
     """
     from .kv import _config_from
 
+    if isinstance(bucket, api.ObjectStoreConfig):
+        if config is not None:
+            raise ValueError("create_object_store: give one ObjectStoreConfig, not two")
+        bucket, config = None, bucket
+    if bucket is not None:
+        fields = dict(fields, bucket=bucket)
     cfg = _config_from(config, fields, api.ObjectStoreConfig)
     scfg = obs_stream_config(cfg)
     info = js.add_stream(scfg, timeout=timeout)
@@ -958,6 +1014,24 @@ def object_store(js: Any, bucket: str, *, timeout: float | None = None) -> Objec
             code=err.code, err_code=err.err_code, description=f"object store {bucket!r} not found"
         ) from err
     return ObjectStore(js, bucket, info.config.name, bool(info.config.allow_direct))
+
+
+def object_store_names(js: Any, *, timeout: float | None = None) -> list[str]:
+    """The names of every Object Store bucket of the account (nats.go's
+    ``ObjectStoreNames``): streams named ``OBJ_*`` on ``$O.*.C.>`` subjects."""
+    names = js.stream_names(subject="$O.*.C.>", timeout=timeout)
+    return [n[4:] for n in names if n.startswith("OBJ_")]
+
+
+def object_stores(js: Any, *, timeout: float | None = None) -> list[ObjectStoreStatus]:
+    """The status of every Object Store bucket of the account (nats.go's
+    ``ObjectStores``)."""
+    infos = js.streams_info(subject="$O.*.C.>", timeout=timeout)
+    return [
+        ObjectStoreStatus(bucket=i.config.name[4:], stream_info=i)
+        for i in infos
+        if i.config.name and i.config.name.startswith("OBJ_")
+    ]
 
 
 def delete_object_store(js: Any, bucket: str, *, timeout: float | None = None) -> bool:
