@@ -102,7 +102,7 @@ class Msg:
     # --- JetStream (natsync.js._msg does the work) -----------------------------------------
 
     def ack(self) -> None:
-        """Acknowledge a JetStream message; see :func:`natsync.js._msg.ack`."""
+        """Acknowledge a JetStream message (the server redelivers it no more)."""
         from .js import _msg
 
         _msg.ack(self)

@@ -161,7 +161,7 @@ class Parser:
     ``feed(data)`` takes any chunk of the byte stream and returns the events
     completed by it; partial operations are kept until more bytes arrive. Any
     chunking of a stream gives the same events. Malformed input raises
-    :class:`ProtocolError`; after that the parser must not be used again.
+    :class:`~natsync.errors.ProtocolError`; after that the parser must not be used again.
 
     Messages are built by *make_msg* (``make_msg(subject, sid, reply, hdr, data)``),
     or, when *msg_type* is given, without a call: ``msg_type.__new__(msg_type)`` and
@@ -486,7 +486,7 @@ _BAD_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f\s\ud800-\udfff]")
 
 
 def validate_subject(subject: object, what: str = "subject") -> str:
-    """Return *subject* if valid, else raise :class:`BadSubjectError`.
+    """Return *subject* if valid, else raise :class:`~natsync.errors.BadSubjectError`.
 
     Valid: a non-empty str without whitespace or control characters and without
     empty tokens (``a..b``, a leading or trailing dot).
@@ -503,7 +503,7 @@ def validate_subject(subject: object, what: str = "subject") -> str:
 
 
 def validate_queue(queue: object) -> str:
-    """Return *queue* if it is a valid queue group name, else raise :class:`BadSubjectError`."""
+    """Return *queue* if it is a valid queue group name, else raise :class:`~natsync.errors.BadSubjectError`."""
     if type(queue) is not str:
         raise BadSubjectError(f"queue must be str, not {type(queue).__name__}")
     if not queue:
@@ -522,7 +522,7 @@ def encode_connect(options: dict[str, Any]) -> bytes:
 
 
 def pub_prefix(subject: str, reply: str | None = None) -> bytes:
-    """The validated ``PUB subject [reply] `` prefix (without the size)."""
+    """The validated ``PUB subject [reply]`` prefix, with its trailing space (without the size)."""
     validate_subject(subject)
     if reply:
         validate_subject(reply, "reply subject")
