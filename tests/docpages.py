@@ -229,7 +229,9 @@ def parse_page(path: Path, text: str | None = None) -> Page:
 
 
 _HOSTPORT_RE = re.compile(r"\b(?:localhost|127\.0\.0\.1):4222\b")
-_BARE_HOST_RE = re.compile(r"((?:nats|tls|ws|wss)://(?:[^\s/@'\"]*@)?)(?:localhost|127\.0\.0\.1)(?![\w.:-])")
+_BARE_HOST_RE = re.compile(
+    r"((?:nats|tls|ws|wss)://(?:[^\s/@'\"]*@)?|[\"'][^\s/@'\"]*@)(?:localhost|127\.0\.0\.1)(?![\w.:-])"
+)
 
 
 def rewrite_urls(text: str, hostport: str | None) -> str:

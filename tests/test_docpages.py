@@ -114,6 +114,7 @@ def test_rewrite_urls() -> None:
     assert rewrite_urls("localhost:4222", hp) == hp
     assert rewrite_urls('"nats://mytoken@localhost"', hp) == f'"nats://mytoken@{hp}"'
     assert rewrite_urls("nats://localhost,nats://127.0.0.1/", hp) == f"nats://{hp},nats://{hp}/"
+    assert rewrite_urls('connect("mytoken@localhost")', hp) == f'connect("mytoken@{hp}")'
     assert rewrite_urls("nats://localhost:5222 localhost", hp) == "nats://localhost:5222 localhost"
     assert rewrite_urls("nats://127.0.0.1:4222", None) == "nats://127.0.0.1:4222"
 
