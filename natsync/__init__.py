@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 from . import errors
-from .client import NATS, Client, Stats, __version__, connect
+from ._version import __version__
+from .client import NATS, Client, Stats, connect
 from .errors import (
     AuthorizationError,
     BadHeaderError,

@@ -503,7 +503,12 @@ def validate_subject(subject: object, what: str = "subject") -> str:
 
 
 def validate_queue(queue: object) -> str:
-    """Return *queue* if it is a valid queue group name, else raise :class:`~natsync.errors.BadSubjectError`."""
+    """Return *queue* if it is a valid queue group name.
+
+    Raises:
+        BadSubjectError: for a name that is not a str, is empty, or holds whitespace or
+            control characters.
+    """
     if type(queue) is not str:
         raise BadSubjectError(f"queue must be str, not {type(queue).__name__}")
     if not queue:
