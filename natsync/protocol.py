@@ -54,7 +54,7 @@ class _Marker:
     __slots__ = ("name",)
 
     def __init__(self, name: str) -> None:
-        self.name = name
+        self.name: str = name
 
     def __repr__(self) -> str:
         return self.name
@@ -71,7 +71,7 @@ class Info:
     __slots__ = ("data",)
 
     def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
+        self.data: dict[str, Any] = data
 
     def __repr__(self) -> str:
         return f"Info({self.data!r})"
@@ -86,7 +86,7 @@ class Err:
     __slots__ = ("text",)
 
     def __init__(self, text: str) -> None:
-        self.text = text
+        self.text: str = text
 
     def __repr__(self) -> str:
         return f"Err({self.text!r})"
@@ -142,9 +142,9 @@ class MsgRun:
     __slots__ = ("sid", "msgs", "nbytes")
 
     def __init__(self, sid: int) -> None:
-        self.sid = sid
+        self.sid: int = sid
         self.msgs: list[Any] = []
-        self.nbytes = 0
+        self.nbytes: int = 0
 
     def __repr__(self) -> str:
         return f"MsgRun(sid={self.sid}, {len(self.msgs)} msgs, {self.nbytes} bytes)"

@@ -88,7 +88,7 @@ class Transport:
         self._sock = sock
         self._closed = False
         self._lock = threading.Lock()
-        self.tls = False
+        self.tls: bool = False
         self.recv_into: Callable[[bytearray | memoryview], int] = sock.recv_into
         self.sendall: Callable[[Buffer], None] = sock.sendall
         # TLS state (set by start_tls)
@@ -98,7 +98,7 @@ class Transport:
         self._send_lock = threading.Lock()
         self._raw = bytearray(0)
         self._eof = False
-        self.stall = 60.0  # write deadline of sends that have no caller's (set by the client)
+        self.stall: float = 60.0  # write deadline of sends that have no caller's (set by the client)
         self._poll: select.poll | None = None  # for try_send (used under the writer's lock)
         self._rpoll: select.poll | None = None  # for wait_readable (used by the one reader)
 
