@@ -12,6 +12,8 @@ from .errors import BadHeaderError
 
 __all__ = ["Headers", "HeadersInput", "encode_headers", "decode_headers", "validate_header_name"]
 
+#: What ``headers=`` accepts: a :class:`Headers`, a mapping of names to a value or a list of
+#: values, or an iterable of ``(name, value)`` pairs.
 HeadersInput = Union["Headers", Mapping[str, Union[str, "list[str]"]], Iterable[tuple[str, str]]]
 
 _HDR_LINE = b"NATS/1.0"

@@ -43,10 +43,14 @@ __all__ = [
     "MAX_PAYLOAD_SIZE",
 ]
 
-MAX_CONTROL_LINE: Final = 1024 * 1024  # a line longer than this without CRLF is an error
-MAX_PAYLOAD_SIZE: Final = 64 * 1024 * 1024  # any size field above this is an error
+#: A protocol line longer than this (bytes, without CRLF) is a :class:`~natsync.errors.ProtocolError`.
+MAX_CONTROL_LINE: Final = 1024 * 1024
+#: A size field above this (bytes) is a :class:`~natsync.errors.ProtocolError`.
+MAX_PAYLOAD_SIZE: Final = 64 * 1024 * 1024
 
+#: The bytes of a client PING.
 PING_CMD: Final = b"PING\r\n"
+#: The bytes of a client PONG.
 PONG_CMD: Final = b"PONG\r\n"
 
 
@@ -60,8 +64,11 @@ class _Marker:
         return self.name
 
 
+#: The event :meth:`Parser.feed` returns for a PING from the server.
 PING: Final = _Marker("PING")
+#: The event for a PONG.
 PONG: Final = _Marker("PONG")
+#: The event for a ``+OK`` (verbose mode).
 OK: Final = _Marker("OK")
 
 
