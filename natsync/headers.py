@@ -61,11 +61,15 @@ class Headers(MutableMapping[str, str]):
     """
 
     __slots__ = ("_items", "status", "description")
+    #: The status code of a received status line (``503`` for no responders), or None.
+    status: int | None
+    #: The text after the status code (``"No Responders"``), ``""`` when there is none.
+    description: str
 
     def __init__(self, data: HeadersInput | None = None) -> None:
         self._items: list[tuple[str, str]] = []
-        self.status: int | None = None
-        self.description: str = ""
+        self.status = None
+        self.description = ""
         if data is None:
             return
         if isinstance(data, Headers):
