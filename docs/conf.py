@@ -9,8 +9,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.abspath(".."))
 
-import natsync  # noqa: E402
 from sphinx.util.nodes import make_refnode  # noqa: E402
+
+import natsync  # noqa: E402
 
 project = "natsync"
 author = "the natsync authors"
@@ -76,7 +77,9 @@ nitpick_ignore_regex = [
 _SECTION_WITH_NOTE = re.compile(r"^(\s*)(Raises|Returns|Yields) \((.*)\):\s*$")
 
 
-def _napoleon_sections(app: object, what: str, name: str, obj: object, options: object, lines: list[str]) -> None:
+def _napoleon_sections(
+    app: object, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
     """Let ``Raises (from the iteration):`` be read as napoleon's ``Raises:`` section
     (the note goes into the text before it)."""
     for i, line in enumerate(lines):
