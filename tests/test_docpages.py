@@ -97,6 +97,7 @@ def test_parse_declarations_blocks_and_lines() -> None:
         (".. natsync-test: skip why\n", "not followed by a block"),
         (".. natsync-test: check-output\n\n.. code-block:: python\n\n   pass\n", "console blocks only"),
     ],
+    ids=["server", "unknown", "env", "skip-reason", "late-server", "dangling", "check-python"],
 )
 def test_bad_declarations_name_page_and_line(text: str, message: str) -> None:
     with pytest.raises(DocPageError, match=message) as info:
