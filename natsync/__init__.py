@@ -1,16 +1,19 @@
 """natsync: a synchronous, thread-based NATS client for Python.
 
-import natsync
-with natsync.connect("nats://127.0.0.1:4222", token="mytoken") as nc:
-    sub = nc.subscribe("greet")
-    nc.publish("greet", b"hello")
-    print(sub.next_msg(timeout=1).data)
+::
+
+    import natsync
+    with natsync.connect("nats://127.0.0.1:4222", token="mytoken") as nc:
+        sub = nc.subscribe("greet")
+        nc.publish("greet", b"hello")
+        print(sub.next_msg(timeout=1).data)
 """
 
 from __future__ import annotations
 
 from . import errors
-from .client import NATS, Client, Stats, __version__, connect
+from ._version import __version__
+from .client import NATS, Client, Stats, connect
 from .errors import (
     AuthorizationError,
     BadHeaderError,

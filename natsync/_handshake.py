@@ -13,10 +13,11 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from . import protocol
 from ._options import Options
+from ._version import __version__
 from .auth import resolve_connect_auth
 from .errors import AuthorizationError, NatsError, ProtocolError, SecureConnectionError, TimeoutError
 from .protocol import OK, PING, PONG, Err, Info, Parser
@@ -25,7 +26,7 @@ from .transport import Transport, tls_error_hint
 
 __all__ = ["Connection", "handshake", "handshake_error", "VERSION"]
 
-VERSION = "0.1.0"
+VERSION: Final[str] = __version__  # sent in CONNECT as the client version
 
 _READ_SIZE = 16 * 1024  # a longer INFO (a big cluster's connect_urls) takes more reads
 

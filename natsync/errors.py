@@ -112,7 +112,7 @@ class SlowConsumerError(NatsError):
     """A subscription's pending limits were hit; messages are being dropped."""
 
     def __init__(self, sub: Subscription | None = None, message: str | None = None) -> None:
-        self.sub = sub
+        self.sub: Subscription | None = sub
         if message is None:
             if sub is not None:
                 message = (

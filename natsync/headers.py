@@ -12,6 +12,8 @@ from .errors import BadHeaderError
 
 __all__ = ["Headers", "HeadersInput", "encode_headers", "decode_headers", "validate_header_name"]
 
+#: What ``headers=`` accepts: a :class:`Headers`, a mapping of names to a value or a list of
+#: values, or an iterable of ``(name, value)`` pairs.
 HeadersInput = Union["Headers", Mapping[str, Union[str, "list[str]"]], Iterable[tuple[str, str]]]
 
 _HDR_LINE = b"NATS/1.0"
@@ -59,11 +61,15 @@ class Headers(MutableMapping[str, str]):
     """
 
     __slots__ = ("_items", "status", "description")
+    #: The status code of a received status line (``503`` for no responders), or None.
+    status: int | None
+    #: The text after the status code (``"No Responders"``), ``""`` when there is none.
+    description: str
 
     def __init__(self, data: HeadersInput | None = None) -> None:
         self._items: list[tuple[str, str]] = []
-        self.status: int | None = None
-        self.description: str = ""
+        self.status = None
+        self.description = ""
         if data is None:
             return
         if isinstance(data, Headers):

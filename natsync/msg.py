@@ -8,7 +8,7 @@ sends it without waiting on the socket.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from .headers import Headers, HeadersInput, decode_headers
 
@@ -38,6 +38,14 @@ class Msg:
     # message has had its final acknowledgement.
     __slots__ = ("_client", "subject", "sid", "reply", "_hdr", "_headers", "data", "_ackd")
     _ackd: bool
+    #: The subject the message was published to.
+    subject: str
+    #: The id of the subscription that received it.
+    sid: int
+    #: The reply subject, or None when the sender expects no reply.
+    reply: str | None
+    #: The payload.
+    data: bytes
 
     def __init__(
         self,
@@ -97,12 +105,12 @@ class Msg:
             and self.headers == other.headers
         )
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]
 
     # --- JetStream (natsync.js._msg does the work) -----------------------------------------
 
     def ack(self) -> None:
-        """Acknowledge a JetStream message; see :func:`natsync.js._msg.ack`."""
+        """Acknowledge a JetStream message (the server redelivers it no more)."""
         from .js import _msg
 
         _msg.ack(self)

@@ -41,6 +41,8 @@ from .errors import NatsError, NkeysNotSupportedError
 
 __all__ = ["NkeysNotSupportedError", "make_signer", "NKEYS_IMPORT_ERROR"]
 
+#: The message of the error raised when NKEY or JWT options are used without the
+#: ``nkeys`` package (``pip install 'natsync[nkeys]'``).
 NKEYS_IMPORT_ERROR = (
     "NKEY/JWT authentication (nkeys_seed, nkeys_seed_str, user_credentials) needs the 'nkeys' "
     "package: install it with  pip install 'natsync[nkeys]'"

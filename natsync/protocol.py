@@ -43,10 +43,14 @@ __all__ = [
     "MAX_PAYLOAD_SIZE",
 ]
 
-MAX_CONTROL_LINE: Final = 1024 * 1024  # a line longer than this without CRLF is an error
-MAX_PAYLOAD_SIZE: Final = 64 * 1024 * 1024  # any size field above this is an error
+#: A protocol line longer than this (bytes, without CRLF) is a :class:`~natsync.errors.ProtocolError`.
+MAX_CONTROL_LINE: Final = 1024 * 1024
+#: A size field above this (bytes) is a :class:`~natsync.errors.ProtocolError`.
+MAX_PAYLOAD_SIZE: Final = 64 * 1024 * 1024
 
+#: The bytes of a client PING.
 PING_CMD: Final = b"PING\r\n"
+#: The bytes of a client PONG.
 PONG_CMD: Final = b"PONG\r\n"
 
 
@@ -54,14 +58,17 @@ class _Marker:
     __slots__ = ("name",)
 
     def __init__(self, name: str) -> None:
-        self.name = name
+        self.name: str = name
 
     def __repr__(self) -> str:
         return self.name
 
 
+#: The event :meth:`Parser.feed` returns for a PING from the server.
 PING: Final = _Marker("PING")
+#: The event for a PONG.
 PONG: Final = _Marker("PONG")
+#: The event for a ``+OK`` (verbose mode).
 OK: Final = _Marker("OK")
 
 
@@ -71,7 +78,7 @@ class Info:
     __slots__ = ("data",)
 
     def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
+        self.data: dict[str, Any] = data
 
     def __repr__(self) -> str:
         return f"Info({self.data!r})"
@@ -86,7 +93,7 @@ class Err:
     __slots__ = ("text",)
 
     def __init__(self, text: str) -> None:
-        self.text = text
+        self.text: str = text
 
     def __repr__(self) -> str:
         return f"Err({self.text!r})"
@@ -142,9 +149,9 @@ class MsgRun:
     __slots__ = ("sid", "msgs", "nbytes")
 
     def __init__(self, sid: int) -> None:
-        self.sid = sid
+        self.sid: int = sid
         self.msgs: list[Any] = []
-        self.nbytes = 0
+        self.nbytes: int = 0
 
     def __repr__(self) -> str:
         return f"MsgRun(sid={self.sid}, {len(self.msgs)} msgs, {self.nbytes} bytes)"
@@ -161,7 +168,7 @@ class Parser:
     ``feed(data)`` takes any chunk of the byte stream and returns the events
     completed by it; partial operations are kept until more bytes arrive. Any
     chunking of a stream gives the same events. Malformed input raises
-    :class:`ProtocolError`; after that the parser must not be used again.
+    :class:`~natsync.errors.ProtocolError`; after that the parser must not be used again.
 
     Messages are built by *make_msg* (``make_msg(subject, sid, reply, hdr, data)``),
     or, when *msg_type* is given, without a call: ``msg_type.__new__(msg_type)`` and
@@ -486,7 +493,7 @@ _BAD_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f\s\ud800-\udfff]")
 
 
 def validate_subject(subject: object, what: str = "subject") -> str:
-    """Return *subject* if valid, else raise :class:`BadSubjectError`.
+    """Return *subject* if valid, else raise :class:`~natsync.errors.BadSubjectError`.
 
     Valid: a non-empty str without whitespace or control characters and without
     empty tokens (``a..b``, a leading or trailing dot).
@@ -503,7 +510,12 @@ def validate_subject(subject: object, what: str = "subject") -> str:
 
 
 def validate_queue(queue: object) -> str:
-    """Return *queue* if it is a valid queue group name, else raise :class:`BadSubjectError`."""
+    """Return *queue* if it is a valid queue group name.
+
+    Raises:
+        BadSubjectError: for a name that is not a str, is empty, or holds whitespace or
+            control characters.
+    """
     if type(queue) is not str:
         raise BadSubjectError(f"queue must be str, not {type(queue).__name__}")
     if not queue:
@@ -522,7 +534,7 @@ def encode_connect(options: dict[str, Any]) -> bytes:
 
 
 def pub_prefix(subject: str, reply: str | None = None) -> bytes:
-    """The validated ``PUB subject [reply] `` prefix (without the size)."""
+    """The validated ``PUB subject [reply]`` prefix, with its trailing space (without the size)."""
     validate_subject(subject)
     if reply:
         validate_subject(reply, "reply subject")

@@ -23,6 +23,7 @@ import ipaddress
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 from urllib.parse import quote, unquote
 
 __all__ = [
@@ -35,8 +36,10 @@ __all__ = [
     "redact_url",
 ]
 
-DEFAULT_URL = "nats://127.0.0.1:4222"
-DEFAULT_PORT = 4222
+#: The server used when ``connect()`` is given none.
+DEFAULT_URL: Final = "nats://127.0.0.1:4222"
+#: The port of a URL that names none.
+DEFAULT_PORT: Final = 4222
 
 _SCHEMES = ("nats", "tls")
 _FORMS = (

@@ -1,7 +1,7 @@
 """A blocking TCP socket with timeouts, optionally upgraded to TLS; nothing NATS-specific.
 
 One thread reads (``recv_into``), one thread at a time writes (``sendall``, serialised
-by the client), and any thread may call :meth:`shutdown` to wake both at once.
+by the client), and any thread may call :meth:`Transport.shutdown` to wake both at once.
 
 Plain TCP: ``recv_into`` and ``sendall`` *are* the socket's own bound methods, so the
 plain path costs nothing over a bare socket.
@@ -24,7 +24,7 @@ socket and drives an :class:`ssl.SSLObject` over two :class:`ssl.MemoryBIO`\\ s:
 * large writes are encrypted in chunks, so the reader is never kept from decrypting
   for long and the ciphertext in memory stays small.
 
-:meth:`shutdown` shuts the raw socket down, which wakes a thread blocked in ``recv``
+:meth:`Transport.shutdown` shuts the raw socket down, which wakes a thread blocked in ``recv``
 or ``send`` on it in either mode.
 """
 
@@ -88,7 +88,7 @@ class Transport:
         self._sock = sock
         self._closed = False
         self._lock = threading.Lock()
-        self.tls = False
+        self.tls: bool = False
         self.recv_into: Callable[[bytearray | memoryview], int] = sock.recv_into
         self.sendall: Callable[[Buffer], None] = sock.sendall
         # TLS state (set by start_tls)
@@ -98,7 +98,7 @@ class Transport:
         self._send_lock = threading.Lock()
         self._raw = bytearray(0)
         self._eof = False
-        self.stall = 60.0  # write deadline of sends that have no caller's (set by the client)
+        self.stall: float = 60.0  # write deadline of sends that have no caller's (set by the client)
         self._poll: select.poll | None = None  # for try_send (used under the writer's lock)
         self._rpoll: select.poll | None = None  # for wait_readable (used by the one reader)
 
