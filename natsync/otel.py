@@ -436,11 +436,11 @@ def _publish(
     tel: _Telemetry, orig: Callable[..., None], nc: Any, subject: Any, payload: Any, reply: Any, headers: Any
 ) -> None:
     if type(subject) is not str or _suppressed():
-        return orig(subject, payload, reply, headers)
+        return orig(nc, subject, payload, reply, headers)
     if subject.startswith("$JS."):
         if subject.startswith(_ACK_PREFIX):
-            return _settle(tel, nc, subject, payload, lambda: orig(subject, payload, reply, headers))  # type: ignore[no-any-return]
-        return orig(subject, payload, reply, headers)  # JetStream API and flow control
+            return _settle(tel, nc, subject, payload, lambda: orig(nc, subject, payload, reply, headers))  # type: ignore[no-any-return]
+        return orig(nc, subject, payload, reply, headers)  # JetStream API and flow control
     parent = None
     if (
         headers is not None
@@ -453,9 +453,11 @@ def _publish(
     attrs = _base(nc, subject, "send", "publish")
     attrs[_BODY] = _body_size(payload)
     span = tel.tracer.start_span(f"send {subject}", context=parent, kind=SpanKind.PRODUCER, attributes=attrs)
+    if not span.get_span_context().is_valid:  # a no-op tracer: no context to send
+        return orig(nc, subject, payload, reply, headers)
     try:
         hdrs = _inject(headers, trace.set_span_in_context(span))
-        orig(subject, payload, reply, hdrs)
+        orig(nc, subject, payload, reply, hdrs)
     except BaseException as e:
         _fail(span, e)
         raise
@@ -467,11 +469,11 @@ def _request(
     tel: _Telemetry, orig: Callable[..., Msg], nc: Any, subject: Any, payload: Any, timeout: Any, headers: Any
 ) -> Msg:
     if type(subject) is not str or _suppressed():
-        return orig(subject, payload, timeout, headers)
+        return orig(nc, subject, payload, timeout, headers)
     if subject.startswith("$JS."):
         if subject.startswith(_ACK_PREFIX):  # ack_sync
-            return _settle(tel, nc, subject, payload, lambda: orig(subject, payload, timeout, headers))  # type: ignore[no-any-return]
-        return orig(subject, payload, timeout, headers)
+            return _settle(tel, nc, subject, payload, lambda: orig(nc, subject, payload, timeout, headers))  # type: ignore[no-any-return]
+        return orig(nc, subject, payload, timeout, headers)
     attrs = _base(nc, subject, "send", "request")
     attrs[_BODY] = _body_size(payload)
     span = tel.tracer.start_span(f"request {subject}", kind=SpanKind.CLIENT, attributes=attrs)
@@ -479,7 +481,7 @@ def _request(
     err: str | None = None
     try:
         hdrs = _inject(headers, trace.set_span_in_context(span))
-        return orig(subject, payload, timeout, hdrs)
+        return orig(nc, subject, payload, timeout, hdrs)
     except BaseException as e:
         err = _error_type(e)
         _fail(span, e)
@@ -547,9 +549,9 @@ def _subscribe(
         or subject.startswith(_inbox_prefix(nc))
     )
     if internal or cb is None or not callable(cb) or _micro_endpoint(cb):
-        sub = orig(subject, queue, cb, **kwargs)
+        sub = orig(nc, subject, queue, cb, **kwargs)
     else:
-        sub = orig(subject, queue, _traced_cb(tel, nc, subject, queue, cb), **kwargs)
+        sub = orig(nc, subject, queue, _traced_cb(tel, nc, subject, queue, cb), **kwargs)
     if not internal:
         _mark(sub, tel)
         tel.add_sub(sub)
@@ -1142,17 +1144,17 @@ class NatsyncInstrumentor:
             def publish(
                 self: Client, subject: str, payload: Any = b"", reply: str | None = None, headers: Any = None
             ) -> None:
-                return _publish(tel, fns["publish"].__get__(self), self, subject, payload, reply, headers)
+                return _publish(tel, fns["publish"], self, subject, payload, reply, headers)
 
             def request(
                 self: Client, subject: str, payload: Any = b"", timeout: float = 0.5, headers: Any = None
             ) -> Msg:
-                return _request(tel, fns["request"].__get__(self), self, subject, payload, timeout, headers)
+                return _request(tel, fns["request"], self, subject, payload, timeout, headers)
 
             def subscribe(
                 self: Client, subject: str, queue: str | None = None, cb: Any = None, **kwargs: Any
             ) -> Subscription:
-                return _subscribe(tel, fns["subscribe"].__get__(self), self, subject, queue, cb, kwargs)
+                return _subscribe(tel, fns["subscribe"], self, subject, queue, cb, kwargs)
 
             def connect(self: Client, *args: Any, **kwargs: Any) -> Any:
                 tel.add_client(self)
@@ -1215,7 +1217,7 @@ def instrument_client(nc: Client, tracer_provider: Any = None, meter_provider: A
         tel = _Telemetry(tracer_provider, meter_provider, None)
         tel.add_client(nc)
         cls = type(nc)
-        fns = {n: getattr(cls, n).__get__(nc) for n in ("publish", "request", "subscribe")}
+        fns = {n: getattr(cls, n) for n in ("publish", "request", "subscribe")}
         methods = _client_methods(tel, fns, nc)
         jetstream = cls.jetstream.__get__(nc)
 
