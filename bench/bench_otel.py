@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,25 @@ def _switch(mode: str) -> tuple[NatsyncInstrumentor | None, list[Any]]:
     return inst, [tp, mp]
 
 
+def bare_span_us(n: int = 20_000) -> float:
+    """The SDK's own cost: one span with five attributes, started and ended (µs)."""
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(_Drop()))
+    tracer = tp.get_tracer("bench")
+    attrs = {"messaging.system": "nats", "a": "b", "c": 1, "d": "e", "f": "g"}
+    t0 = time.perf_counter()
+    for _ in range(n):
+        tracer.start_span("send x", attributes=attrs).end()
+    dt = time.perf_counter() - t0
+    tp.shutdown()
+    return dt / n * 1e6
+
+
 def run(
     url: str, count: int, sub_count: int, requests: int, repeat: int
 ) -> dict[str, dict[str, list[float]]]:
     res: dict[str, dict[str, list[float]]] = {m: {"pub": [], "pubsub": [], "req": []} for m in MODES}
+    res["bare"] = {"span": []}
     for r in range(repeat):
         for mode in MODES:
             inst, providers = _switch(mode)
@@ -76,6 +92,7 @@ def run(
                 for p in providers:
                     p.shutdown()
             print(f"round {r + 1}/{repeat} {mode}: done", file=sys.stderr)
+        res["bare"]["span"].append(bare_span_us())
     return res
 
 
@@ -101,6 +118,8 @@ def table(res: dict[str, dict[str, list[float]]]) -> str:
             f"| {m} | {d['pub']:,.0f} | {extra[0]} | {d['pubsub']:,.0f} | {extra[1]} "
             f"| {d['req']:.0f} | {extra[2]} |"
         )
+    lines.append("")
+    lines.append(f"For scale, one bare SDK span (start + end, 5 attributes): {med['bare']['span']:.1f} µs")
     return "\n".join(lines)
 
 

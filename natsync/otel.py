@@ -85,6 +85,7 @@ from .subscription import Subscription
 
 __all__ = [
     "NatsyncInstrumentor",
+    "extract",
     "instrument_client",
     "uninstrument_client",
     "SYSTEM",
@@ -395,6 +396,22 @@ def _links(ctx: Any) -> list[Link]:
     """A link to the ambient span, when there is one, for a span parented elsewhere."""
     sc = trace.get_current_span().get_span_context()
     return [Link(sc)] if sc.is_valid and trace.get_current_span(ctx).get_span_context() != sc else []
+
+
+def extract(msg: Msg) -> Any:
+    """Return the OpenTelemetry context a message's producer sent in its headers.
+
+    Use it to parent your own processing span to the producer's, for messages taken
+    with ``next_msg()``, ``fetch()`` or iteration (subscription callbacks already run
+    inside such a span)::
+
+        with tracer.start_as_current_span("work", context=natsync.otel.extract(msg)):
+            ...
+
+    Extraction goes through the globally configured propagator; a message without
+    headers (or without a trace context in them) gives the current context.
+    """
+    return _extract(msg)
 
 
 # --- core: Client ---------------------------------------------------------------------------
