@@ -533,6 +533,8 @@ def _traced_cb(
         span = tel.tracer.start_span(
             f"process {sub_subject}", context=ctx, kind=SpanKind.CONSUMER, attributes=attrs, links=_links(ctx)
         )
+        if not span.get_span_context().is_valid:  # a no-op tracer
+            return cb(msg)
         prev = getattr(_local, "msg", None)
         _local.msg = msg
         try:

@@ -504,3 +504,94 @@ def test_instrument_one_client(server: NATSServer) -> None:
         plain.close()
         o.provider.shutdown()
         o.meters.shutdown()
+
+
+def test_pull_messages_and_ordered_consumer(js: Any, otel: Otel) -> None:
+    with otel.tracer.start_as_current_span("producer"):
+        js.publish("ev.iter", b"1")
+        js.publish("ev.iter", b"2")
+    sends = {s.context.span_id for s in otel.named("send ev.iter")}
+    psub = js.pull_subscribe("ev.iter", durable="iter")
+    it = psub.messages(batch=10)
+    got = [next(it), next(it)]
+    for m in got:
+        m.ack()
+    it.close()
+    psub.unsubscribe()
+    receives = otel.named("receive OTEL")
+    assert len(receives) == 2 and {parent_of(r) for r in receives} == sends
+    assert {parent_of(s) for s in otel.named("ack OTEL")} == {r.context.span_id for r in receives}
+
+    done = threading.Event()
+    seen: list[Any] = []
+
+    def handle(msg: natsync.Msg) -> None:
+        seen.append(trace.get_current_span().get_span_context())
+        if len(seen) == 2:
+            done.set()
+
+    ordered = js.subscribe("ev.iter", cb=handle, ordered_consumer=True)
+    try:
+        assert done.wait(WAIT)
+        procs = otel.wait_named("process OTEL", 2)
+        assert {parent_of(p) for p in procs} == sends
+        assert {c.span_id for c in seen} == {p.context.span_id for p in procs}
+    finally:
+        ordered.unsubscribe()
+
+
+def test_instrument_one_client_with_jetstream(server: NATSServer) -> None:
+    o = make_otel()
+    nc = natsync.connect(server.url)
+    try:
+        instrument_client(nc, tracer_provider=o.provider, meter_provider=o.meters)
+        js = nc.jetstream()
+        js.add_stream(name="ONE", subjects=["one.>"])
+        with o.tracer.start_as_current_span("p"):
+            js.publish("one.a", b"x")
+        psub = js.pull_subscribe("one.a", durable="d")
+        (msg,) = psub.fetch(1, timeout=WAIT)
+        msg.ack_sync(timeout=WAIT)
+        (send,) = o.named("send one.a")
+        (recv,) = o.named("receive ONE")
+        assert [link.context.span_id for link in recv.links] == [send.context.span_id]
+        (ack,) = o.named("ack ONE")
+        assert parent_of(ack) == recv.context.span_id
+        js.delete_stream("ONE")
+    finally:
+        uninstrument_client(nc)
+        nc.close()
+        o.provider.shutdown()
+        o.meters.shutdown()
+    # nothing is left patched once the last user is gone
+    assert Subscription.next_msg is vars(Subscription)["next_msg"]
+    assert getattr(Subscription.next_msg, "__module__", "") == "natsync.subscription"
+
+
+def test_outbox_depth_gauge(server: NATSServer) -> None:
+    o = make_otel()
+    inst = NatsyncInstrumentor()
+    depth = [3]
+    inst.instrument(tracer_provider=o.provider, meter_provider=o.meters, outbox_depth=lambda: depth[0])
+    try:
+        (point,) = o.metrics()["nats.outbox.depth"]
+        assert point.value == 3
+        depth[0] = 0
+        (point,) = o.metrics()["nats.outbox.depth"]
+        assert point.value == 0
+    finally:
+        inst.uninstrument()
+        o.provider.shutdown()
+        o.meters.shutdown()
+
+
+def test_import_natsync_never_imports_opentelemetry() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, natsync, natsync.js, natsync.micro, natsync.flask, natsync.django\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'natsync.otel')))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
