@@ -150,7 +150,9 @@ class _Telemetry:
         self.tracer = trace.get_tracer(
             "natsync", __version__, tracer_provider, schema_url="https://opentelemetry.io/schemas/1.26.0"
         )
-        self.active = True  # False after uninstrument: observable callbacks report nothing
+        # False after uninstrument (set under _STATE.lock, read without it: it only ever
+        # goes from True to False); wrappers and observable callbacks then do nothing
+        self.active = True
         self.lock = threading.Lock()
         self.clients: weakref.WeakSet[Client] = weakref.WeakSet()  # guard: lock
         self.subs: weakref.WeakSet[Subscription] = weakref.WeakSet()  # guard: lock
@@ -251,7 +253,8 @@ class _Telemetry:
 
 
 class _State:
-    """What is instrumented. Guard: ``lock``."""
+    """What is instrumented. Guard: ``lock`` for every change. ``global_tel`` is read
+    without it by the wrappers: a reference replaced whole, never changed in place."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -317,6 +320,18 @@ def _has_context(headers: HeadersInput | None) -> bool:
     except Exception:  # noqa: BLE001 - malformed: publish reports it
         return False
     return any(k.lower() == "traceparent" for k in keys if isinstance(k, str))
+
+
+def _parent_from(headers: HeadersInput | None) -> Any:
+    """With no span current, a context the caller's headers carry (an outbox row, code
+    that injects by itself) parents the send span, so that it stays in that trace;
+    None (the current context) otherwise."""
+    if headers is None or trace.get_current_span().get_span_context().is_valid or not _has_context(headers):
+        return None
+    try:
+        return propagate.extract(Headers(headers), getter=_GETTER)
+    except Exception:  # noqa: BLE001 - malformed headers: publish reports them
+        return None
 
 
 def _inject(headers: HeadersInput | None, ctx: Any) -> HeadersInput | None:
@@ -458,15 +473,7 @@ def _publish(
         if subject.startswith(_ACK_PREFIX):
             return _settle(tel, nc, subject, payload, lambda: orig(nc, subject, payload, reply, headers))  # type: ignore[no-any-return]
         return orig(nc, subject, payload, reply, headers)  # JetStream API and flow control
-    parent = None
-    if (
-        headers is not None
-        and not trace.get_current_span().get_span_context().is_valid
-        and _has_context(headers)
-    ):
-        # the caller carries a context (an outbox row, code that injects itself): keep the
-        # send span in that trace
-        parent = propagate.extract(Headers(headers), getter=_GETTER)
+    parent = _parent_from(headers)
     attrs = _base(nc, subject, "send", "publish")
     attrs[_BODY] = _body_size(payload)
     span = tel.tracer.start_span(f"send {subject}", context=parent, kind=SpanKind.PRODUCER, attributes=attrs)
@@ -632,7 +639,12 @@ def _js_publish(
     attrs[_BODY] = _body_size(payload)
     if kwargs.get("msg_id"):
         attrs[_MSG_ID] = kwargs["msg_id"]
-    span = tel.tracer.start_span(f"send {subject}", kind=SpanKind.PRODUCER, attributes=attrs)
+    span = tel.tracer.start_span(
+        f"send {subject}",
+        context=_parent_from(kwargs.get("headers")),
+        kind=SpanKind.PRODUCER,
+        attributes=attrs,
+    )
     start = time.perf_counter()
     err: str | None = None
     try:

@@ -595,3 +595,19 @@ def test_import_natsync_never_imports_opentelemetry() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_jetstream_publish_of_a_stored_context_continues_it(js: Any, otel: Otel) -> None:
+    """What the outbox relay does: publish headers stored with a row, with no span current."""
+    with otel.tracer.start_as_current_span("view") as view:
+        stored: dict[str, str] = {}
+        propagate.inject(stored)
+    sub = js.subscribe("ev.relay")
+    js.publish("ev.relay", b"", headers=dict(stored, App="shop"))  # no span current here
+    msg = sub.next_msg(timeout=WAIT)
+    (send,) = otel.named("send ev.relay")
+    assert send.context.trace_id == view.get_span_context().trace_id
+    assert parent_of(send) == view.get_span_context().span_id
+    assert msg.headers is not None and msg.headers["traceparent"] == stored["traceparent"]  # kept as stored
+    assert msg.headers["App"] == "shop"
+    sub.unsubscribe()
