@@ -18,25 +18,19 @@ Two ways to switch it on, in OpenTelemetry's instrumentor convention:
 What is traced (spans follow OpenTelemetry's messaging semantic conventions;
 ``messaging.system`` is ``"nats"``):
 
-===============================  ==========  =========================================
-operation                        span kind   span name / notes
-===============================  ==========  =========================================
-``publish``                      PRODUCER    ``send SUBJECT``; context injected
-``request``                      CLIENT      ``request SUBJECT``; context injected
-subscription callback            CONSUMER    ``process SUBSCRIPTION-SUBJECT``; parent:
-                                             the producer's context from the headers
-``next_msg`` / iteration         CLIENT      ``receive SUBSCRIPTION-SUBJECT``; parent:
-                                             the producer's context
-``js.publish`` / ``publish_async``  PRODUCER ``send SUBJECT``; ``messaging.nats.*``
-JetStream push callback          CONSUMER    ``process STREAM``
-push/ordered ``next_msg``        CLIENT      ``receive STREAM``
-pull ``fetch``                   CLIENT      ``receive STREAM``: one span, a link to
-                                             each message's producer context
-pull ``messages()``              CLIENT      ``receive STREAM`` per message
-ack / nak / term / in_progress   CLIENT      ``ack STREAM`` ... (``settle``)
-micro endpoint handler           SERVER      ``SERVICE ENDPOINT``
-Key/Value, Object Store          CLIENT      ``kv.put BUCKET``, ``obj.get BUCKET`` ...
-===============================  ==========  =========================================
+* ``publish``: a PRODUCER span ``send SUBJECT``, its context injected into the headers;
+* ``request``: a CLIENT span ``request SUBJECT`` over the round trip, context injected;
+* subscription callbacks: a CONSUMER span ``process SUBSCRIPTION`` parented to the
+  producer's context (from the headers), current while the callback runs;
+* ``next_msg()`` / iteration: a CLIENT span ``receive SUBSCRIPTION`` per message,
+  parented to the producer's context;
+* ``js.publish`` / ``js.publish_async``: PRODUCER ``send SUBJECT`` (``messaging.nats.*``);
+* JetStream push and ordered callbacks: CONSUMER ``process STREAM``; their
+  ``next_msg()`` and pull ``messages()``: CLIENT ``receive STREAM`` per message;
+* pull ``fetch()``: one CLIENT ``receive STREAM`` span with a link to each producer;
+* ack / nak / term / in_progress: CLIENT ``ack STREAM`` ... (``settle``);
+* micro endpoint handlers: SERVER ``SERVICE ENDPOINT``;
+* Key/Value and Object Store operations: CLIENT ``kv.put BUCKET``, ``obj.get BUCKET`` ...
 
 Context goes into message headers through the globally configured propagator
 (``opentelemetry.propagate``; W3C ``traceparent``/``tracestate`` and ``baggage`` by
@@ -179,13 +173,13 @@ class _Telemetry:
             "nats.client.sent.bytes",
             [self._observe_stat("out_bytes")],
             unit="By",
-            description="Payload bytes published by the client (nc.stats.out_bytes)",
+            description="Bytes published by the client (nc.stats.out_bytes)",
         )
         meter.create_observable_counter(
             "nats.client.received.bytes",
             [self._observe_stat("in_bytes")],
             unit="By",
-            description="Payload bytes received by the client (nc.stats.in_bytes)",
+            description="Bytes received by the client (nc.stats.in_bytes)",
         )
         meter.create_observable_counter(
             "nats.client.reconnects",
@@ -216,10 +210,14 @@ class _Telemetry:
             out = []
             for c in clients:
                 attrs: dict[str, Any] = {_SYS: SYSTEM}
-                cid = c.client_id
+                try:
+                    cid = c.client_id
+                    value = getattr(c.stats, name)
+                except Exception:  # noqa: BLE001 - a client that cannot tell (closed, forked)
+                    continue
                 if cid is not None:
                     attrs[_CLIENT_ID] = str(cid)
-                out.append(Observation(getattr(c.stats, name), attrs))
+                out.append(Observation(value, attrs))
             return out
 
         return observe
@@ -607,10 +605,7 @@ def _next_msg(orig: Callable[..., Msg], sub: Any, timeout: Any) -> Msg:
     if tel is None or _suppressed():
         return orig(sub, timeout)
     start = time.time_ns()
-    try:
-        msg = orig(sub, timeout)
-    except BaseException:
-        raise  # a timeout or an end is not a message: no span
+    msg = orig(sub, timeout)  # a timeout or an end is not a message: no span
     if (msg.reply is not None and msg.reply.startswith(_ACK_PREFIX)) or _is_control(msg):
         return msg
     attrs = _base(None, msg.subject, "receive", "receive")
