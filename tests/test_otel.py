@@ -434,30 +434,42 @@ def test_metrics(nc: natsync.Client, otel: Otel) -> None:
 # --- switching off ------------------------------------------------------------------------------------
 
 
+def _patched_classes() -> list[tuple[str, Any]]:
+    import natsync.django
+    from natsync import _web
+    from natsync.js import JetStream, OrderedConsumer
+    from natsync.js.kv import KeyValue
+    from natsync.js.object_store import ObjectStore
+
+    return [
+        ("client", natsync.Client),
+        ("sub", Subscription),
+        ("pull", PullSubscription),
+        ("push", PushSubscription),
+        ("ordered", OrderedConsumer),
+        ("js", JetStream),
+        ("kv", KeyValue),
+        ("obj", ObjectStore),
+        ("endpoint", micro.Endpoint),
+        ("request", micro.Request),
+        ("worker", _web.Worker),
+        ("django", natsync.django),
+    ]
+
+
 def test_uninstrument_restores_the_plain_methods(server: NATSServer) -> None:
-    before = {
-        name: dict(vars(cls))
-        for name, cls in (
-            ("client", natsync.Client),
-            ("sub", Subscription),
-            ("pull", PullSubscription),
-            ("push", PushSubscription),
-        )
-    }
+    before = {name: dict(vars(cls)) for name, cls in _patched_classes()}
     o = make_otel()
     inst = NatsyncInstrumentor()
     inst.instrument(tracer_provider=o.provider, meter_provider=o.meters)
     assert natsync.Client.publish is not before["client"]["publish"]
     assert Subscription.next_msg is not before["sub"]["next_msg"]
+    changed = {name for name, cls in _patched_classes() if dict(vars(cls)) != before[name]}
+    assert changed == {name for name, _ in _patched_classes()}  # every one was wrapped
     inst.instrument()  # a second call changes nothing
     inst.uninstrument()
     assert not inst.is_instrumented
-    for name, cls in (
-        ("client", natsync.Client),
-        ("sub", Subscription),
-        ("pull", PullSubscription),
-        ("push", PushSubscription),
-    ):
+    for name, cls in _patched_classes():
         assert dict(vars(cls)) == before[name], name
     with natsync.connect(server.url) as c:
         got = threading.Event()
