@@ -463,23 +463,32 @@ def _settle(tel: _Telemetry, nc: Any, subject: str, payload: object, call: Calla
 
 
 def _publish(
-    tel: _Telemetry, orig: Callable[..., None], nc: Any, subject: Any, payload: Any, reply: Any, headers: Any
+    tel: _Telemetry,
+    orig: Callable[..., None],
+    nc: Any,
+    subject: Any,
+    payload: Any,
+    reply: Any,
+    headers: Any,
+    kw: dict[str, Any],
 ) -> None:
     if type(subject) is not str or _suppressed():
-        return orig(nc, subject, payload, reply, headers)
+        return orig(nc, subject, payload, reply, headers, **kw)
     if subject.startswith("$JS."):
         if subject.startswith(_ACK_PREFIX):
-            return _settle(tel, nc, subject, payload, lambda: orig(nc, subject, payload, reply, headers))  # type: ignore[no-any-return]
-        return orig(nc, subject, payload, reply, headers)  # JetStream API and flow control
+            return _settle(  # type: ignore[no-any-return]
+                tel, nc, subject, payload, lambda: orig(nc, subject, payload, reply, headers, **kw)
+            )
+        return orig(nc, subject, payload, reply, headers, **kw)  # JetStream API and flow control
     parent = _parent_from(headers)
     attrs = _base(nc, subject, "send", "publish")
     attrs[_BODY] = _body_size(payload)
     span = tel.tracer.start_span(f"send {subject}", context=parent, kind=SpanKind.PRODUCER, attributes=attrs)
     if not span.get_span_context().is_valid:  # a no-op tracer: no context to send
-        return orig(nc, subject, payload, reply, headers)
+        return orig(nc, subject, payload, reply, headers, **kw)
     try:
         hdrs = _inject(headers, trace.set_span_in_context(span))
-        orig(nc, subject, payload, reply, hdrs)
+        orig(nc, subject, payload, reply, hdrs, **kw)
     except BaseException as e:
         _fail(span, e)
         raise
@@ -488,14 +497,23 @@ def _publish(
 
 
 def _request(
-    tel: _Telemetry, orig: Callable[..., Msg], nc: Any, subject: Any, payload: Any, timeout: Any, headers: Any
+    tel: _Telemetry,
+    orig: Callable[..., Msg],
+    nc: Any,
+    subject: Any,
+    payload: Any,
+    timeout: Any,
+    headers: Any,
+    kw: dict[str, Any],
 ) -> Msg:
     if type(subject) is not str or _suppressed():
-        return orig(nc, subject, payload, timeout, headers)
+        return orig(nc, subject, payload, timeout, headers, **kw)
     if subject.startswith("$JS."):
         if subject.startswith(_ACK_PREFIX):  # ack_sync
-            return _settle(tel, nc, subject, payload, lambda: orig(nc, subject, payload, timeout, headers))  # type: ignore[no-any-return]
-        return orig(nc, subject, payload, timeout, headers)
+            return _settle(  # type: ignore[no-any-return]
+                tel, nc, subject, payload, lambda: orig(nc, subject, payload, timeout, headers, **kw)
+            )
+        return orig(nc, subject, payload, timeout, headers, **kw)
     attrs = _base(nc, subject, "send", "request")
     attrs[_BODY] = _body_size(payload)
     span = tel.tracer.start_span(f"request {subject}", kind=SpanKind.CLIENT, attributes=attrs)
@@ -503,7 +521,7 @@ def _request(
     err: str | None = None
     try:
         hdrs = _inject(headers, trace.set_span_in_context(span))
-        return orig(nc, subject, payload, timeout, hdrs)
+        return orig(nc, subject, payload, timeout, hdrs, **kw)
     except BaseException as e:
         err = _error_type(e)
         _fail(span, e)
@@ -965,12 +983,14 @@ def _client_methods(
     publish, request, subscribe = fns["publish"], fns["request"], fns["subscribe"]
 
     def traced_publish(
-        subject: str, payload: Any = b"", reply: str | None = None, headers: Any = None
+        subject: str, payload: Any = b"", reply: str | None = None, headers: Any = None, **kw: Any
     ) -> None:
-        return _publish(tel, publish, self_, subject, payload, reply, headers)
+        return _publish(tel, publish, self_, subject, payload, reply, headers, kw)
 
-    def traced_request(subject: str, payload: Any = b"", timeout: float = 0.5, headers: Any = None) -> Msg:
-        return _request(tel, request, self_, subject, payload, timeout, headers)
+    def traced_request(
+        subject: str, payload: Any = b"", timeout: float = 0.5, headers: Any = None, **kw: Any
+    ) -> Msg:
+        return _request(tel, request, self_, subject, payload, timeout, headers, kw)
 
     def traced_subscribe(
         subject: str, queue: str | None = None, cb: Any = None, **kwargs: Any
@@ -1168,14 +1188,24 @@ class NatsyncInstrumentor:
             fns = {n: Client.__dict__[n] for n in ("publish", "request", "subscribe", "connect")}
 
             def publish(
-                self: Client, subject: str, payload: Any = b"", reply: str | None = None, headers: Any = None
+                self: Client,
+                subject: str,
+                payload: Any = b"",
+                reply: str | None = None,
+                headers: Any = None,
+                **kw: Any,
             ) -> None:
-                return _publish(tel, fns["publish"], self, subject, payload, reply, headers)
+                return _publish(tel, fns["publish"], self, subject, payload, reply, headers, kw)
 
             def request(
-                self: Client, subject: str, payload: Any = b"", timeout: float = 0.5, headers: Any = None
+                self: Client,
+                subject: str,
+                payload: Any = b"",
+                timeout: float = 0.5,
+                headers: Any = None,
+                **kw: Any,
             ) -> Msg:
-                return _request(tel, fns["request"], self, subject, payload, timeout, headers)
+                return _request(tel, fns["request"], self, subject, payload, timeout, headers, kw)
 
             def subscribe(
                 self: Client, subject: str, queue: str | None = None, cb: Any = None, **kwargs: Any
