@@ -440,11 +440,9 @@ def _settle(tel: _Telemetry, nc: Any, subject: str, payload: object, call: Calla
             break
     parent = None
     if not trace.get_current_span().get_span_context().is_valid:
+        # kept after use: in_progress() may come before the ack (bounded, oldest dropped)
         with _SETTLE_LOCK:
-            parent = _SETTLE.pop(subject, None)
-    else:
-        with _SETTLE_LOCK:
-            _SETTLE.pop(subject, None)
+            parent = _SETTLE.get(subject)
     tokens = subject.split(".")
     stream = tokens[2] if len(tokens) > 3 else subject
     attrs = _base(nc, stream, "settle", op)

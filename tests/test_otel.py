@@ -84,6 +84,14 @@ def test_publish_to_callback_is_parent_and_child(nc: natsync.Client, otel: Otel)
     assert process.attributes["messaging.consumer.group.name"] == "q"
 
 
+def test_publish_failure_is_recorded(nc: natsync.Client, otel: Otel) -> None:
+    with pytest.raises(natsync.MaxPayloadError):
+        nc.publish("big.x", b"x" * (nc.max_payload + 1))
+    (span,) = otel.named("send big.x")
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.attributes is not None and span.attributes["error.type"] == "MaxPayloadError"
+
+
 def test_callback_failure_is_recorded_and_delivery_goes_on(
     server: NATSServer, nc: natsync.Client, otel: Otel
 ) -> None:
@@ -289,10 +297,16 @@ def test_jetstream_fetch_links_every_producer(js: Any, otel: Otel) -> None:
     (recv,) = otel.named("receive OTEL")
     assert recv.attributes is not None and recv.attributes["messaging.batch.message_count"] == 3
     assert {link.context.span_id for link in recv.links} == {s.context.span_id for s in sends}
-    for m in msgs:
-        m.ack()
-    settles = otel.named("ack OTEL")
-    assert len(settles) == 3 and {parent_of(s) for s in settles} == {recv.context.span_id}
+    msgs[0].in_progress()
+    msgs[0].ack()
+    msgs[1].nak()
+    msgs[2].term()
+    settles = [
+        s for s in otel.spans() if s.attributes and s.attributes.get("messaging.operation.type") == "settle"
+    ]
+    assert sorted(s.name for s in settles) == ["ack OTEL", "in_progress OTEL", "nak OTEL", "term OTEL"]
+    assert {parent_of(s) for s in settles} == {recv.context.span_id}
+    assert all(s.attributes and s.attributes["messaging.nats.consumer"] == "worker" for s in settles)
     psub.unsubscribe()
 
 
