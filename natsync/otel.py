@@ -634,7 +634,7 @@ def _next_msg(orig: Callable[..., Msg], sub: Any, timeout: Any) -> Msg:
 # --- JetStream ----------------------------------------------------------------------------------
 
 
-def _js_tel(js: object) -> _Telemetry | None:
+def _tel_for(js: object) -> _Telemetry | None:
     g = _STATE.global_tel
     return g if g is not None and g.active else _tel_of(js)
 
@@ -642,7 +642,7 @@ def _js_tel(js: object) -> _Telemetry | None:
 def _js_publish(
     orig: Callable[..., Any], js: Any, subject: Any, payload: Any, kwargs: dict[str, Any], op_name: str
 ) -> Any:
-    tel = _js_tel(js)
+    tel = _tel_for(js)
     if tel is None or _suppressed() or type(subject) is not str:
         return orig(js, subject, payload, **kwargs)
     nc = getattr(js, "_nc", None)
@@ -721,7 +721,7 @@ def _js_subscribe(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    tel = _js_tel(js)
+    tel = _tel_for(js)
     if tel is None or _suppressed():
         return orig(js, subject, queue, cb, *args, **kwargs)
     if cb is not None and callable(cb):
@@ -746,7 +746,7 @@ def _js_next_msg(orig: Callable[..., Msg], psub: Any, timeout: Any) -> Msg:
 
 
 def _pull_subscribe(orig: Callable[..., Any], js: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    tel = _js_tel(js)
+    tel = _tel_for(js)
     if tel is None or _suppressed():
         return orig(js, *args, **kwargs)
     with _suppress():
@@ -857,7 +857,7 @@ def _store_op(
 
 def _store_factory(orig: Callable[..., Any], js: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     store = orig(js, *args, **kwargs)
-    tel = _js_tel(js)
+    tel = _tel_for(js)
     if tel is not None:
         _mark(store, tel)
     return store
@@ -868,7 +868,7 @@ def _store_factory(orig: Callable[..., Any], js: Any, args: tuple[Any, ...], kwa
 
 def _micro_handle(orig: Callable[..., None], ep: Any, msg: Msg) -> None:
     service = ep.service
-    tel = _js_tel(service.nc)
+    tel = _tel_for(service.nc)
     if tel is None or _suppressed():
         return orig(ep, msg)
     ctx = _extract(msg)
@@ -919,7 +919,7 @@ def _worker_init(
     client = getattr(worker, "_client", None)
 
     def traced_invoke(handler: Any, msg: Msg) -> Any:
-        tel = _js_tel(client)
+        tel = _tel_for(client)
         if tel is None or getattr(_local, "msg", None) is msg:
             return invoke(handler, msg)  # off, or already in this message's process span
         ctx = _extract(msg)
