@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from .client import Client, connect
 from .errors import (
@@ -55,6 +55,7 @@ __all__ = [
     "Handler",
     "HandlerRegistry",
     "PermanentError",
+    "Service",
     "Worker",
     "connect_option_names",
     "health",
@@ -582,6 +583,18 @@ def _check_callable(func: object) -> None:
 Invoker = Callable[[Handler, Msg], Any]
 
 
+class Service(Protocol):
+    """A background job a :class:`Worker` runs beside its handlers (the outbox relay)."""
+
+    def start(self) -> None:
+        """Start on a thread of its own; return at once."""
+        ...
+
+    def stop(self, timeout: float) -> None:
+        """Stop and join the thread (at most *timeout* seconds)."""
+        ...
+
+
 def _plain_invoke(handler: Handler, msg: Msg) -> Any:
     return handler.func(msg)
 
@@ -616,12 +629,13 @@ class Worker:
         threads: int = 1,
         drain_timeout: float = 30.0,
         invoke: Invoker | None = None,
+        services: Sequence[Service] = (),
     ) -> None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be an int >= 1, not {threads!r}")
         if not drain_timeout > 0:
             raise ValueError(f"drain_timeout must be > 0, not {drain_timeout!r}")
-        if not handlers:
+        if not handlers and not services:
             raise ValueError("no handlers to run: declare some with @subscribe or @consume")
         js = [h.name for h in handlers if h.is_jetstream]
         if js and not hasattr(client, "jetstream"):
@@ -634,6 +648,7 @@ class Worker:
         self._threads = threads
         self._drain_timeout = drain_timeout
         self._invoke = invoke or _plain_invoke
+        self._services = list(services)
         self._stop = threading.Event()
         self._signals = 0
         self._subs: list[Any] = []
@@ -671,6 +686,9 @@ class Worker:
                 sub = self._client.subscribe(handler.subject, queue=handler.queue, cb=self._callback(handler))
                 self._subs.append(sub)
             worker_log.info("natsync worker: running %s", handler.describe())
+        for service in self._services:
+            service.start()
+            worker_log.info("natsync worker: running %s", getattr(service, "name", service))
 
     def stop(self) -> None:
         """Ask :meth:`run` to drain and return (safe from any thread and signal handler)."""
@@ -753,6 +771,8 @@ class Worker:
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + self._drain_timeout
+        for service in self._services:
+            service.stop(max(0.01, min(10.0, deadline - time.monotonic())))
         if not self._client.is_connected:
             # Nothing can be drained through a connection that is not there; what was
             # delivered is being handled, and waiting for NATS would block a deploy.

@@ -43,11 +43,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from .. import _web
+from .. import _outbox, _web
 from .._options import _ALL_CALLBACKS
 from ..client import Client
-from ..headers import HeadersInput
-from ..protocol import validate_subject
+from ..headers import Headers, HeadersInput
 
 __all__ = [
     "ENV_PREFIX",
@@ -190,38 +189,72 @@ def reset_client() -> None:
 
 def publish_on_commit(
     subject: str,
-    data: bytes | bytearray | memoryview | str = b"",
-    *,
+    payload: bytes | bytearray | memoryview | str = b"",
     headers: HeadersInput | None = None,
+    *,
+    durable: bool = False,
+    msg_id: str | None = None,
     using: str | None = None,
 ) -> None:
-    """Publish *data* on *subject* once the current database transaction commits.
+    """Publish *payload* on *subject* once the current database transaction commits.
 
-    Nothing is published when the transaction rolls back, so no event announces a write
-    that never happened.  Outside a transaction (autocommit) it publishes at once.  The
-    subject is checked now, and *data* is copied now.
+    Everything is checked now, inside the transaction: the subject, the headers and the
+    size (against the server's last known ``max_payload``); a bad call raises here and
+    nothing is scheduled or written.
+
+    With ``durable=True`` the event is written to the outbox table
+    (:class:`natsync.django.models.OutboxMessage`) in the current transaction: rolled
+    back with it, committed with it (at once outside a transaction).  A relay then
+    publishes it to JetStream with ``Nats-Msg-Id`` = *msg_id* (or an id made for the
+    row), and deletes the row only once the stream acknowledged it: nothing committed is
+    lost, whatever crashes when, and the stream's duplicate window drops re-publishes.
+    The subject must be captured by a stream.  Needs ``"natsync.django"`` migrated.
+
+    Without it the event is published with core NATS after the commit (at most once:
+    buffered while reconnecting, lost if the process ends first); the callback is
+    registered with ``robust=True``, so a failure is logged and the transaction's other
+    on-commit callbacks still run.  Nothing is published when the transaction rolls
+    back.
 
     Args:
         subject: the subject to publish on.
-        data: the payload (str is sent as UTF-8).
-        headers: message headers, as for :meth:`natsync.Client.publish`.
-        using: the database alias whose transaction to wait for (default: "default").
+        payload: the message body (str is sent as UTF-8).
+        headers: message headers, as for :meth:`natsync.Client.publish`; stored with a
+            durable event and sent unchanged.
+        durable: write the event to the outbox (see above).
+        msg_id: the ``Nats-Msg-Id`` to publish with (a durable event gets one anyway).
+        using: the database alias (default: "default").
 
     Raises:
-        natsync.BadSubjectError: for an invalid subject (nothing is scheduled).
+        natsync.BadSubjectError: for an invalid subject.
+        natsync.BadHeaderError: for an invalid header name or value.
+        natsync.MaxPayloadError: when the message would be over ``max_payload``.
         TypeError: for a payload that is not bytes-like or str.
+        ValueError: for a bad *msg_id*.
     """
-    from django.db import transaction
+    from django.db import DEFAULT_DB_ALIAS, transaction
 
-    validate_subject(subject)
-    if isinstance(data, str):
-        payload = data.encode()
-    elif isinstance(data, (bytes, bytearray, memoryview)):
-        payload = bytes(data)
-    else:
-        raise TypeError(f"data must be bytes-like or str, not {type(data).__name__}")
+    client = get_client()  # no I/O: the last known max_payload (1 MiB before a connect)
+    data, pairs, mid = _outbox.check_event(
+        subject, payload, headers, msg_id, client.max_payload, durable=durable
+    )
+    db = using or DEFAULT_DB_ALIAS
+    if durable:
+        from .models import OutboxMessage
+        from .outbox import outbox_settings, wake_web_relay
+
+        assert mid is not None
+        OutboxMessage.objects.using(db).create(subject=subject, payload=data, headers=pairs, msg_id=mid)
+        if outbox_settings().relay_in_web:
+            transaction.on_commit(lambda: wake_web_relay(db), using=db, robust=True)
+        return
+    hdrs: Headers | None = None
+    if pairs or mid is not None:
+        hdrs = Headers([(k, v) for k, v in pairs or ()])
+        if mid is not None:
+            hdrs["Nats-Msg-Id"] = mid
 
     def send() -> None:
-        get_client().publish(subject, payload, headers=headers)
+        get_client().publish(subject, data, headers=hdrs)
 
-    transaction.on_commit(send, using=using)
+    transaction.on_commit(send, using=db, robust=True)

@@ -40,6 +40,14 @@ DATABASES = {
         "NAME": os.environ.get("SHOP_DB", str(BASE_DIR / "db.sqlite3")),
     }
 }
+if os.environ.get("SHOP_PG_PORT"):  # PostgreSQL instead (the outbox tests use both)
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": os.environ.get("SHOP_PG_HOST", "127.0.0.1"),
+        "PORT": os.environ["SHOP_PG_PORT"],
+        "NAME": os.environ.get("SHOP_PG_NAME", "shop"),
+        "USER": os.environ.get("SHOP_PG_USER", "postgres"),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 USE_TZ = True
 
@@ -50,6 +58,13 @@ NATSYNC = {
     "name": "shop",
 }
 
+# The outbox relay (publish_on_commit(..., durable=True)); every key is optional.
+NATSYNC_OUTBOX = {
+    "relay_in_web": os.environ.get("SHOP_RELAY_IN_WEB", "") == "1",
+    "lease": float(os.environ.get("SHOP_OUTBOX_LEASE", "30")),
+    "batch": int(os.environ.get("SHOP_OUTBOX_BATCH", "100")),
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -57,5 +72,6 @@ LOGGING = {
     "loggers": {
         "natsync": {"handlers": ["console"], "level": "WARNING"},
         "natsync.worker": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "natsync.outbox": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }
