@@ -259,6 +259,8 @@ def check_event(
         TypeError, ValueError: for a payload or msg_id of the wrong type or size.
     """
     validate_subject(subject)
+    if any(token in ("*", ">") for token in subject.split(".")):
+        raise BadSubjectError(f"cannot publish to a wildcard subject: {subject!r}")
     if len(subject.encode()) > MAX_SUBJECT:
         raise BadSubjectError(f"subject is longer than the outbox's {MAX_SUBJECT} bytes: {subject[:40]!r}...")
     if isinstance(payload, str):
