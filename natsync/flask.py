@@ -22,10 +22,14 @@
     nats.client.publish("orders.created", b"...")
 
 Configuration keys: ``NATS_URL`` (a URL, a comma-separated str or a list), ``NATS_TOKEN``,
-``NATS_OPTIONS`` (a dict of any other :func:`natsync.connect` option) and
+``NATS_OPTIONS`` (a dict of any other :func:`natsync.connect` option),
 ``NATS_ERROR_RESPONSES`` (default True: an error meaning NATS cannot serve the request
 now -- not connected, no responders, a timeout -- escaping a view becomes a 503 JSON
-response ``{"error": "NATS unavailable", "detail": ...}`` instead of a 500 page).
+response ``{"error": "NATS unavailable", "detail": ...}`` instead of a 500 page),
+``NATS_SHOW_SERVER`` (default False: 503 bodies and the health view name no server),
+``NATS_SHUTDOWN_WAIT`` (seconds a process that exits while reconnecting waits for the
+connection to send what it buffered; default 5) and ``NATS_OUTBOX`` (the outbox relay's
+settings, see :mod:`natsync._outbox`).  Other ``NATS_*`` keys get a warning.
 
 ``ext.client`` is the app's lazy client (``natsync.connect(..., lazy=True)``): created by
 :meth:`NATS.init_app` without any I/O, connected by the first call that needs it, in the
@@ -62,6 +66,7 @@ from .msg import Msg
 __all__ = ["EXTENSION_KEY", "NATS", "PermanentError"]
 
 EXTENSION_KEY = "natsync"
+log = logging.getLogger("natsync")
 PermanentError = _web.PermanentError
 
 
@@ -104,7 +109,11 @@ class NATS:
         """
         servers, options = _options_from_config(app.config)
         options.setdefault("name", app.import_name)
-        clients = _web.ProcessClient(servers, options)  # checks the options now
+        wait = app.config.get("NATS_SHUTDOWN_WAIT", _web.SHUTDOWN_WAIT)
+        clients = _web.ProcessClient(servers, options, shutdown_wait=wait)  # checks the options now
+        _outbox.OutboxSettings.from_mapping(app.config.get("NATS_OUTBOX"), "NATS_OUTBOX")
+        for key, hint in _unknown_config_keys(app.config):
+            log.warning("natsync: config key %s is not a natsync setting and is ignored; %s", key, hint)
         app.extensions[EXTENSION_KEY] = _AppState(self, clients)
         if app.config.get("NATS_ERROR_RESPONSES", True):
             for exc in _web.UNAVAILABLE_ERRORS:
@@ -264,13 +273,44 @@ class NATS:
     # --- health ---
 
     def health_view(self) -> ResponseReturnValue:
-        """A view: the client's health as JSON (``status``, ``rtt_ms``, ``server``, ``last_error``).
+        """A view: the client's health as JSON (``status``, ``rtt_ms``, ``server``,
+        ``last_error``, ``outbox``).
 
         200 when connected, 503 otherwise.  Route it with
-        ``app.add_url_rule("/health/nats", view_func=nats.health_view)``.
+        ``app.add_url_rule("/health/nats", view_func=nats.health_view)``.  ``server`` is
+        None unless ``NATS_SHOW_SERVER`` is true; ``outbox`` holds the outbox's
+        ``depth``, ``oldest_age`` and ``failed`` when Flask-SQLAlchemy and the outbox table
+        are there, else None.
         """
-        body, code = _web.health(self.client)
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        body, code = _web.health(self.client, show_server=bool(app.config.get("NATS_SHOW_SERVER", False)))
+        body["outbox"] = None
+        try:
+            if _outbox_table_exists(app):
+                body["outbox"] = self.make_relay(app).storage.status(time.time()).as_dict(rows=False)
+        except Exception:  # noqa: BLE001 - a database problem must not turn the NATS probe into a 500
+            current_app.logger.warning("natsync: outbox numbers unavailable", exc_info=True)
         return jsonify(body), code
+
+
+#: The config keys of the extension.
+CONFIG_KEYS = (
+    "NATS_URL",
+    "NATS_TOKEN",
+    "NATS_OPTIONS",
+    "NATS_ERROR_RESPONSES",
+    "NATS_OUTBOX",
+    "NATS_SHUTDOWN_WAIT",
+    "NATS_SHOW_SERVER",
+)
+
+
+def _unknown_config_keys(config: Any) -> list[tuple[str, str]]:
+    return [
+        (key, _outbox.did_you_mean(key, set(CONFIG_KEYS)).lstrip("; "))
+        for key in sorted(config)
+        if isinstance(key, str) and key.startswith("NATS_") and key not in CONFIG_KEYS
+    ]
 
 
 def _flask_sqlalchemy(app: Flask) -> Any:
@@ -294,7 +334,7 @@ def _outbox_table_exists(app: Flask) -> bool:
 
 def _nats_error_response(e: NatsError) -> ResponseReturnValue:
     current_app.logger.warning("NATS unavailable while handling a request: %s", _web._describe(e))
-    return jsonify({"error": "NATS unavailable", "detail": _web._describe(e)}), 503
+    return jsonify(_web.unavailable_body(e, bool(current_app.config.get("NATS_SHOW_SERVER", False)))), 503
 
 
 def _options_from_config(config: Any) -> tuple[str | list[str] | None, dict[str, Any]]:

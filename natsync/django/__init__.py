@@ -57,6 +57,10 @@ __all__ = [
     "publish_on_commit",
     "reset_client",
     "settings_options",
+    "show_server",
+    "shutdown_wait",
+    "source_of",
+    "unknown_env_vars",
     "subscribe",
 ]
 
@@ -109,7 +113,8 @@ def settings_options(
     for key in options:
         if key != "servers" and key not in known:
             raise TypeError(
-                f"settings.NATSYNC has an unknown option {key!r}; known: servers, {', '.join(sorted(known))}"
+                f"settings.NATSYNC has an unknown option {key!r}"
+                + _outbox.did_you_mean(str(key), {"servers", *known})
             )
     if "lazy" in options:
         raise TypeError(
@@ -125,10 +130,74 @@ def settings_options(
             continue
         param = known.get(key)
         if param is None or key in _NOT_FROM_ENV:
-            continue  # not ours (e.g. NATSYNC_SOMETHING_ELSE of the project): ignored
+            continue  # not an option (unknown_env_vars() finds the misspelt ones)
         options[key] = _from_env(var, raw, key, param.default)
     servers = options.pop("servers", None)
     return servers, options
+
+
+#: ``NATSYNC_*`` names that are settings of their own, not connect() options.
+OTHER_SETTINGS = ("NATSYNC_OUTBOX", "NATSYNC_SHUTDOWN_WAIT", "NATSYNC_SHOW_SERVER")
+
+
+def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """``NATSYNC_*`` environment variables that configure nothing: ``(name, hint)`` pairs.
+
+    The hint is a "did you mean" for the closest known variable.  ``manage.py check``
+    reports each as warning ``natsync.W001``.
+    """
+    env = os.environ if environ is None else environ
+    known = {ENV_PREFIX + k.upper() for k in _web.connect_option_names() if k not in _NOT_FROM_ENV}
+    known |= {ENV_PREFIX + "SERVERS", *OTHER_SETTINGS}
+    return [
+        (var, _outbox.did_you_mean(var, known).lstrip("; "))
+        for var in sorted(env)
+        if var.startswith(ENV_PREFIX) and var not in known
+    ]
+
+
+def source_of(key: str, environ: Mapping[str, str] | None = None) -> str:
+    """Where the value of option *key* comes from: its environment variable, or settings."""
+    env = os.environ if environ is None else environ
+    var = ENV_PREFIX + key.upper()
+    if var in env:
+        return f"environment variable {var}"
+    return f"settings.NATSYNC[{key!r}]"
+
+
+def shutdown_wait() -> float:
+    """Seconds a web process waits at exit for a reconnect to send what it buffered.
+
+    ``NATSYNC_SHUTDOWN_WAIT`` (environment, then settings); default
+    :data:`natsync._web.SHUTDOWN_WAIT`.
+
+    Raises:
+        ValueError: for a value that is not a number >= 0.
+    """
+    from django.conf import settings
+
+    raw: Any = os.environ.get("NATSYNC_SHUTDOWN_WAIT")
+    where = "environment variable NATSYNC_SHUTDOWN_WAIT"
+    if raw is None:
+        raw = getattr(settings, "NATSYNC_SHUTDOWN_WAIT", _web.SHUTDOWN_WAIT)
+        where = "settings.NATSYNC_SHUTDOWN_WAIT"
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a number of seconds >= 0, not {raw!r}") from None
+    if isinstance(raw, bool) or not value >= 0:
+        raise ValueError(f"{where} must be a number of seconds >= 0, not {raw!r}")
+    return value
+
+
+def show_server() -> bool:
+    """True when health answers and 503 bodies may name servers (``NATSYNC_SHOW_SERVER``)."""
+    from django.conf import settings
+
+    raw = os.environ.get("NATSYNC_SHOW_SERVER")
+    if raw is not None:
+        return raw.strip().lower() in _TRUE
+    return bool(getattr(settings, "NATSYNC_SHOW_SERVER", False))
 
 
 def _from_env(var: str, raw: str, key: str, default: Any) -> Any:
@@ -170,7 +239,7 @@ def get_client() -> Client:
         with _lock:
             if _clients is None:
                 servers, options = settings_options()
-                _clients = _web.ProcessClient(servers, options)
+                _clients = _web.ProcessClient(servers, options, shutdown_wait=shutdown_wait())
             clients = _clients
     return clients.get()
 
