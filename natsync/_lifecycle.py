@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -100,15 +101,25 @@ def warn_unsent(c: Client) -> None:
     payload bytes, is the least a client owes the program that published them.
     """
     msgs, nbytes = c._w.pending()
-    if msgs > 0:
-        log.warning(
-            "%d published message(s) (%d payload bytes) were never sent to the server and are "
-            "lost: the client %s before it could send them (core NATS is at most once; use "
-            "JetStream or an outbox for messages that must not be lost)",
-            msgs,
-            nbytes,
-            "closed" if c._state == CLOSED else "is exiting",
-        )
+    if msgs <= 0:
+        return
+    text = (
+        f"{msgs} published message(s) ({nbytes} payload bytes) were never sent to the server and "
+        f"are lost: the client {'closed' if c._state == CLOSED else 'is exiting'} before it could "
+        "send them (core NATS is at most once; use JetStream or an outbox for messages that "
+        "must not be lost)"
+    )
+    listening = False
+    logger: logging.Logger | None = log
+    while logger is not None and not listening:
+        listening = any(not isinstance(h, logging.NullHandler) for h in logger.handlers)
+        logger = logger.parent if logger.propagate else None
+    if listening:
+        log.warning("%s", text)
+    elif log.isEnabledFor(logging.WARNING):
+        # Logging is not configured (natsync's NullHandler keeps it quiet otherwise):
+        # lost messages are still worth one line on stderr, as logging's lastResort would.
+        print(f"natsync: WARNING: {text}", file=sys.stderr, flush=True)
 
 
 def drain(c: Client, timeout: float | None = None) -> None:

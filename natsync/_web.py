@@ -786,13 +786,29 @@ class Worker:
 
         Returns 1 when the client closed by itself (for example the server rejected the
         credentials) instead of being stopped.
+
+        Raises:
+            natsync.NatsError: when the handlers cannot even be subscribed (the first
+                connect failed for good: bad credentials, no server without
+                ``retry_on_failed_connect``); the client is closed.
         """
         previous: dict[signal.Signals, Any] = {}
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, self._on_signal)
         try:
-            self.start()
+            try:
+                self.start()
+            except NatsError:
+                # Cannot start at all (bad credentials, no server and no retry): the
+                # caller reports one line; nothing started is left running.
+                self._stop.set()
+                for service in self._services:
+                    service.stop(1.0)
+                self._client.close()
+                for t in self._loops:
+                    t.join(1.0)
+                raise
             problem: object = None
             if self._client.is_connected:
                 try:

@@ -407,7 +407,10 @@ def _make_cli(ext: NATS) -> click.Group:
             raise click.UsageError(str(e.args[0])) from None
         described = ", ".join(h.describe() for h in w.handlers)
         click.echo(f"natsync worker: {len(w.handlers)} handler(s): {described}")
-        status = w.run(ready=lambda: click.echo("natsync worker: ready", err=False))
+        try:
+            status = w.run(ready=lambda: click.echo("natsync worker: ready", err=False))
+        except NatsError as e:
+            raise click.ClickException(f"natsync worker: cannot start: {_web._describe(e)}") from None
         if status:
             raise SystemExit(status)
         click.echo("natsync worker: stopped")

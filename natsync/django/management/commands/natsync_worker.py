@@ -9,6 +9,7 @@ from django.db import DEFAULT_DB_ALIAS, close_old_connections
 from django.utils.module_loading import autodiscover_modules
 
 from .... import _web
+from ....errors import NatsError
 from ....msg import Msg
 from ... import get_client, handlers
 from ...outbox import make_relay, outbox_settings, table_exists
@@ -121,7 +122,10 @@ class Command(BaseCommand):
             self.stdout.write("natsync worker: ready")
             self.stdout.flush()
 
-        status = worker.run(ready=ready)
+        try:
+            status = worker.run(ready=ready)
+        except NatsError as e:
+            raise CommandError(f"natsync worker: cannot start: {_web._describe(e)}", returncode=1) from None
         if status:
             raise CommandError("the NATS connection closed; see the log", returncode=status)
         self.stdout.write("natsync worker: stopped")
