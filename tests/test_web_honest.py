@@ -54,7 +54,7 @@ def test_close_with_unsent_messages_logs_one_warning(caplog: pytest.LogCaptureFi
         nc.flush(timeout=5)
         srv.stop()
         assert wait_for(lambda: nc.is_reconnecting, 10)  # from now on publishes are buffered
-        for i in range(3):
+        for _ in range(3):
             nc.publish("lost.x", b"0123456789")  # buffered while reconnecting
         with caplog.at_level(logging.WARNING, logger="natsync"):
             nc.close()
