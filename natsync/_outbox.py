@@ -339,8 +339,10 @@ class Relay:
         settings: how the relay works.
         name: for logs and the thread's name.
 
-    One relay may run :meth:`run_once` from one thread at a time; several relays (threads
-    or processes) may run against one table at once.
+    One relay runs rounds (:meth:`run_once`, :meth:`run_until_empty`, :meth:`run`) on one
+    thread at a time -- that thread alone touches ``published`` and the cached JetStream
+    context; :meth:`wake` and :meth:`stop` are safe from any thread (events).  Several
+    relays (threads or processes) may run against one table at once.
     """
 
     def __init__(
@@ -359,7 +361,9 @@ class Relay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()  # guards _thread
-        self.published = 0  # rows published by this relay (only its own thread writes it)
+        self.published = 0  # rows published by this relay (written by the thread running rounds)
+        # The JetStream context of the last client; only the thread running rounds uses it.
+        self._js: tuple[Client, Any] | None = None
 
     # --- one round ---
 
@@ -385,7 +389,7 @@ class Relay:
         retry: list[tuple[int, str, float]] = []
         failed: list[tuple[int, str]] = []
         try:
-            js = client.jetstream(timeout=s.publish_timeout)
+            js = self._jetstream(client)
             futures: list[Any] = []
             for row in rows:
                 try:
@@ -442,6 +446,14 @@ class Relay:
         result.published, result.retried, result.failed = len(done), len(retry), len(failed)
         self.published += len(done)
         return result
+
+    def _jetstream(self, client: Client) -> Any:
+        """The JetStream context of *client*, kept across rounds (its publish_async
+        machinery holds a subscription: one per client, not one per round)."""
+        cached = self._js
+        if cached is None or cached[0] is not client:
+            cached = self._js = (client, client.jetstream(timeout=self.settings.publish_timeout))
+        return cached[1]
 
     def run_until_empty(self, timeout: float = 60.0) -> int:
         """Run rounds until no row waits (failed rows aside) or *timeout* s passed.
