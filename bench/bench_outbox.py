@@ -17,6 +17,7 @@ PostgreSQL rows are skipped with the reason.
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -69,6 +70,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[100, 500])
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
+    # SIGTERM ends the run through the finally blocks: the servers it started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
     pg = None
     pg_reason = ""
