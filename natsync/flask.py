@@ -110,6 +110,8 @@ class NATS:
         servers, options = _options_from_config(app.config)
         options.setdefault("name", app.import_name)
         wait = app.config.get("NATS_SHUTDOWN_WAIT", _web.SHUTDOWN_WAIT)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+            raise ValueError(f"NATS_SHUTDOWN_WAIT must be a number of seconds >= 0, not {wait!r}")
         clients = _web.ProcessClient(servers, options, shutdown_wait=wait)  # checks the options now
         _outbox.OutboxSettings.from_mapping(app.config.get("NATS_OUTBOX"), "NATS_OUTBOX")
         for key, hint in _unknown_config_keys(app.config):

@@ -262,3 +262,21 @@ def test_worker_commands_fail_in_one_line(token_server: NATSServer, tmp_path: Pa
         what = "rejected the credentials" if "token" in name else "could not connect"
         assert what in errors[0], (name, errors)
         assert "wrong" not in p.output  # the secret is not printed
+
+
+def test_misspelt_environment_variable_is_logged_when_the_client_is_made(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from django.test import override_settings
+
+    import natsync.django as nd
+
+    monkeypatch.setenv("NATSYNC_PASWORD", "x")
+    with override_settings(NATSYNC={"servers": "nats://127.0.0.1:4222"}), caplog.at_level(logging.WARNING):
+        try:
+            nd.get_client()  # lazy: no connection is made
+        finally:
+            nd.reset_client()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("NATSYNC_PASWORD" in m and "did you mean 'NATSYNC_PASSWORD'" in m for m in messages), messages
+    assert not any("'x'" in m for m in messages)  # the value (maybe a secret) is not logged

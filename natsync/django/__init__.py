@@ -240,6 +240,10 @@ def get_client() -> Client:
             if _clients is None:
                 servers, options = settings_options()
                 _clients = _web.ProcessClient(servers, options, shutdown_wait=shutdown_wait())
+                for var, hint in unknown_env_vars():  # gunicorn runs no system checks
+                    _web.log.warning(
+                        "natsync: environment variable %s is not a natsync setting; %s", var, hint
+                    )
             clients = _clients
     return clients.get()
 
