@@ -377,9 +377,17 @@ class Relay:
         client = self._client()
         if client.is_closed:
             raise ConnectionClosedError("the outbox relay's client is closed")
-        if client.is_reconnecting or client.is_connecting:
-            # Publishing now would only buffer and time out; claim nothing.
-            return result
+        if not client.is_connected:
+            # Publishing now would only buffer (and leave the buffer to a process's exit)
+            # and time out: claim nothing until the connection is there.
+            if client.is_reconnecting or client.is_connecting:
+                return result
+            try:
+                client.flush(timeout=min(self.settings.publish_timeout, 2.0))  # a lazy client connects
+            except NatsError:
+                return result
+            if not client.is_connected:
+                return result
         s = self.settings
         rows = self.storage.claim(s.batch, s.lease, time.time())
         result.claimed = len(rows)
