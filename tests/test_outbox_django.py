@@ -407,3 +407,9 @@ def test_two_relays_racing_keep_subject_order(database: dict[str, str], tmp_path
             assert numbers == sorted(numbers), f"subject {subject} out of order: {numbers}"
         published = [int(r.output.rsplit("stopped after ", 1)[1].split()[0]) for r in relays]
         assert sum(published) == len(expected), published
+
+
+def test_the_migration_matches_the_model(js_server: NATSServer) -> None:
+    out = io.StringIO()
+    call_command("makemigrations", "natsync", "--check", "--dry-run", stdout=out)
+    assert "No changes detected" in out.getvalue()
