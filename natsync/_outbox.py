@@ -383,7 +383,8 @@ class Relay:
             if client.is_reconnecting or client.is_connecting:
                 return result
             try:
-                client.flush(timeout=min(self.settings.publish_timeout, 2.0))  # a lazy client connects
+                # A lazy client connects here; kept short so that stop() is not held up.
+                client.flush(timeout=min(self.settings.publish_timeout, 0.5))
             except NatsError:
                 return result
             if not client.is_connected:
