@@ -7,7 +7,10 @@ Run it (with a nats-server on 127.0.0.1:4222, or set NATSYNC_SERVERS)::
     python manage.py natsync_worker             # the handlers in orders/nats_handlers.py
     python manage.py runserver                  # or: gunicorn -c ../gunicorn.conf.py shop_project.wsgi
 
-    curl -X POST localhost:8000/orders/42       # saved, then announced on commit
+    curl -X POST localhost:8000/orders/42       # saved, then announced on commit (core NATS)
+    curl -X POST localhost:8000/events/42       # saved with an outbox row: must not be lost
+    python manage.py natsync_outbox status      # (a stream must capture events.>; the
+                                                #  worker's relay publishes the rows)
     curl localhost:8000/greet/ada               # request/reply: the worker answers
     curl localhost:8000/health/nats
 """
