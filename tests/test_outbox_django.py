@@ -418,3 +418,43 @@ def test_the_migration_matches_the_model(js_server: NATSServer) -> None:
     out = io.StringIO()
     call_command("makemigrations", "natsync", "--check", "--dry-run", stdout=out)
     assert "No changes detected" in out.getvalue()
+
+
+def test_relay_in_web_processes_publishes_without_a_worker(database: dict[str, str], tmp_path: Path) -> None:
+    """NATSYNC_OUTBOX["relay_in_web"]: each web process's relay thread, woken by its commits."""
+    with _js_server(tmp_path) as srv:
+        _add_stream(srv.url)
+        env = _django_env(database, srv.url, SHOP_RELAY_IN_WEB="1")
+        _manage(["migrate", "--verbosity", "0"], env, tmp_path, "migrate")
+        port = free_port()
+        web = Proc(
+            [
+                PYTHON,
+                "-m",
+                "gunicorn",
+                "-k",
+                "gthread",
+                "-w",
+                "2",
+                "--threads",
+                "4",
+                "-b",
+                f"127.0.0.1:{port}",
+                "shop_project.wsgi",
+            ],
+            env=env,
+            cwd=PROJECT,
+            log=tmp_path / "gunicorn.log",
+        )
+        try:
+            assert wait_for(lambda: "Booting worker" in web.output, 30), web.output
+            answers = [http(f"http://127.0.0.1:{port}/events/{n}", "POST", timeout=60)[0] for n in range(20)]
+            assert answers == [201] * 20, web.output
+            # No worker and no relay command runs: the web processes publish by themselves.
+            assert wait_for(lambda: len(stream_messages(srv.url)) >= 20, 30), web.output
+            assert web.stop() == 0, web.output
+        finally:
+            web.kill()
+        assert_exactly(srv.url, {str(n) for n in range(20)})
+        out = _manage(["natsync_outbox", "status", "--json"], env, tmp_path, "status").output
+        assert json.loads(out.strip().splitlines()[-1])["depth"] == 0
