@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -57,7 +58,7 @@ from .subscription import ACTIVE, DRAINING, Subscription
 if TYPE_CHECKING:  # pragma: no cover
     from .client import Client
 
-__all__ = ["drain", "close", "close_lazy", "exit_flush", "forked", "live_clients"]
+__all__ = ["drain", "close", "close_lazy", "exit_flush", "forked", "live_clients", "warn_unsent"]
 
 log = logging.getLogger("natsync")
 
@@ -86,9 +87,39 @@ def _flush_at_exit() -> None:
     deadline = time.monotonic() + EXIT_FLUSH
     for c in list(live_clients):
         c._exit_flush(deadline)
+        warn_unsent(c)
 
 
 atexit.register(_flush_at_exit)
+
+
+def warn_unsent(c: Client) -> None:
+    """Log one WARNING when *c* holds published messages it never sent (about to be lost).
+
+    Core NATS publishing is at most once: what is buffered while reconnecting is lost
+    if the client closes or the process exits first.  Saying so, with the count and the
+    payload bytes, is the least a client owes the program that published them.
+    """
+    msgs, nbytes = c._w.pending()
+    if msgs <= 0:
+        return
+    text = (
+        f"{msgs} published message(s) ({nbytes} payload bytes) were never sent to the server and "
+        f"are lost: the client {'closed' if c._state == CLOSED else 'is exiting'} before it could "
+        "send them (core NATS is at most once; use JetStream or an outbox for messages that "
+        "must not be lost)"
+    )
+    listening = False
+    logger: logging.Logger | None = log
+    while logger is not None and not listening:
+        listening = any(not isinstance(h, logging.NullHandler) for h in logger.handlers)
+        logger = logger.parent if logger.propagate else None
+    if listening:
+        log.warning("%s", text)
+    elif log.isEnabledFor(logging.WARNING):
+        # Logging is not configured (natsync's NullHandler keeps it quiet otherwise):
+        # lost messages are still worth one line on stderr, as logging's lastResort would.
+        print(f"natsync: WARNING: {text}", file=sys.stderr, flush=True)
 
 
 def drain(c: Client, timeout: float | None = None) -> None:
@@ -225,6 +256,7 @@ def close(
     # must not hang close().
     if was_connected and transport is not None and me is not c._w.thread:
         c._w.write_pending(flush_deadline)
+    warn_unsent(c)  # publishers are refused now (CLOSED): what is left is lost
     with c._lock:
         c._closing_flush = False
         c._w.drop()

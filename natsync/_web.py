@@ -22,6 +22,7 @@ import atexit
 import inspect
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from .client import Client, connect
 from .errors import (
@@ -49,15 +50,19 @@ from .protocol import validate_queue, validate_subject
 __all__ = [
     "check_options",
     "EXIT_DRAIN_TIMEOUT",
+    "SHUTDOWN_WAIT",
     "ProcessClient",
     "UNAVAILABLE_ERRORS",
     "WEB_DEFAULTS",
     "Handler",
     "HandlerRegistry",
     "PermanentError",
+    "Service",
     "Worker",
     "connect_option_names",
     "health",
+    "public_text",
+    "unavailable_body",
     "make_client",
 ]
 
@@ -86,6 +91,11 @@ UNAVAILABLE_ERRORS: Final[tuple[type[NatsError], ...]] = (
 
 #: Seconds a web process waits at exit for its buffered publishes to reach the server.
 EXIT_DRAIN_TIMEOUT: Final = 5.0
+#: Seconds a web process that is reconnecting when it exits waits, by default, for the
+#: connection to come back so that what it buffered is sent (``NATSYNC_SHUTDOWN_WAIT``,
+#: Flask's ``NATS_SHUTDOWN_WAIT``).  Past it the messages are lost, and a WARNING says how
+#: many.
+SHUTDOWN_WAIT: Final = 5.0
 #: Upper bound of :func:`ready_client`.
 CONNECTING_WAIT: Final = 10.0
 #: Seconds the health check waits for a round trip to the server.
@@ -110,6 +120,7 @@ def connect_option_names() -> dict[str, inspect.Parameter]:
 # Lazy clients made by make_client(), drained when the interpreter exits.  A forked child
 # inherits the set; each process drains the connection it opened itself.
 _exit_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+_exit_waits: weakref.WeakKeyDictionary[Client, float] = weakref.WeakKeyDictionary()  # guarded by _exit_lock
 _exit_lock = threading.Lock()
 _exit_registered = False
 
@@ -119,6 +130,7 @@ def make_client(
     options: Mapping[str, Any],
     *,
     drain_at_exit: bool = True,
+    shutdown_wait: float = SHUTDOWN_WAIT,
 ) -> Client:
     """Return a lazy client for *servers* with :data:`WEB_DEFAULTS` under *options*.
 
@@ -130,6 +142,8 @@ def make_client(
         options: any other :func:`natsync.connect` option; these win over the defaults.
         drain_at_exit: drain the client (bounded by :data:`EXIT_DRAIN_TIMEOUT`) when the
             interpreter exits, so that what a web process published last is not lost.
+        shutdown_wait: at exit, seconds to wait for a reconnect when messages are
+            buffered (see :data:`SHUTDOWN_WAIT`).
 
     Raises:
         TypeError: for an unknown option.
@@ -154,7 +168,7 @@ def make_client(
     client = connect(servers, lazy=True, **merged)
     holder.append(weakref.ref(client))
     if drain_at_exit:
-        _drain_at_exit(client)
+        _drain_at_exit(client, shutdown_wait)
     return client
 
 
@@ -211,12 +225,26 @@ class ProcessClient:
     Args:
         servers: as for :func:`natsync.connect`.
         options: any other :func:`natsync.connect` option (over :data:`WEB_DEFAULTS`).
+        shutdown_wait: see :data:`SHUTDOWN_WAIT`.
 
     Raises:
         TypeError, ValueError: for bad options, as :func:`natsync.connect` does.
     """
 
-    def __init__(self, servers: str | Sequence[str] | None, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        servers: str | Sequence[str] | None,
+        options: Mapping[str, Any],
+        *,
+        shutdown_wait: float = SHUTDOWN_WAIT,
+    ) -> None:
+        if (
+            isinstance(shutdown_wait, bool)
+            or not isinstance(shutdown_wait, (int, float))
+            or shutdown_wait < 0
+        ):
+            raise ValueError(f"the shutdown wait must be a number of seconds >= 0, not {shutdown_wait!r}")
+        self.shutdown_wait = float(shutdown_wait)
         self._servers = servers
         self._options = dict(options)
         check_options(servers, self._options)
@@ -232,7 +260,7 @@ class ProcessClient:
             # checks options), so it is safe even when it is not a green lock.
             with self._lock:
                 if self._client is None or self._pid != os.getpid():
-                    self._client = make_client(self._servers, self._options)
+                    self._client = make_client(self._servers, self._options, shutdown_wait=self.shutdown_wait)
                     self._pid = os.getpid()
                 client = self._client
         return ready_client(client)
@@ -249,7 +277,7 @@ class ProcessClient:
             self._client = None
             self._pid = 0
         if client is not None:
-            close_quietly(client, timeout)
+            close_quietly(client, timeout, self.shutdown_wait)
 
 
 _last_errors: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
@@ -259,10 +287,11 @@ def _remember_error(client: Client, err: BaseException) -> None:
     _last_errors[client] = _describe(err)
 
 
-def _drain_at_exit(client: Client) -> None:
+def _drain_at_exit(client: Client, shutdown_wait: float) -> None:
     global _exit_registered
     with _exit_lock:
         _exit_clients.add(client)
+        _exit_waits[client] = shutdown_wait
         if not _exit_registered:
             atexit.register(_drain_exit_clients)
             _exit_registered = True
@@ -270,17 +299,40 @@ def _drain_at_exit(client: Client) -> None:
 
 def _drain_exit_clients() -> None:
     with _exit_lock:
-        clients = list(_exit_clients)
+        clients = [(c, _exit_waits.get(c, SHUTDOWN_WAIT)) for c in _exit_clients]
         _exit_clients.clear()
-    for client in clients:
-        close_quietly(client, EXIT_DRAIN_TIMEOUT)
+    for client, wait in clients:
+        close_quietly(client, EXIT_DRAIN_TIMEOUT, wait)
 
 
-def close_quietly(client: Client, timeout: float) -> None:
-    """Drain *client* if it is connected (else close it); never raise, never connect."""
+def buffered(client: Client) -> int:
+    """How many published messages *client* holds that the server has not been sent yet."""
+    w = getattr(client, "_w", None)  # the core's writer; pending() reads under no lock of ours
+    try:
+        return int(w.pending()[0]) if w is not None else 0
+    except Exception:  # noqa: BLE001 - a core without it: nothing known to be buffered
+        return 0
+
+
+def close_quietly(client: Client, timeout: float, reconnect_wait: float = 0.0) -> None:
+    """Drain *client* if it is connected (else close it); never raise, never connect.
+
+    When the client is reconnecting with messages buffered, first wait up to
+    *reconnect_wait* seconds for the connection to come back, so that they are sent; a
+    client closed with messages still buffered logs a WARNING with their count.
+    """
     try:
         if client.is_closed:
             return
+        if reconnect_wait > 0 and client.is_reconnecting and buffered(client):
+            log.info(
+                "natsync: waiting up to %.1f s for NATS to send %d buffered message(s)",
+                reconnect_wait,
+                buffered(client),
+            )
+            deadline = time.monotonic() + reconnect_wait
+            while client.is_reconnecting and time.monotonic() < deadline:
+                time.sleep(0.05)
         if client.is_connected:
             client.drain(timeout=timeout)
         else:
@@ -296,15 +348,19 @@ def close_quietly(client: Client, timeout: float) -> None:
 # ---------------------------------------------------------------------------- health
 
 
-def health(client: Client, timeout: float = HEALTH_TIMEOUT) -> tuple[dict[str, Any], int]:
+def health(
+    client: Client, timeout: float = HEALTH_TIMEOUT, *, show_server: bool = False
+) -> tuple[dict[str, Any], int]:
     """Return the health check's JSON body and HTTP status for *client*.
 
     The body is ``{"status", "rtt_ms", "server", "last_error"}``; the status code is 200
     when the client is connected and a round trip to the server succeeded within
     *timeout*, else 503.  A lazy client that has not connected yet is connected by this
     call (a readiness probe is a first use like any other).  ``server`` is the redacted
-    URL of the connected server; ``last_error`` the last connection error as text, or
-    None.  No secret is ever part of the body.
+    URL of the connected server when *show_server* (else None: a public probe learns no
+    internal address); ``last_error`` the last connection error as text, with server
+    addresses left out unless *show_server*, or None.  No secret is ever part of the
+    body.
     """
     rtt_ms: float | None = None
     error: BaseException | None = None
@@ -335,10 +391,31 @@ def health(client: Client, timeout: float = HEALTH_TIMEOUT) -> tuple[dict[str, A
     body: dict[str, Any] = {
         "status": status,
         "rtt_ms": rtt_ms if connected else None,
-        "server": client.connected_url if connected else None,
-        "last_error": _describe(last) if last is not None else None,
+        "server": client.connected_url if connected and show_server else None,
+        "last_error": public_text(_describe(last), show_server) if last is not None else None,
     }
     return body, 200 if connected else 503
+
+
+_ADDRESS = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\",;)]+"  # a URL
+    r"|\[[0-9A-Fa-f:.]+\](?::\d+)?"  # [IPv6]:port
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"  # IPv4:port
+    r"|\b[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*:\d{2,5}\b"  # host:port
+)
+
+
+def public_text(text: str, show_server: bool = False) -> str:
+    """*text* with server URLs and addresses replaced by ``<server>`` (unless *show_server*)."""
+    return text if show_server else _ADDRESS.sub("<server>", text)
+
+
+def unavailable_body(e: BaseException, show_server: bool = False) -> dict[str, str]:
+    """The JSON body of a 503 answer for *e*: ``{"error": "NATS unavailable", "detail": ...}``.
+
+    The detail names the error; server addresses are left out unless *show_server*.
+    """
+    return {"error": "NATS unavailable", "detail": public_text(_describe(e), show_server)}
 
 
 def _describe(e: object) -> str:
@@ -582,6 +659,18 @@ def _check_callable(func: object) -> None:
 Invoker = Callable[[Handler, Msg], Any]
 
 
+class Service(Protocol):
+    """A background job a :class:`Worker` runs beside its handlers (the outbox relay)."""
+
+    def start(self) -> None:
+        """Start on a thread of its own; return at once."""
+        ...
+
+    def stop(self, timeout: float) -> None:
+        """Stop and join the thread (at most *timeout* seconds)."""
+        ...
+
+
 def _plain_invoke(handler: Handler, msg: Msg) -> Any:
     return handler.func(msg)
 
@@ -616,12 +705,13 @@ class Worker:
         threads: int = 1,
         drain_timeout: float = 30.0,
         invoke: Invoker | None = None,
+        services: Sequence[Service] = (),
     ) -> None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be an int >= 1, not {threads!r}")
         if not drain_timeout > 0:
             raise ValueError(f"drain_timeout must be > 0, not {drain_timeout!r}")
-        if not handlers:
+        if not handlers and not services:
             raise ValueError("no handlers to run: declare some with @subscribe or @consume")
         js = [h.name for h in handlers if h.is_jetstream]
         if js and not hasattr(client, "jetstream"):
@@ -634,6 +724,7 @@ class Worker:
         self._threads = threads
         self._drain_timeout = drain_timeout
         self._invoke = invoke or _plain_invoke
+        self._services = list(services)
         self._stop = threading.Event()
         self._signals = 0
         self._subs: list[Any] = []
@@ -671,6 +762,9 @@ class Worker:
                 sub = self._client.subscribe(handler.subject, queue=handler.queue, cb=self._callback(handler))
                 self._subs.append(sub)
             worker_log.info("natsync worker: running %s", handler.describe())
+        for service in self._services:
+            service.start()
+            worker_log.info("natsync worker: running %s", getattr(service, "name", service))
 
     def stop(self) -> None:
         """Ask :meth:`run` to drain and return (safe from any thread and signal handler)."""
@@ -692,13 +786,29 @@ class Worker:
 
         Returns 1 when the client closed by itself (for example the server rejected the
         credentials) instead of being stopped.
+
+        Raises:
+            natsync.NatsError: when the handlers cannot even be subscribed (the first
+                connect failed for good: bad credentials, no server without
+                ``retry_on_failed_connect``); the client is closed.
         """
         previous: dict[signal.Signals, Any] = {}
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, self._on_signal)
         try:
-            self.start()
+            try:
+                self.start()
+            except NatsError:
+                # Cannot start at all (bad credentials, no server and no retry): the
+                # caller reports one line; nothing started is left running.
+                self._stop.set()
+                for service in self._services:
+                    service.stop(1.0)
+                self._client.close()
+                for t in self._loops:
+                    t.join(1.0)
+                raise
             problem: object = None
             if self._client.is_connected:
                 try:
@@ -753,6 +863,8 @@ class Worker:
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + self._drain_timeout
+        for service in self._services:
+            service.stop(max(0.01, min(10.0, deadline - time.monotonic())))
         if not self._client.is_connected:
             # Nothing can be drained through a connection that is not there; what was
             # delivered is being handled, and waiting for NATS would block a deploy.

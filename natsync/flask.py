@@ -22,10 +22,14 @@
     nats.client.publish("orders.created", b"...")
 
 Configuration keys: ``NATS_URL`` (a URL, a comma-separated str or a list), ``NATS_TOKEN``,
-``NATS_OPTIONS`` (a dict of any other :func:`natsync.connect` option) and
+``NATS_OPTIONS`` (a dict of any other :func:`natsync.connect` option),
 ``NATS_ERROR_RESPONSES`` (default True: an error meaning NATS cannot serve the request
 now -- not connected, no responders, a timeout -- escaping a view becomes a 503 JSON
-response ``{"error": "NATS unavailable", "detail": ...}`` instead of a 500 page).
+response ``{"error": "NATS unavailable", "detail": ...}`` instead of a 500 page),
+``NATS_SHOW_SERVER`` (default False: 503 bodies and the health view name no server),
+``NATS_SHUTDOWN_WAIT`` (seconds a process that exits while reconnecting waits for the
+connection to send what it buffered; default 5) and ``NATS_OUTBOX`` (the outbox relay's
+settings, see :mod:`natsync._outbox`).  Other ``NATS_*`` keys get a warning.
 
 ``ext.client`` is the app's lazy client (``natsync.connect(..., lazy=True)``): created by
 :meth:`NATS.init_app` without any I/O, connected by the first call that needs it, in the
@@ -39,7 +43,11 @@ This module imports Flask; :mod:`natsync` itself never does.
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,14 +57,16 @@ from flask import Flask, current_app, jsonify
 from flask.cli import AppGroup
 from flask.typing import ResponseReturnValue
 
-from . import _web
+from . import _outbox, _web
 from .client import Client
 from .errors import NatsError
+from .headers import HeadersInput
 from .msg import Msg
 
 __all__ = ["EXTENSION_KEY", "NATS", "PermanentError"]
 
 EXTENSION_KEY = "natsync"
+log = logging.getLogger("natsync")
 PermanentError = _web.PermanentError
 
 
@@ -99,7 +109,13 @@ class NATS:
         """
         servers, options = _options_from_config(app.config)
         options.setdefault("name", app.import_name)
-        clients = _web.ProcessClient(servers, options)  # checks the options now
+        wait = app.config.get("NATS_SHUTDOWN_WAIT", _web.SHUTDOWN_WAIT)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+            raise ValueError(f"NATS_SHUTDOWN_WAIT must be a number of seconds >= 0, not {wait!r}")
+        clients = _web.ProcessClient(servers, options, shutdown_wait=wait)  # checks the options now
+        _outbox.OutboxSettings.from_mapping(app.config.get("NATS_OUTBOX"), "NATS_OUTBOX")
+        for key, hint in _unknown_config_keys(app.config):
+            log.warning("natsync: config key %s is not a natsync setting and is ignored; %s", key, hint)
         app.extensions[EXTENSION_KEY] = _AppState(self, clients)
         if app.config.get("NATS_ERROR_RESPONSES", True):
             for exc in _web.UNAVAILABLE_ERRORS:
@@ -179,6 +195,7 @@ class NATS:
         *,
         threads: int = 1,
         drain_timeout: float = 30.0,
+        services: Sequence[_web.Service] = (),
     ) -> _web.Worker:
         """A :class:`natsync._web.Worker` running the handlers *names* (all by default) for *app*.
 
@@ -186,7 +203,7 @@ class NATS:
             LookupError: for an unknown handler name.
             ValueError: when there is no handler, or for a bad *threads*.
         """
-        handlers = self._registry.select(names)
+        handlers = self._registry.select(names) if len(self._registry) or names else []
         state = app.extensions.get(EXTENSION_KEY)
         if not isinstance(state, _AppState):
             raise RuntimeError(f"natsync is not initialised on app {app.name!r}")
@@ -196,24 +213,130 @@ class NATS:
                 return handler.func(msg)
 
         return _web.Worker(
-            state.client, handlers, threads=threads, drain_timeout=drain_timeout, invoke=invoke
+            state.client,
+            handlers,
+            threads=threads,
+            drain_timeout=drain_timeout,
+            invoke=invoke,
+            services=services,
         )
+
+    # --- the outbox (Flask-SQLAlchemy) ---
+
+    def publish_on_commit(
+        self,
+        subject: str,
+        payload: bytes | bytearray | memoryview | str = b"",
+        headers: HeadersInput | None = None,
+        *,
+        msg_id: str | None = None,
+    ) -> None:
+        """Write an event to the outbox in the transaction of Flask-SQLAlchemy's ``db.session``.
+
+        It is committed (or rolled back) with the session; ``flask natsync worker``
+        (or ``flask natsync outbox relay``) publishes it to JetStream exactly once.  The
+        table is created by ``natsync.sqlalchemy.create_outbox_table(db.engine)``.  See
+        :func:`natsync.sqlalchemy.publish_on_commit` (the size is checked against this
+        app's client's last known ``max_payload``).
+
+        Raises:
+            RuntimeError: when Flask-SQLAlchemy is not initialised on the app.
+            natsync.BadSubjectError, natsync.BadHeaderError, natsync.MaxPayloadError,
+            TypeError, ValueError: for a bad event; nothing is written.
+        """
+        from .sqlalchemy import publish_on_commit
+
+        publish_on_commit(
+            _flask_sqlalchemy(current_app).session,
+            subject,
+            payload,
+            headers,
+            msg_id=msg_id,
+            max_payload=self.client.max_payload,
+        )
+
+    def make_relay(self, app: Flask) -> _outbox.Relay:
+        """The outbox relay of *app* (its Flask-SQLAlchemy engine, its client, ``NATS_OUTBOX``).
+
+        Raises:
+            RuntimeError: when Flask-SQLAlchemy is not initialised on the app.
+            TypeError, ValueError: for a bad ``NATS_OUTBOX``.
+        """
+        from .sqlalchemy import make_relay
+
+        state = app.extensions.get(EXTENSION_KEY)
+        if not isinstance(state, _AppState):
+            raise RuntimeError(f"natsync is not initialised on app {app.name!r}")
+        with app.app_context():
+            engine = _flask_sqlalchemy(app).engine
+        settings = _outbox.OutboxSettings.from_mapping(app.config.get("NATS_OUTBOX"), "NATS_OUTBOX")
+        return make_relay(engine, state.clients.get, settings)
 
     # --- health ---
 
     def health_view(self) -> ResponseReturnValue:
-        """A view: the client's health as JSON (``status``, ``rtt_ms``, ``server``, ``last_error``).
+        """A view: the client's health as JSON (``status``, ``rtt_ms``, ``server``,
+        ``last_error``, ``outbox``).
 
         200 when connected, 503 otherwise.  Route it with
-        ``app.add_url_rule("/health/nats", view_func=nats.health_view)``.
+        ``app.add_url_rule("/health/nats", view_func=nats.health_view)``.  ``server`` is
+        None unless ``NATS_SHOW_SERVER`` is true; ``outbox`` holds the outbox's
+        ``depth``, ``oldest_age`` and ``failed`` when Flask-SQLAlchemy and the outbox table
+        are there, else None.
         """
-        body, code = _web.health(self.client)
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        body, code = _web.health(self.client, show_server=bool(app.config.get("NATS_SHOW_SERVER", False)))
+        body["outbox"] = None
+        try:
+            if _outbox_table_exists(app):
+                body["outbox"] = self.make_relay(app).storage.status(time.time()).as_dict(rows=False)
+        except Exception:  # noqa: BLE001 - a database problem must not turn the NATS probe into a 500
+            current_app.logger.warning("natsync: outbox numbers unavailable", exc_info=True)
         return jsonify(body), code
+
+
+#: The config keys of the extension.
+CONFIG_KEYS = (
+    "NATS_URL",
+    "NATS_TOKEN",
+    "NATS_OPTIONS",
+    "NATS_ERROR_RESPONSES",
+    "NATS_OUTBOX",
+    "NATS_SHUTDOWN_WAIT",
+    "NATS_SHOW_SERVER",
+)
+
+
+def _unknown_config_keys(config: Any) -> list[tuple[str, str]]:
+    return [
+        (key, _outbox.did_you_mean(key, set(CONFIG_KEYS)).lstrip("; "))
+        for key in sorted(config)
+        if isinstance(key, str) and key.startswith("NATS_") and key not in CONFIG_KEYS
+    ]
+
+
+def _flask_sqlalchemy(app: Flask) -> Any:
+    db = app.extensions.get("sqlalchemy")
+    if db is None:
+        raise RuntimeError(
+            f"the outbox needs Flask-SQLAlchemy initialised on app {app.name!r} (db = SQLAlchemy(app)); "
+            "other SQLAlchemy apps use natsync.sqlalchemy.publish_on_commit(session, ...)"
+        )
+    return db
+
+
+def _outbox_table_exists(app: Flask) -> bool:
+    if app.extensions.get("sqlalchemy") is None:
+        return False
+    from sqlalchemy import inspect as sa_inspect
+
+    with app.app_context():
+        return bool(sa_inspect(_flask_sqlalchemy(app).engine).has_table("natsync_outbox"))
 
 
 def _nats_error_response(e: NatsError) -> ResponseReturnValue:
     current_app.logger.warning("NATS unavailable while handling a request: %s", _web._describe(e))
-    return jsonify({"error": "NATS unavailable", "detail": _web._describe(e)}), 503
+    return jsonify(_web.unavailable_body(e, bool(current_app.config.get("NATS_SHOW_SERVER", False)))), 503
 
 
 def _options_from_config(config: Any) -> tuple[str | list[str] | None, dict[str, Any]]:
@@ -267,19 +390,100 @@ def _make_cli(ext: NATS) -> click.Group:
         if not logging.getLogger().handlers:
             # `flask` configures no logging; a worker's handler failures must be seen.
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        if not ext.handlers:
+        services: list[_web.Service] = []
+        if not names and _outbox_table_exists(app):
+            try:
+                relay = ext.make_relay(app)
+            except (TypeError, ValueError) as e:
+                raise click.ClickException(str(e)) from None
+            if relay.settings.relay_in_worker:
+                services.append(relay)
+                click.echo("natsync worker: outbox relay on")
+        if not ext.handlers and not services:
             raise click.ClickException(
                 "no NATS handlers are declared: decorate functions with @nats.subscribe(...)"
             )
         try:
-            w = ext.make_worker(app, names, threads=threads, drain_timeout=drain_timeout)
+            w = ext.make_worker(app, names, threads=threads, drain_timeout=drain_timeout, services=services)
         except LookupError as e:
             raise click.UsageError(str(e.args[0])) from None
         described = ", ".join(h.describe() for h in w.handlers)
         click.echo(f"natsync worker: {len(w.handlers)} handler(s): {described}")
-        status = w.run(ready=lambda: click.echo("natsync worker: ready", err=False))
+        try:
+            status = w.run(ready=lambda: click.echo("natsync worker: ready", err=False))
+        except NatsError as e:
+            raise click.ClickException(f"natsync worker: cannot start: {_web._describe(e)}") from None
         if status:
             raise SystemExit(status)
         click.echo("natsync worker: stopped")
 
+    @group.group("outbox")
+    def outbox() -> None:
+        """The outbox (Flask-SQLAlchemy): relay, status, retry."""
+
+    @outbox.command("relay")
+    @click.option("--once", is_flag=True, help="Publish what is there, then exit.")
+    def outbox_relay(once: bool) -> None:
+        """Publish committed outbox rows to JetStream until SIGTERM/SIGINT (or once)."""
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        relay = _relay_or_fail(ext, app)
+        client = ext.client
+        try:
+            if once:
+                n = relay.run_until_empty(timeout=max(30.0, relay.settings.lease * 2))
+                st = relay.storage.status(time.time())
+                click.echo(f"published {n}; depth {st.depth}, failed {st.failed}")
+                if st.depth:
+                    raise click.ClickException(f"{st.depth} row(s) could not be published yet (see the log)")
+                return
+            stop = threading.Event()
+            previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+            click.echo("natsync outbox relay: ready")
+            try:
+                relay.run(stop)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            click.echo(f"natsync outbox relay: stopped after {relay.published} message(s)")
+        finally:
+            _web.close_quietly(client, 5.0)
+
+    @outbox.command("status")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def outbox_status(as_json: bool) -> None:
+        """Print the outbox's depth, the age of its oldest row and its failed rows."""
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        st = _relay_or_fail(ext, app).storage.status(time.time())
+        if as_json:
+            click.echo(json.dumps(st.as_dict()))
+            return
+        age = "-" if st.oldest_age is None else f"{st.oldest_age:.1f} s"
+        click.echo(f"depth: {st.depth}\noldest: {age}\nfailed: {st.failed}")
+        for row in st.failed_rows:
+            click.echo(f"  #{row['id']} {row['subject']} ({row['attempts']} attempts): {row['last_error']}")
+
+    @outbox.command("retry")
+    @click.argument("ids", nargs=-1, type=int)
+    @click.option("--all", "all_", is_flag=True, help="Every failed row.")
+    def outbox_retry(ids: tuple[int, ...], all_: bool) -> None:
+        """Put failed outbox rows back in the queue."""
+        if not ids and not all_:
+            raise click.UsageError("name the failed rows to retry (IDS), or --all")
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        storage = _relay_or_fail(ext, app).storage
+        n = storage.retry_failed(None if all_ else list(ids))  # type: ignore[attr-defined]
+        click.echo(f"{n} row(s) queued again")
+
     return group
+
+
+def _relay_or_fail(ext: NATS, app: Flask) -> _outbox.Relay:
+    try:
+        relay = ext.make_relay(app)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    if not _outbox_table_exists(app):
+        raise click.ClickException(
+            "the outbox table does not exist: call natsync.sqlalchemy.create_outbox_table(db.engine)"
+        )
+    return relay

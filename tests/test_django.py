@@ -235,9 +235,13 @@ def test_health_view(natsync_settings: NATSServer) -> None:
     response = DjangoClient().get("/health/nats")
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "ok" and body["server"] == natsync_settings.url
+    # No internal address for a public probe unless NATSYNC_SHOW_SERVER asks for it.
+    assert body["status"] == "ok" and body["server"] is None
     assert body["rtt_ms"] >= 0 and body["last_error"] is None
+    assert body["outbox"] == {"depth": 0, "oldest_age": None, "failed": 0}
     assert DjangoClient().post("/health/nats").status_code == 405
+    with override_settings(NATSYNC_SHOW_SERVER=True):
+        assert DjangoClient().get("/health/nats").json()["server"] == natsync_settings.url
 
 
 def test_health_view_when_nats_is_down(listener: socket.socket) -> None:

@@ -221,7 +221,13 @@ def test_health_view(server: NATSServer) -> None:
         response = app.test_client().get("/health/nats")
         assert response.status_code == 200
         body = response.get_json()
-        assert body == {"status": "ok", "rtt_ms": body["rtt_ms"], "server": server.url, "last_error": None}
+        # No internal address for a public probe unless NATS_SHOW_SERVER asks for it.
+        expected = {"status": "ok", "rtt_ms": body["rtt_ms"], "server": None, "last_error": None}
+        expected["outbox"] = None
+        assert body == expected
+        app.config["NATS_SHOW_SERVER"] = True
+        assert app.test_client().get("/health/nats").get_json()["server"] == server.url
+        app.config["NATS_SHOW_SERVER"] = False
         assert body["rtt_ms"] >= 0
         ext.client.close()
         response = app.test_client().get("/health/nats")

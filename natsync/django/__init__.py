@@ -43,11 +43,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from .. import _web
+from .. import _outbox, _web
 from .._options import _ALL_CALLBACKS
 from ..client import Client
-from ..headers import HeadersInput
-from ..protocol import validate_subject
+from ..headers import Headers, HeadersInput
 
 __all__ = [
     "ENV_PREFIX",
@@ -58,6 +57,10 @@ __all__ = [
     "publish_on_commit",
     "reset_client",
     "settings_options",
+    "show_server",
+    "shutdown_wait",
+    "source_of",
+    "unknown_env_vars",
     "subscribe",
 ]
 
@@ -110,7 +113,8 @@ def settings_options(
     for key in options:
         if key != "servers" and key not in known:
             raise TypeError(
-                f"settings.NATSYNC has an unknown option {key!r}; known: servers, {', '.join(sorted(known))}"
+                f"settings.NATSYNC has an unknown option {key!r}"
+                + _outbox.did_you_mean(str(key), {"servers", *known})
             )
     if "lazy" in options:
         raise TypeError(
@@ -126,10 +130,74 @@ def settings_options(
             continue
         param = known.get(key)
         if param is None or key in _NOT_FROM_ENV:
-            continue  # not ours (e.g. NATSYNC_SOMETHING_ELSE of the project): ignored
+            continue  # not an option (unknown_env_vars() finds the misspelt ones)
         options[key] = _from_env(var, raw, key, param.default)
     servers = options.pop("servers", None)
     return servers, options
+
+
+#: ``NATSYNC_*`` names that are settings of their own, not connect() options.
+OTHER_SETTINGS = ("NATSYNC_OUTBOX", "NATSYNC_SHUTDOWN_WAIT", "NATSYNC_SHOW_SERVER")
+
+
+def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """``NATSYNC_*`` environment variables that configure nothing: ``(name, hint)`` pairs.
+
+    The hint is a "did you mean" for the closest known variable.  ``manage.py check``
+    reports each as warning ``natsync.W001``.
+    """
+    env = os.environ if environ is None else environ
+    known = {ENV_PREFIX + k.upper() for k in _web.connect_option_names() if k not in _NOT_FROM_ENV}
+    known |= {ENV_PREFIX + "SERVERS", *OTHER_SETTINGS}
+    return [
+        (var, _outbox.did_you_mean(var, known).lstrip("; "))
+        for var in sorted(env)
+        if var.startswith(ENV_PREFIX) and var not in known
+    ]
+
+
+def source_of(key: str, environ: Mapping[str, str] | None = None) -> str:
+    """Where the value of option *key* comes from: its environment variable, or settings."""
+    env = os.environ if environ is None else environ
+    var = ENV_PREFIX + key.upper()
+    if var in env:
+        return f"environment variable {var}"
+    return f"settings.NATSYNC[{key!r}]"
+
+
+def shutdown_wait() -> float:
+    """Seconds a web process waits at exit for a reconnect to send what it buffered.
+
+    ``NATSYNC_SHUTDOWN_WAIT`` (environment, then settings); default
+    :data:`natsync._web.SHUTDOWN_WAIT`.
+
+    Raises:
+        ValueError: for a value that is not a number >= 0.
+    """
+    from django.conf import settings
+
+    raw: Any = os.environ.get("NATSYNC_SHUTDOWN_WAIT")
+    where = "environment variable NATSYNC_SHUTDOWN_WAIT"
+    if raw is None:
+        raw = getattr(settings, "NATSYNC_SHUTDOWN_WAIT", _web.SHUTDOWN_WAIT)
+        where = "settings.NATSYNC_SHUTDOWN_WAIT"
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a number of seconds >= 0, not {raw!r}") from None
+    if isinstance(raw, bool) or not value >= 0:
+        raise ValueError(f"{where} must be a number of seconds >= 0, not {raw!r}")
+    return value
+
+
+def show_server() -> bool:
+    """True when health answers and 503 bodies may name servers (``NATSYNC_SHOW_SERVER``)."""
+    from django.conf import settings
+
+    raw = os.environ.get("NATSYNC_SHOW_SERVER")
+    if raw is not None:
+        return raw.strip().lower() in _TRUE
+    return bool(getattr(settings, "NATSYNC_SHOW_SERVER", False))
 
 
 def _from_env(var: str, raw: str, key: str, default: Any) -> Any:
@@ -171,7 +239,11 @@ def get_client() -> Client:
         with _lock:
             if _clients is None:
                 servers, options = settings_options()
-                _clients = _web.ProcessClient(servers, options)
+                _clients = _web.ProcessClient(servers, options, shutdown_wait=shutdown_wait())
+                for var, hint in unknown_env_vars():  # gunicorn runs no system checks
+                    _web.log.warning(
+                        "natsync: environment variable %s is not a natsync setting; %s", var, hint
+                    )
             clients = _clients
     return clients.get()
 
@@ -190,38 +262,72 @@ def reset_client() -> None:
 
 def publish_on_commit(
     subject: str,
-    data: bytes | bytearray | memoryview | str = b"",
-    *,
+    payload: bytes | bytearray | memoryview | str = b"",
     headers: HeadersInput | None = None,
+    *,
+    durable: bool = False,
+    msg_id: str | None = None,
     using: str | None = None,
 ) -> None:
-    """Publish *data* on *subject* once the current database transaction commits.
+    """Publish *payload* on *subject* once the current database transaction commits.
 
-    Nothing is published when the transaction rolls back, so no event announces a write
-    that never happened.  Outside a transaction (autocommit) it publishes at once.  The
-    subject is checked now, and *data* is copied now.
+    Everything is checked now, inside the transaction: the subject, the headers and the
+    size (against the server's last known ``max_payload``); a bad call raises here and
+    nothing is scheduled or written.
+
+    With ``durable=True`` the event is written to the outbox table
+    (:class:`natsync.django.models.OutboxMessage`) in the current transaction: rolled
+    back with it, committed with it (at once outside a transaction).  A relay then
+    publishes it to JetStream with ``Nats-Msg-Id`` = *msg_id* (or an id made for the
+    row), and deletes the row only once the stream acknowledged it: nothing committed is
+    lost, whatever crashes when, and the stream's duplicate window drops re-publishes.
+    The subject must be captured by a stream.  Needs ``"natsync.django"`` migrated.
+
+    Without it the event is published with core NATS after the commit (at most once:
+    buffered while reconnecting, lost if the process ends first); the callback is
+    registered with ``robust=True``, so a failure is logged and the transaction's other
+    on-commit callbacks still run.  Nothing is published when the transaction rolls
+    back.
 
     Args:
         subject: the subject to publish on.
-        data: the payload (str is sent as UTF-8).
-        headers: message headers, as for :meth:`natsync.Client.publish`.
-        using: the database alias whose transaction to wait for (default: "default").
+        payload: the message body (str is sent as UTF-8).
+        headers: message headers, as for :meth:`natsync.Client.publish`; stored with a
+            durable event and sent unchanged.
+        durable: write the event to the outbox (see above).
+        msg_id: the ``Nats-Msg-Id`` to publish with (a durable event gets one anyway).
+        using: the database alias (default: "default").
 
     Raises:
-        natsync.BadSubjectError: for an invalid subject (nothing is scheduled).
+        natsync.BadSubjectError: for an invalid subject.
+        natsync.BadHeaderError: for an invalid header name or value.
+        natsync.MaxPayloadError: when the message would be over ``max_payload``.
         TypeError: for a payload that is not bytes-like or str.
+        ValueError: for a bad *msg_id*.
     """
-    from django.db import transaction
+    from django.db import DEFAULT_DB_ALIAS, transaction
 
-    validate_subject(subject)
-    if isinstance(data, str):
-        payload = data.encode()
-    elif isinstance(data, (bytes, bytearray, memoryview)):
-        payload = bytes(data)
-    else:
-        raise TypeError(f"data must be bytes-like or str, not {type(data).__name__}")
+    client = get_client()  # no I/O: the last known max_payload (1 MiB before a connect)
+    data, pairs, mid = _outbox.check_event(
+        subject, payload, headers, msg_id, client.max_payload, durable=durable
+    )
+    db = using or DEFAULT_DB_ALIAS
+    if durable:
+        from .models import OutboxMessage
+        from .outbox import outbox_settings, wake_web_relay
+
+        assert mid is not None
+        OutboxMessage.objects.using(db).create(subject=subject, payload=data, headers=pairs, msg_id=mid)
+        if outbox_settings().relay_in_web:
+            transaction.on_commit(lambda: wake_web_relay(db), using=db, robust=True)
+        return
+    hdrs: Headers | None = None
+    if pairs or mid is not None:
+        hdrs = Headers([(k, v) for k, v in pairs or ()])
+        if mid is not None:
+            hdrs["Nats-Msg-Id"] = mid
 
     def send() -> None:
-        get_client().publish(subject, payload, headers=headers)
+        get_client().publish(subject, data, headers=hdrs)
 
-    transaction.on_commit(send, using=using)
+    transaction.on_commit(send, using=db, robust=True)

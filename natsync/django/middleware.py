@@ -17,8 +17,9 @@ class NatsUnavailableMiddleware:
 
     Add ``"natsync.django.middleware.NatsUnavailableMiddleware"`` to ``MIDDLEWARE``.  The
     errors are :data:`natsync._web.UNAVAILABLE_ERRORS` (not connected, no responders, a
-    timeout, ...); the body is ``{"error": "NATS unavailable", "detail": "..."}``.  Other
-    exceptions are left to Django.
+    timeout, ...); the body is ``{"error": "NATS unavailable", "detail": "..."}``, with no
+    server address in it unless ``NATSYNC_SHOW_SERVER`` is true.  Other exceptions are
+    left to Django.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -31,6 +32,12 @@ class NatsUnavailableMiddleware:
         """Answer an unavailable-NATS error with 503; leave anything else alone."""
         if not isinstance(exception, _web.UNAVAILABLE_ERRORS):
             return None
-        detail = _web._describe(exception)
-        log.warning("NATS unavailable while handling %s %s: %s", request.method, request.path, detail)
-        return JsonResponse({"error": "NATS unavailable", "detail": detail}, status=503)
+        from . import show_server
+
+        log.warning(
+            "NATS unavailable while handling %s %s: %s",
+            request.method,
+            request.path,
+            _web._describe(exception),
+        )
+        return JsonResponse(_web.unavailable_body(exception, show_server()), status=503)

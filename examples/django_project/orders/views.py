@@ -35,6 +35,17 @@ def create_order_then_fail(request: HttpRequest, order_id: int) -> JsonResponse:
         return JsonResponse({"order": order_id, "error": str(e)}, status=402)
 
 
+@csrf_exempt
+@require_POST
+def record_event(request: HttpRequest, number: int) -> JsonResponse:
+    """An event that must not be lost: written to the outbox in the order's transaction."""
+    with transaction.atomic():
+        Order.objects.create(number=number)
+        # a relay publishes it to JetStream after the commit, exactly once
+        publish_on_commit("events.created", str(number), durable=True)
+    return JsonResponse({"event": number, "pid": os.getpid()}, status=201)
+
+
 @require_GET
 def greet(request: HttpRequest, name: str) -> JsonResponse:
     # NATS down or no service: NatsUnavailableMiddleware answers 503 with JSON

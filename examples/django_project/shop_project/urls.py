@@ -8,6 +8,7 @@ import natsync.django.views
 urlpatterns = [
     path("orders/<int:order_id>", views.create_order),
     path("orders/<int:order_id>/rollback", views.create_order_then_fail),
+    path("events/<int:number>", views.record_event),
     path("greet/<str:name>", views.greet),
     path("health/nats", natsync.django.views.health),
 ]

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import close_old_connections
+from django.db import DEFAULT_DB_ALIAS, close_old_connections
 from django.utils.module_loading import autodiscover_modules
 
 from .... import _web
+from ....errors import NatsError
 from ....msg import Msg
 from ... import get_client, handlers
+from ...outbox import make_relay, outbox_settings, table_exists
 
 
 def _positive_int(text: str) -> int:
@@ -55,6 +57,26 @@ class Command(BaseCommand):
         )
         parser.add_argument("--list", action="store_true", help="List the handlers and exit.")
 
+    def _outbox_relay(self, names: list[str]) -> list[_web.Service]:
+        """The outbox relay, when the outbox table exists and NATSYNC_OUTBOX allows it."""
+        if names:
+            return []  # --handler NAME runs only what it names
+        try:
+            settings = outbox_settings()
+        except (TypeError, ValueError) as e:
+            raise CommandError(str(e)) from None
+        if not settings.relay_in_worker:
+            return []
+        try:
+            exists = table_exists(DEFAULT_DB_ALIAS)
+        except Exception as e:  # noqa: BLE001 - no database: no relay, and say why
+            self.stderr.write(f"natsync worker: no outbox relay (database: {e})")
+            return []
+        if not exists:
+            return []
+        self.stdout.write("natsync worker: outbox relay on (database 'default')")
+        return [make_relay(DEFAULT_DB_ALIAS, settings)]
+
     def handle(self, *args: Any, **options: Any) -> None:
         """Discover the handlers, run them, drain on a signal."""
         autodiscover_modules("nats_handlers")
@@ -62,13 +84,14 @@ class Command(BaseCommand):
             for h in handlers:
                 self.stdout.write(h.describe())
             return
-        if not len(handlers):
+        services = self._outbox_relay(options["names"])
+        if not len(handlers) and not services:
             raise CommandError(
                 "no NATS handlers found: declare them with @natsync.django.subscribe "
                 "in an app's nats_handlers.py"
             )
         try:
-            chosen = handlers.select(options["names"])
+            chosen = handlers.select(options["names"]) if len(handlers) else []
         except LookupError as e:
             raise CommandError(str(e.args[0])) from None
         if options["drain_timeout"] <= 0:
@@ -89,6 +112,7 @@ class Command(BaseCommand):
             threads=options["threads"],
             drain_timeout=options["drain_timeout"],
             invoke=invoke,
+            services=services,
         )
         for h in worker.handlers:
             self.stdout.write(f"natsync worker: handler {h.describe()}")
@@ -98,7 +122,10 @@ class Command(BaseCommand):
             self.stdout.write("natsync worker: ready")
             self.stdout.flush()
 
-        status = worker.run(ready=ready)
+        try:
+            status = worker.run(ready=ready)
+        except NatsError as e:
+            raise CommandError(f"natsync worker: cannot start: {_web._describe(e)}", returncode=1) from None
         if status:
             raise CommandError("the NATS connection closed; see the log", returncode=status)
         self.stdout.write("natsync worker: stopped")

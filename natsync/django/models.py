@@ -1,0 +1,43 @@
+"""The outbox table of ``natsync.django`` (``python manage.py migrate natsync`` creates it)."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from .._outbox import MAX_MSG_ID, MAX_SUBJECT
+
+
+class OutboxMessage(models.Model):
+    """One event waiting to be published to JetStream (``publish_on_commit(..., durable=True)``).
+
+    A row is written in the transaction of the change it announces and deleted by a
+    relay once JetStream acknowledged it.  Fields: ``subject``, ``payload``,
+    ``headers`` (``[name, value]`` pairs), ``msg_id`` (its ``Nats-Msg-Id``),
+    ``created``, ``available_at`` (epoch seconds: when a relay may take it next),
+    ``attempts``, ``last_error`` and ``failed`` (refused for good; not retried until an
+    operator says so with ``natsync_outbox retry``).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    subject = models.CharField(max_length=MAX_SUBJECT)
+    payload = models.BinaryField(default=b"")
+    headers = models.JSONField(null=True, blank=True)
+    msg_id = models.CharField(max_length=MAX_MSG_ID)
+    created = models.DateTimeField(default=timezone.now)
+    available_at = models.FloatField(default=0.0)
+    attempts = models.IntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    failed = models.BooleanField(default=False)
+
+    class Meta:
+        app_label = "natsync"
+        db_table = "natsync_outbox"
+        verbose_name = "outbox message"
+        indexes = [
+            models.Index(fields=["failed", "available_at", "id"], name="natsync_outbox_due"),
+            models.Index(fields=["subject", "id"], name="natsync_outbox_subject"),
+        ]
+
+    def __str__(self) -> str:
+        return f"outbox #{self.id} on {self.subject}"
