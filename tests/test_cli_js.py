@@ -63,7 +63,7 @@ def test_stream_commands_as_processes(server: NATSServer) -> None:
     p = run("stream", "info", "ORDERS", "--json", *s)
     doc = json.loads(p.stdout)
     assert doc["config"]["name"] == "ORDERS" and doc["state"]["messages"] == 1
-    p = run("stream", "rm", "ORDERS", *s)
+    p = run("stream", "rm", "ORDERS", "-f", *s)
     assert p.returncode == 0 and b"Deleted stream 'ORDERS'" in p.stdout
     p = run("stream", "info", "ORDERS", *s)
     assert p.returncode == 1 and p.stdout == b"" and len(p.stderr.splitlines()) == 1
@@ -85,7 +85,7 @@ def test_kv_commands_as_processes(server: NATSServer) -> None:
     assert b"cfg" in p.stdout.split()
     p = run("kv", "ls", "cfg", "--json", *s)
     assert json.loads(p.stdout) == ["blob", "color"]
-    p = run("kv", "del", "cfg", "color", *s)
+    p = run("kv", "del", "cfg", "color", "-f", *s)
     assert p.returncode == 0
     p = run("kv", "get", "cfg", "color", *s)
     assert p.returncode == 1 and len(p.stderr.splitlines()) == 1 and p.stdout == b""
@@ -157,7 +157,7 @@ def test_obj_commands_as_processes(server: NATSServer, tmp_path: Path) -> None:
     assert p.returncode == 0 and out.read_bytes() == src.read_bytes()
     p = run("obj", "get", "files", "piped.txt", *s)
     assert p.stdout == b"hello"
-    p = run("obj", "rm", "files", "piped.txt", *s)
+    p = run("obj", "rm", "files", "piped.txt", "-f", *s)
     assert p.returncode == 0
     p = run("obj", "get", "files", "piped.txt", *s)
     assert p.returncode == 1 and len(p.stderr.splitlines()) == 1
@@ -173,14 +173,14 @@ def test_js_commands_in_process(
     status, out, _ = call(capsys, "stream", "info", "INPROC", *s)
     assert status == 0 and "Stream INPROC" in out and "subjects: INPROC" in out
     assert call(capsys, "stream", "ls", "--json", *s)[0] == 0
-    assert call(capsys, "stream", "rm", "INPROC", "--json", *s)[0] == 0
+    assert call(capsys, "stream", "rm", "INPROC", "-f", "--json", *s)[0] == 0
     assert call(capsys, "kv", "add", "ip", "--json", *s)[0] == 0
     status, out, _ = call(capsys, "kv", "ls", "ip", *s)
     assert (status, out) == (0, "")
     assert call(capsys, "kv", "put", "ip", "k", "v", "--json", *s)[0] == 0
     status, out, _ = call(capsys, "kv", "get", "ip", "k", "--json", *s)
     assert json.loads(out)["value"] == "v"
-    assert call(capsys, "kv", "del", "ip", "k", "--json", *s)[0] == 0
+    assert call(capsys, "kv", "del", "ip", "k", "-f", "--json", *s)[0] == 0
     assert call(capsys, "obj", "add", "ipo", "--json", *s)[0] == 0
     status, out, _ = call(capsys, "obj", "ls", "ipo", *s)
     assert (status, out) == (0, "No objects\n")
@@ -191,4 +191,4 @@ def test_js_commands_in_process(
     assert json.loads(out)["data"] == "abc"
     status, out, _ = call(capsys, "obj", "ls", "ipo", *s)
     assert "x.txt" in out
-    assert call(capsys, "obj", "rm", "ipo", "x.txt", "--json", *s)[0] == 0
+    assert call(capsys, "obj", "rm", "ipo", "x.txt", "-f", "--json", *s)[0] == 0
