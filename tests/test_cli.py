@@ -53,9 +53,11 @@ def nc(server: NATSServer) -> Iterator[natsync.Client]:
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for k in CONN_ENV:
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for k in CONN_ENV + ("NATS_CONTEXT", "NATS_TIMEOUT"):
         monkeypatch.delenv(k, raising=False)
+    # no context of the machine's user (~/.config/nats) may change what a test connects to
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:

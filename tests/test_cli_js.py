@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 WAIT = 10.0
 
 
+@pytest.fixture(autouse=True)
+def _no_user_context(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("NATS_CONTEXT", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[NATSServer]:
     with NATSServer(jetstream=True) as srv:

@@ -278,7 +278,7 @@ def bench_req(nc: Client, args: argparse.Namespace, count: int, payload: bytes) 
     shares = _split(count, args.clients)
     try:
         with Clients(args, args.clients) as cl:
-            for c in cl.ncs:  # warm-up, as bench/bench.py
+            for c in cl.ncs if own else ():  # warm-up, as bench/bench.py (not others' responders)
                 for _ in range(min(200 // args.clients + 1, count)):
                     c.request(subject, payload, timeout=timeout)
 
