@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -626,3 +627,46 @@ def test_a_non_utf8_argument_as_a_process() -> None:
         stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 2 and b"not valid UTF-8" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_sub_tells_a_reconnection_on_stderr(home: Path) -> None:
+    with NATSServer() as srv:
+        sub = spawn("sub", "go.rc", "-s", srv.url)
+        try:
+            ready(sub, "Listening on 'go.rc'")
+            srv.restart()  # same port
+            ready(sub, "Disconnected from the server; reconnecting")
+            ready(sub, "Reconnected")
+            with natsync.connect(srv.url) as nc:  # and it still receives
+                stop = threading.Event()
+
+                def publish() -> None:  # until it is seen: the re-subscription races this connection
+                    while not stop.wait(0.05):
+                        nc.publish("go.rc", b"after")
+
+                t = threading.Thread(target=publish)
+                t.start()
+                try:
+                    assert sub.stdout is not None
+                    assert sub.stdout.readline() == "[#1] Received on 'go.rc'\n"
+                finally:
+                    stop.set()
+                    t.join()
+            sub.send_signal(signal.SIGINT)
+            out, err = finish(sub)
+            assert sub.returncode == 0, err
+        finally:
+            sub.kill()
+            sub.wait()
+
+
+def test_pub_sleep_between_messages(server: NATSServer, home: Path) -> None:
+    s = url(server, USER, PASSWORD)
+    with natsync.connect(s) as nc:
+        sub = nc.subscribe("go.slow")
+        nc.flush()
+        t0 = time.monotonic()
+        proc = run("pub", "go.slow", "{{Count}}", "--count", "3", "--sleep", "200ms", "-s", s)
+        assert proc.returncode == 0, proc.stderr
+        assert time.monotonic() - t0 >= 0.4  # two pauses
+        assert [sub.next_msg(timeout=WAIT).data for _ in range(3)] == [b"1", b"2", b"3"]
