@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception as e:  # noqa: BLE001 - one line on stderr, never a traceback
         run.close(drain=False)
-        return _fail(_options.cli_advice(one_line(e) if not isinstance(e, CommandError) else str(e)))
+        return _fail(_options.cli_advice(one_line(e)))
     finally:
         run.close(drain=False)
         for signum, handler in previous.items():

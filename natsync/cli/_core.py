@@ -19,6 +19,7 @@ from ..msg import Msg
 from . import _options
 from ._template import TemplateError, expand
 from ._util import (
+    PROG,
     CommandError,
     dumps,
     duration,
@@ -69,7 +70,7 @@ class Bodies:
             if what not in self.warned:
                 self.warned.add(what)
                 status(
-                    f"{_options_prog()}: warning: the {what} is not a template natsync can expand ({e}); "
+                    f"{PROG}: warning: the {what} is not a template natsync can expand ({e}); "
                     "sent as written"
                 )
             return raw
@@ -79,10 +80,6 @@ class Bodies:
             return raw
         text = raw.decode("utf-8", "surrogateescape")
         return self.text("body", text, count, request).encode("utf-8", "surrogateescape")
-
-
-def _options_prog() -> str:
-    return "natsync"
 
 
 def make_headers(
@@ -288,7 +285,7 @@ def _run_command(template: str, msg: Msg, n: int, timeout: float) -> bytes:
     try:
         cmd = expand(cmd, n, request or None)
     except TemplateError as e:
-        status(f"natsync: warning: --command is not a template natsync can expand ({e}); run as written")
+        status(f"{PROG}: warning: --command is not a template natsync can expand ({e}); run as written")
     try:
         argv = shlex.split(cmd)
     except ValueError as e:
