@@ -240,7 +240,7 @@ def test_stream_purge_view_get_edit_and_add_twice(server: NATSServer) -> None:
     assert docs[0]["headers"] == {"N": ["1"]}
     p = run("stream", "view", "VIEWS", "--subject", "views.0", "--raw", *s)
     assert p.stdout == b"m2\nm4\n"
-    p = run("stream", "view", "VIEWS", "--since", "4", "--count", "1", *s)
+    p = run("stream", "view", "VIEWS", "--id", "4", "--count", "1", *s)
     assert p.stdout.startswith(b"[4] Subject: views.0") and b"m4" in p.stdout and b"[5]" not in p.stdout
     p = run("stream", "get", "VIEWS", "2", "--json", *s)
     assert json.loads(p.stdout)["data"] == "m2"

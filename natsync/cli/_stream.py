@@ -146,7 +146,7 @@ def cmd_stream_add(nc: Client, args: argparse.Namespace) -> int:
     # The server answers an identical create with success, and a different one with an error.
     info = js.add_stream(name=args.name, **fields)
     if args.json:
-        out(dumps({"created": not existed, "info": info}) if existed else dumps(info))
+        out(dumps(info))
     elif existed:
         out(f"Stream {args.name!r} already exists with this configuration: nothing changed")
     else:
@@ -227,10 +227,10 @@ def _print_raw(m: Any, raw: bool = False) -> None:
 
 
 def cmd_stream_view(nc: Client, args: argparse.Namespace) -> int:
-    """``natsync stream view NAME [--subject S] [--since SEQ] [--count N]``."""
+    """``natsync stream view NAME [--subject S] [--id SEQ] [--count N]``."""
     js = _options.jetstream(nc, args)
     state = get(js.stream_info(args.name), "state")
-    seq = max(args.since or 0, get(state, "first_seq", default=1) or 1)
+    seq = max(args.id or 0, get(state, "first_seq", default=1) or 1)
     shown = 0
     limit = args.count
     while limit is None or shown < limit:
@@ -527,7 +527,7 @@ def register(stsub: Any, csub: Any, cmd: Any) -> None:
     p = cmd(stsub, "view", "print the messages stored in a stream", cmd_stream_view)
     p.add_argument("name")
     p.add_argument("--subject", default=None, help="only messages on this subject (wildcards allowed)")
-    p.add_argument("--since", type=positive_int, default=None, metavar="SEQ", help="start at this sequence")
+    p.add_argument("--id", type=positive_int, default=None, metavar="SEQ", help="start at this sequence")
     p.add_argument("--count", type=positive_int, default=None, help="at most this many messages")
     p.add_argument("--raw", action="store_true", help="print only the bodies")
     p = cmd(stsub, "get", "print one message of a stream", cmd_stream_get)
