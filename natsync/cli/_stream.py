@@ -258,7 +258,7 @@ def cmd_stream_get(nc: Client, args: argparse.Namespace) -> int:
             else js.get_last_msg(args.name, args.last_for)
         )
     except _not_found():
-        what = f"sequence {args.seq}" if args.seq is not None else f"a message on {args.last_for!r}"
+        what = f"sequence {args.seq}" if args.seq is not None else f"message on {args.last_for!r}"
         raise CommandError(f"stream {args.name!r} has no {what}") from None
     if args.json:
         out(dumps(_raw_doc(m)))
