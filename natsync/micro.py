@@ -621,6 +621,7 @@ class Service(_EndpointAdder):
         doc["endpoints"] = []
         for ep in self.endpoints:
             st = ep.stats()
+            st["data"] = None  # always present, as nats-py and nats.go send it
             if self._stats_handler is not None:
                 try:
                     st["data"] = self._stats_handler(ep)

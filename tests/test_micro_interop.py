@@ -152,3 +152,29 @@ def test_natsync_and_nats_py_services_share_name_and_load(server: NATSServer, ai
             assert sorted(d["endpoints"][0]["queue_group"] for d in infos) == ["q", "q"]
     finally:
         aio.run(stop_py(anc, py_svc))
+
+
+def test_every_srv_answer_parses_with_nats_py_classes(server: NATSServer) -> None:
+    # nats-py's own parsers index every key it sends; natsync's answers must carry them
+    # all, including an endpoint's "data" (null without a stats handler).
+    service = pytest.importorskip("nats.micro.service")
+    parsers = {"PING": service.ServicePing, "INFO": service.ServiceInfo, "STATS": service.ServiceStats}
+    with natsync.connect(server.url) as nc, micro.add_service(nc, name="parsed", version="1.0.0") as svc:
+        svc.add_endpoint("one", lambda req: req.respond(b"1"))
+        svc.add_group("g").add_endpoint("two", lambda req: req.respond(b"2"))
+        nc.request("one", b"", timeout=WAIT)
+        for verb, cls in parsers.items():
+            for subj in (f"$SRV.{verb}", f"$SRV.{verb}.parsed", f"$SRV.{verb}.parsed.{svc.id}"):
+                doc = json.loads(nc.request(subj, b"", timeout=WAIT).data)
+                parsed = cls.from_dict(doc)
+                assert parsed.id == svc.id and parsed.name == "parsed"
+                if verb == "STATS":
+                    assert [e.data for e in parsed.endpoints] == [None, None]
+                    assert parsed.endpoints[0].num_requests == 1
+    # and with a stats handler, its value is carried through
+    with natsync.connect(server.url) as nc, micro.add_service(
+        nc, name="parsed2", version="1.0.0", stats_handler=lambda ep: {"ep": ep.name}
+    ) as svc:
+        svc.add_endpoint("three", lambda req: req.respond(b"3"))
+        doc = json.loads(nc.request("$SRV.STATS.parsed2", b"", timeout=WAIT).data)
+        assert service.ServiceStats.from_dict(doc).endpoints[0].data == {"ep": "three"}
