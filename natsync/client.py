@@ -840,20 +840,37 @@ class Client:
                 head, room = self._pub_head(subject, size)
         else:
             head, room = self._head_with(subject, size, reply, headers)
-        # No lock: from the state check to the append nothing is called, so no other
-        # thread runs in between (see _writer: the queue and its one-step appends).
-        if self._state != CONNECTED:
-            self._publish_slow(head, payload, True)
-            return
+        # The triplet is built before the lock: the critical section below allocates
+        # nothing, so the garbage collector (and a finalizer it would run) cannot run
+        # inside it. Under _lock the state check, the append and the kick flag are one
+        # step against close(), drain(), a disconnect and the writer's take (see _writer).
+        # (acquire/try/finally rather than ``with``: on CPython 3.11 ``with`` looks up
+        # and binds __enter__/__exit__ on every call, a third of publish()'s cost.)
+        item = (head, payload, _CRLF)
         w = self._w
-        q = w.q
-        q += (head, payload, _CRLF)
-        if not w.kicked:
-            w.kicked = True
-            w.event.set()
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._state == CONNECTED:
+                q = w.q
+                q += item
+                if w.kicked and len(q) <= room:
+                    return  # the common case: the writer is already on its way
+                ev = None if w.kicked else w.event
+                w.kicked = True
+                full = len(q) > room
+            else:
+                ev = full = None
+        finally:
+            lock.release()
+        if full is None:
+            self._publish_slow(item, True)
+            return
+        if ev is not None:
+            ev.set()
         # room: the queue length at which about 1 MiB waits if every queued message is
         # this one's size; past it, wait until the writer takes the queue
-        if len(q) > room:
+        if full:
             self._backpressure(room)
 
     def _publish_quiet(
@@ -875,7 +892,7 @@ class Client:
             head = entry[0] if entry is not None else self._pub_head(subject, size)[0]
         else:  # a reply subject is used once: not worth a place in the PUB line cache
             head = self._head_with(subject, size, reply, headers)[0]
-        self._publish_slow(head, payload, False)
+        self._publish_slow((head, payload, _CRLF), False)
 
     def _publish_inbox_reply(
         self, subject: str, payload: PayloadType, reply: str, headers: HeadersInput | None
@@ -889,7 +906,7 @@ class Client:
             protocol.validate_subject(subject)
             cache[subject] = {}  # checked once (the cache's keys are checked subjects)
         head = self._head_with(subject, len(payload), reply, headers, reply_checked=True)[0]
-        self._publish_slow(head, payload, True)
+        self._publish_slow((head, payload, _CRLF), True)
 
     def _head_with(
         self,
@@ -937,16 +954,16 @@ class Client:
         assert o is not None
         self._w.wait_room(room, time.monotonic() + o.flusher_timeout)
 
-    def _publish_slow(self, head: bytes, payload: bytes, kick: bool) -> None:
+    def _publish_slow(self, item: tuple[bytes, bytes, bytes], kick: bool) -> None:
         """publish() when not CONNECTED: connect a lazy client, buffer while
         reconnecting (charging the wire bytes to ``reconnect_buffer_size``), refuse when
-        closed or in the last phase of a drain."""
+        closed or in the last phase of a drain. *item*: the message triplet."""
         if self._state == LAZY or (self._lazy and self._state == CONNECTING):
             self._ensure_connected()  # the first use connects; later first uses wait for it
         with self._lock:
             if self._state != CONNECTED:
-                self._check_publish_state(len(head) + len(payload) + 2)
-            self._w.q += (head, payload, _CRLF)
+                self._check_publish_state(len(item[0]) + len(item[1]) + 2)
+            self._w.q += item
         if kick:
             self._w.kick()
 
