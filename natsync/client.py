@@ -197,8 +197,14 @@ class Client:
         self._close_event = Latch()
         self._close_done = Latch()
         # Threads of features built on this client (JetStream ack and ordered-consumer
-        # threads): each ends when the client closes, and close() joins them.
+        # threads): each ends when the client closes, and close() joins them (guard: _lock).
         self._companions: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+        # Called by drain() before any subscription drains, with drain's absolute
+        # time.monotonic() deadline (JetStream's publish_async waits for its acks there).
+        # Guard: _lock (drain copies the list under it and calls the hooks outside it).
+        self._drain_hooks: list[Callable[[float], None]] = []
+        self._drain_started = False  # drain() passed its state check (guard: _lock)
+        self._close_deadline = 0.0  # the first close()'s deadline (guard: _lock)
         self._closing_flush = False  # close() is sending what was buffered
         self._disconnect_reason: BaseException | None = None
         self._reason_reported = False
@@ -1145,17 +1151,19 @@ class Client:
             if sub._state == ENDED:
                 raise BadSubscriptionError(f"subscription {sub.sid} has already ended")
             connected = st in CONNECTED_STATES
-            if limit is not None and sub._received < limit:
-                sub._max = limit
+            reached = True
+            if limit is not None:
+                # the reader counts and compares with _max under the subscription's lock:
+                # one step against its count, so the last message is never missed
+                with sub._mutex:
+                    reached = sub._received >= limit
+                    if not reached:
+                        sub._max = limit
+            if not reached:
                 if connected and sub._state == ACTIVE:
                     # the server counts from the SUB it got on this connection
+                    assert limit is not None
                     self._w.ctl(protocol.encode_unsub(sub.sid, max(limit - sub._received_at_sub, 1)))
-                # the reader may have counted the last message before it saw _max
-                if sub._received >= limit:
-                    self._table.remove(sub)
-                    sub._end(
-                        BadSubscriptionError(f"subscription {sub.sid} reached its limit of {limit} messages")
-                    )
             else:
                 self._table.remove(sub)
                 if connected:
@@ -1204,8 +1212,15 @@ class Client:
             sub._end(BadSubscriptionError(f"subscription {sub.sid} was drained"))
         if sub._thread is not None and sub._thread is not threading.current_thread():
             if not sub._done.wait(max(deadline - time.monotonic(), 0)):
+                log.warning(
+                    "drain of subscription %d: thread %s still running its callback at the "
+                    "deadline; not waiting for it",
+                    sub.sid,
+                    sub._thread.name,
+                )
                 raise TimeoutError(f"drain of subscription {sub.sid} timed out after {timeout} s")
-            sub._thread.join(1.0)
+            # _done is set as the thread's last step: this join is short, and bounded
+            sub._thread.join(max(deadline - time.monotonic(), 0))
         elif time.monotonic() > deadline:
             raise TimeoutError(f"drain of subscription {sub.sid} timed out after {timeout} s")
 
@@ -1315,9 +1330,13 @@ class Client:
         return _lifecycle.close_lazy(self)
 
     def _close(
-        self, reason: NatsError | None, from_reader: bool, flush_deadline: float | None = None
+        self,
+        reason: NatsError | None,
+        from_reader: bool,
+        flush_deadline: float | None = None,
+        deadline: float | None = None,
     ) -> None:
-        _lifecycle.close(self, reason, from_reader, flush_deadline)
+        _lifecycle.close(self, reason, from_reader, flush_deadline, deadline)
 
     def _exit_flush(self, deadline: float) -> None:
         _lifecycle.exit_flush(self, deadline)
@@ -1457,7 +1476,8 @@ class Client:
 
     def _add_companion(self, thread: threading.Thread) -> None:
         """Have close() join *thread* (which must end when this client closes)."""
-        self._companions.add(thread)
+        with self._lock:
+            self._companions.add(thread)
 
     def jetstream(
         self,

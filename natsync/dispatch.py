@@ -108,7 +108,11 @@ class EventDispatcher:
         if t is not None and t is not threading.current_thread():
             t.join(timeout)
             if t.is_alive():
-                log.warning("event callback still running after %s s; not waiting for it", timeout)
+                log.warning(
+                    "thread %s still running an event callback after %s s; not waiting for it",
+                    t.name,
+                    timeout,
+                )
 
     @property
     def thread(self) -> threading.Thread | None:
