@@ -1315,6 +1315,12 @@ class Client:
         running finishes), send what was published (within ``flush_timeout`` or 2 s),
         call ``disconnected_cb`` (if connected) then ``closed_cb``, join every thread.
         Idempotent; a concurrent second call waits for the first."""
+        self._close_within(None)
+
+    def _close_within(self, deadline: float | None) -> None:
+        """close(), everything it waits for bounded by *deadline* (absolute
+        ``time.monotonic()``; None: close()'s own, see close()). For the library's
+        shutdown paths that have a deadline of their own (a worker's drain timeout)."""
         if self._fork_error is not None:
             return
         if self._state == DISCONNECTED:
@@ -1324,7 +1330,10 @@ class Client:
             return
         if self._state == LAZY and self._close_lazy():
             return
-        self._close(None, from_reader=False)
+        if deadline is None:
+            self._close(None, from_reader=False)
+        else:
+            self._close(None, from_reader=False, flush_deadline=deadline, deadline=deadline)
 
     def _close_lazy(self) -> bool:
         return _lifecycle.close_lazy(self)
