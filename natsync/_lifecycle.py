@@ -263,8 +263,14 @@ def close(
         c._w.write_pending(flush_deadline)
     with c._lock:
         c._closing_flush = False
-        c._w.drop()
+        dropped = c._w.drop()  # what the final flush could not send by its deadline
         c._w.idle.notify_all()  # publishers waiting for room
+    if dropped:
+        log.warning(
+            "close(): %d message(s) published before close() were not sent by the final "
+            "flush's deadline and were dropped (counted in stats.dropped_msgs)",
+            dropped,
+        )
     c._close_event.set()
     if transport is not None:
         transport.close()  # wakes the reader in recv and the writer in send

@@ -100,6 +100,11 @@ class Writer:
         # connection (changed under lock)
         self.out_msgs = 0
         self.out_bytes = 0
+        # of out_msgs, the messages that may not have reached the server: queued for a
+        # connection that broke (or in the batch being written when it broke), or left
+        # when close()'s final flush reached its deadline (changed under lock)
+        self.dropped_msgs = 0
+        self._batch_msgs = 0  # messages in the last batch taken (under lock)
         # a kick is pending: set by whoever appends and sets the event, cleared by the
         # writer before it takes the queue (under lock)
         self.kicked = False
@@ -143,11 +148,18 @@ class Writer:
         self._ctl = 0
         self.out_msgs += msgs
         self.out_bytes += nbytes
+        self._batch_msgs = msgs
         return items
 
-    def drop(self) -> None:
-        """Empty the queue (its messages count as sent: at most once)."""
+    def drop(self) -> int:
+        """Empty the queue: its messages are counted in ``dropped_msgs`` (and, as
+        accepted by publish(), in ``out_msgs``). Returns how many."""
+        if not self.q:
+            return 0
         self.take_items()
+        n = self._batch_msgs
+        self.dropped_msgs += n
+        return n
 
     def pending(self) -> tuple[int, int]:
         """The messages and payload bytes queued now."""
@@ -176,6 +188,7 @@ class Writer:
             self.kick()  # the writer is at it; it looks at the buffer again when done
             return
         left = False
+        batch = 0
         try:
             with self._lock:
                 t = self._owner._writable()
@@ -184,10 +197,13 @@ class Writer:
                     data = None
                 else:
                     data = self.take()
+                    batch = self._batch_msgs
             if data is not None:
                 try:
                     n = t.try_send(data) if t is not None else 0
                 except OSError as e:
+                    with self._lock:
+                        self.dropped_msgs += batch  # some may have been sent: at most once
                     if t is not None:
                         self._owner._write_failed(t, e)
                     return
@@ -244,6 +260,7 @@ class Writer:
                         self.idle.notify_all()
                         return True
                     items = self.take_items()
+                    batch = self._batch_msgs
                     self.busy = True
                     self.idle.notify_all()  # publishers waiting for room
                 try:
@@ -253,6 +270,7 @@ class Writer:
                         t.write(b"".join(items[i : i + _JOIN_ITEMS]), self.stall, deadline)
                 except OSError as e:
                     with self._lock:
+                        self.dropped_msgs += batch  # some may have been sent: at most once
                         self.busy = False
                         self.idle.notify_all()
                     self._owner._write_failed(t, e)

@@ -156,6 +156,13 @@ class Stats:
     out_bytes: int = 0
     reconnects: int = 0
     errors_received: int = 0
+    #: Of ``out_msgs``, the messages that may not have reached the server (at most
+    #: once): queued for a connection that broke, or in the batch being written when
+    #: it broke, or still queued when ``close()``'s final flush reached its deadline.
+    #: (A message the kernel accepted before the connection broke is not counted: TCP
+    #: cannot tell; a successful ``flush()`` with no reconnect since the publish
+    #: confirms delivery.)
+    dropped_msgs: int = 0
 
 
 class Client:
@@ -1457,6 +1464,7 @@ class Client:
             msgs, nbytes = w.pending()
             msgs += w.out_msgs
             nbytes += w.out_bytes
+            dropped = w.dropped_msgs
         return Stats(
             in_msgs=self._in_msgs,
             out_msgs=msgs,
@@ -1464,6 +1472,7 @@ class Client:
             out_bytes=nbytes,
             reconnects=self._reconnects,
             errors_received=self._errors_received,
+            dropped_msgs=dropped,
         )
 
     def rtt(self, timeout: float | None = None) -> float:
