@@ -33,11 +33,15 @@ against one shared deadline):
 
 Locks and rules:
 
-* ``_lock`` guards the state, taking from the write queue, the subscription table and
-  every subscription's state. It is held only for short, non-blocking work: never
-  across a socket call, never while user code runs. ``publish()`` takes no lock while
-  connected: it appends a message as one triplet in one step (see ``_writer``), so
-  concurrent publishers never interleave.
+* ``_lock`` guards the state, the write queue (every append, ``publish()``'s
+  included, and every take), the subscription table, every subscription's state,
+  ``_pongs``, ``_pending_size``, ``_companions`` and ``_drain_hooks``. It is held only
+  for short, non-blocking work: never across a socket call, never while user code
+  runs. ``publish()`` holds it for its state check and append only (its message
+  triplet is built before), so a publish is ordered with ``close()``, ``drain()``, a
+  disconnect and the writer's take: it raises, or its message is sent, or it is
+  counted in ``stats.dropped_msgs`` (see ``_writer`` and docs/threading.rst). No
+  correctness argument rests on the GIL.
 * The writer's send lock is taken before ``_lock``; a subscription's ``_cond`` after it.
 * ``_lazy_lock`` serialises the first connect of a lazy client (taken before ``_lock``).
 * ``_reader_lock`` orders starting the reader against ``close()``; ``_read_token`` is
