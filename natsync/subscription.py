@@ -227,15 +227,21 @@ class Subscription:
         try:
             if self._state == ENDED:
                 return
-            self._slow = False
-            self._in_bytes += nbytes
-            q.extend(msgs)
-            self._received += n
-            if self._waiters and not self._kicked:
-                self._kicked = True
-                self._cond.notify()
+            # an auto-unsubscribe count set since the check above: message by message
+            one_by_one = self._max is not None
+            if not one_by_one:
+                self._slow = False
+                self._in_bytes += nbytes
+                q.extend(msgs)
+                self._received += n
+                if self._waiters and not self._kicked:
+                    self._kicked = True
+                    self._cond.notify()
         finally:
             mutex.release()
+        if one_by_one:
+            for msg in msgs:
+                self._enqueue(msg)
 
     def _end(self, error: NatsError, discard: bool = False) -> None:
         """No more messages will arrive (ENDED). Called with the client's lock held (or in a
