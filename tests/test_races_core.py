@@ -20,7 +20,9 @@ Every test is bounded (well under 20 s) and talks to real nats-servers.
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -359,3 +361,46 @@ def test_stress_publish_returned_means_delivered_under_closes_and_cuts(nats_serv
         f"({rounds} rounds, {cuts} cuts; missing by round: {by_round}, rounds with a cut: "
         f"{sorted(cut_in)}): {sorted(missing)[:5]}"
     )
+
+
+# ------------------------------------------------------------------------- fork
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_while_a_transport_lock_is_held_does_not_hang_the_child(nats_server: NATSServer) -> None:
+    """The forked child never acquires a lock it copied: here the transport's lock is
+    held (as by another parent thread) at the fork; the child's after-fork handling
+    must still finish and the child must be able to use a new client."""
+    nc = natsync.connect(nats_server.url)
+    try:
+        nc.flush()
+        t = nc._transport
+        assert t is not None
+        t._lock.acquire()  # held at the fork, released in the parent only
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: the after-fork hook has run by now
+                code = 1
+                try:
+                    nc2 = natsync.connect(nats_server.url)
+                    nc2.flush(2)
+                    nc2.close()
+                    code = 0 if nc.is_closed else 2
+                finally:
+                    os._exit(code)
+        finally:
+            t._lock.release()
+        deadline = time.monotonic() + 10
+        status = None
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.02)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung (it acquired a lock copied from the parent)")
+        assert status is not None and os.waitstatus_to_exitcode(status) == 0
+    finally:
+        nc.close()
