@@ -1316,15 +1316,20 @@ class Client:
         """Drain every subscription, send what is buffered, then close.
 
         While disconnected (reconnecting) there is nothing to drain from the server: the
-        client closes at once. Raises :class:`natsync.TimeoutError` after *timeout*
-        (default ``drain_timeout``); the client is closed anyway.
+        client closes at once. Everything it waits for, the close included, shares one
+        deadline: it raises :class:`natsync.TimeoutError` after *timeout* (default
+        ``drain_timeout``); the client is closed anyway, and a thread still running a
+        callback then is logged by name and not waited for.
         """
         _lifecycle.drain(self, timeout)
 
     def close(self) -> None:
         """Stop delivery at once (queued messages are discarded; a callback already
-        running finishes), send what was published (within ``flush_timeout`` or 2 s),
+        running finishes), send what was published (within ``flush_timeout`` or 2 s;
+        what is left then is dropped, logged and counted in ``stats.dropped_msgs``),
         call ``disconnected_cb`` (if connected) then ``closed_cb``, join every thread.
+        Everything it waits for shares one deadline: that flush limit plus 5 s; a
+        thread still running a callback then is logged by name and not waited for.
         Idempotent; a concurrent second call waits for the first."""
         self._close_within(None)
 
