@@ -142,20 +142,37 @@ def drain(c: Client, timeout: float | None = None) -> None:
         st = c._state
         if st in (CLOSED, DISCONNECTED):
             raise c._closed_error()
-        if st in (DRAINING_SUBS, DRAINING_PUBS):
+        if st in (DRAINING_SUBS, DRAINING_PUBS) or c._drain_started:
             raise ConnectionDrainingError("drain() is already running")
         disconnected = st != CONNECTED
-        subs: list[Subscription] = []
         if not disconnected:
-            subs = c._table.user_subs()
-            c._state = DRAINING_SUBS
-            for s in subs:
-                if s._state == ACTIVE:
-                    s._state = DRAINING
-                    c._w.ctl(protocol.encode_unsub(s.sid))
+            c._drain_started = True  # a second drain() is refused from here on
+            hooks = list(c._drain_hooks)
+    if not disconnected:
+        # The hook point: before any subscription is unsubscribed or marked DRAINING
+        # (JetStream's publish_async waits for its acks here, which arrive on a
+        # subscription). Outside the lock; each hook returns by the deadline.
+        for hook in hooks:
+            try:
+                hook(deadline)
+            except Exception:  # noqa: BLE001 - a hook's failure must not stop the drain
+                log.exception("drain hook %r failed; draining on", hook)
+        with c._lock:
+            st = c._state
+            if st == CLOSED:
+                raise c._closed_error()
+            disconnected = st != CONNECTED
+            subs: list[Subscription] = []
+            if not disconnected:
+                subs = c._table.user_subs()
+                c._state = DRAINING_SUBS
+                for s in subs:
+                    if s._state == ACTIVE:
+                        s._state = DRAINING
+                        c._w.ctl(protocol.encode_unsub(s.sid))
     if disconnected:
         log.info("drain() while not connected: closing at once")
-        c.close()
+        c._close(None, from_reader=False, flush_deadline=deadline, deadline=deadline)
         return
     timed_out = False
     try:
@@ -174,7 +191,7 @@ def drain(c: Client, timeout: float | None = None) -> None:
             if s._thread is not None and s._thread is not me:
                 if not s._done.wait(max(deadline - time.monotonic(), 0)):
                     timed_out = True
-                    break
+                    break  # close() logs every thread still running a callback
         with c._lock:
             if c._state == DRAINING_SUBS:
                 c._state = DRAINING_PUBS
@@ -186,8 +203,9 @@ def drain(c: Client, timeout: float | None = None) -> None:
             except NatsError:
                 pass
     finally:
-        # closing included: the final flush gets what is left of the drain's timeout
-        c._close(None, from_reader=False, flush_deadline=deadline)
+        # closing included: the final flush and every join get what is left of the
+        # drain's timeout (one deadline for everything drain() waits for)
+        c._close(None, from_reader=False, flush_deadline=deadline, deadline=deadline)
     if timed_out:
         raise TimeoutError(f"drain did not finish within {timeout} s; the client was closed")
 
@@ -211,17 +229,35 @@ def close_lazy(c: Client) -> bool:
 
 
 def close(
-    c: Client, reason: NatsError | None, from_reader: bool, flush_deadline: float | None = None
+    c: Client,
+    reason: NatsError | None,
+    from_reader: bool,
+    flush_deadline: float | None = None,
+    deadline: float | None = None,
 ) -> None:
+    """Close *c*. Everything it waits for shares one deadline: *deadline* (drain()'s),
+    else ``flush_timeout`` (or 2 s) plus JOIN_GRACE from now. The final flush ends by
+    *flush_deadline* (default: ``flush_timeout`` or 2 s from now). A thread still
+    running user code at the deadline (a callback, an event callback) is logged with
+    its name and not waited for; the library's own threads end by themselves once the
+    socket is closed."""
     o = c._opts
     me = threading.current_thread()
+    now = time.monotonic()
+    if flush_deadline is None:
+        limit = (o.flush_timeout if o is not None else None) or CLOSE_FLUSH_DEFAULT
+        flush_deadline = now + limit
+    if deadline is None:
+        deadline = max(flush_deadline, now) + JOIN_GRACE
     with c._lock:
         if c._state == CLOSED:
             done = c._close_done
             ours = me.name.startswith("natsync")
             already = True
+            first_deadline = c._close_deadline
         else:
             already = False
+            c._close_deadline = deadline
             transport = c._transport
             was_connected = transport is not None
             c._state = CLOSED
@@ -236,10 +272,12 @@ def close(
             c._closing_flush = was_connected
             pongs = list(c._pongs)
             c._pongs.clear()
+            companions = list(c._companions) if c._companions else []
             c._state_cond.notify_all()
     if already:
         if not ours:
-            done.wait(CLOSE_FLUSH_DEFAULT + 2 * JOIN_GRACE)  # the first close is bounded
+            # the first close is bounded by its deadline; a little slack for its last steps
+            done.wait(max(first_deadline - time.monotonic(), 0.0) + 0.1)
         return
     live_clients.discard(c)
     # every waiting flush() and request() wakes at once
@@ -249,22 +287,25 @@ def close(
     c._mux.fail_all(closed)
     if dialing is not None and dialing is not transport:
         dialing.shutdown()  # a reconnect in its handshake: stop it now
-    if flush_deadline is None:
-        limit = (o.flush_timeout if o is not None else None) or CLOSE_FLUSH_DEFAULT
-        flush_deadline = time.monotonic() + limit
     # Send what was published before close(), bounded: a server that stopped reading
     # must not hang close().
+    flush_deadline = min(flush_deadline, deadline)
     if was_connected and transport is not None and me is not c._w.thread:
         c._w.write_pending(flush_deadline)
     warn_unsent(c)  # publishers are refused now (CLOSED): what is left is lost
     with c._lock:
         c._closing_flush = False
-        c._w.drop()
+        dropped = c._w.drop()  # what the final flush could not send by its deadline
         c._w.idle.notify_all()  # publishers waiting for room
+    if dropped:
+        log.warning(
+            "close(): %d message(s) published before close() were not sent by the final "
+            "flush's deadline and were dropped (counted in stats.dropped_msgs)",
+            dropped,
+        )
     c._close_event.set()
     if transport is not None:
         transport.close()  # wakes the reader in recv and the writer in send
-    deadline = time.monotonic() + JOIN_GRACE  # one deadline for every thread
     c._w.stop(deadline)
     with c._lock:
         c._transport = None
@@ -279,10 +320,17 @@ def close(
         if t is not None and t is not me and t.is_alive():
             t.join(max(deadline - time.monotonic(), 0.0))  # a running callback finishes
             if t.is_alive():
-                log.warning("callback of subscription %d still running after close()", s.sid)
-    for t in list(c._companions) if c._companions else ():
+                log.warning(
+                    "thread %s (callback of subscription %d) still running at close()'s "
+                    "deadline; not waiting for it",
+                    t.name,
+                    s.sid,
+                )
+    for t in companions:
         if t is not me and t.is_alive():
             t.join(max(deadline - time.monotonic(), 0.0))
+            if t.is_alive():
+                log.warning("thread %s still running at close()'s deadline; not waiting for it", t.name)
     if reason is not None and not isinstance(reason, NoServersError):
         log.info("closed: %s", reason)
     elif reason is not None:
@@ -303,8 +351,9 @@ def exit_flush(c: Client, deadline: float) -> None:
         return
     if c._state not in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS, RECONNECTING):
         return
-    if not c._w.out_msgs and not c._w.q:
-        return
+    with c._lock:
+        if not c._w.out_msgs and not c._w.q:
+            return
     left = deadline - time.monotonic()
     if left <= 0:
         return
@@ -341,6 +390,7 @@ def forked(c: Client) -> None:
     o = c._opts
     c._w = Writer(c, c._lock, o.flusher_timeout if o is not None else 10.0, "natsync-writer")
     c._pending_size = 0
+    c._drain_started = False
     c._events = EventDispatcher("natsync-events")
     c._close_done = Latch()
     lazy = c._lazy and not was_closed

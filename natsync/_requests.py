@@ -4,16 +4,22 @@
 ``<prefix><token>`` and waits on its own deadline. The reader thread hands every message
 of the inbox subscription to :meth:`RequestMux.on_response`, which fills the waiter.
 
-Threads and locks: ``register`` and ``forget`` run on the requesting threads,
-``on_response`` on the reader thread, ``fail_all`` on the closing thread. The map is a
-dict whose single-key operations are atomic under the GIL; a :class:`Waiter` is filled
-once (the first setter wins) and never runs user code. No lock of the client is taken
-here.
+Threads and guards: ``register`` and ``forget`` run on the requesting threads,
+``on_response`` on the reader thread, ``fail_all`` on the closing thread.
+
+* the token counter and the "failed" mark: the mux's ``_lock`` (``register`` and
+  ``fail_all`` take it, so a request registered after ``fail_all`` fails at once);
+* the map: every access is one single-key dict operation (``[k] = v``, ``pop``,
+  ``popitem``), each atomic on every CPython build (the dict's own lock on
+  free-threaded CPython), and nothing iterates it;
+* a :class:`Waiter` is filled once: the first setter wins by popping the one item of a
+  list (``list.pop`` is atomic on every build); it never runs user code.
+
+No lock of the client is taken here.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 from typing import Any
 
@@ -30,13 +36,15 @@ class Waiter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
-        self._once = itertools.count()  # next() is atomic: only the first setter wins
+        self._once = [None]  # the first set() pops it (atomic): only it fills the slot
         self.value: Any = None
         self.error: BaseException | None = None
 
     def set(self, value: Any = None, error: BaseException | None = None) -> None:
         """Fill the slot and wake the waiter; later calls do nothing."""
-        if next(self._once):
+        try:
+            self._once.pop()
+        except IndexError:
             return
         self.value = value
         self.error = error
@@ -64,11 +72,13 @@ class Latch:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
-        self._once = itertools.count()  # next() is atomic: only the first set() releases
-        self._set = False
+        self._once = [None]  # the first set() pops it (atomic): only it releases
+        self._set = False  # written once, before the release (read without a lock)
 
     def set(self) -> None:
-        if next(self._once):
+        try:
+            self._once.pop()
+        except IndexError:
             return
         self._set = True
         self._lock.release()
@@ -88,18 +98,27 @@ class Latch:
 class RequestMux:
     """Tokens of requests in flight, and their waiters."""
 
-    __slots__ = ("prefix", "_map", "_counter")
+    __slots__ = ("prefix", "_map", "_lock", "_n", "_failed")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix  # "<inbox_prefix>.<nuid>." ; the subscription is prefix + "*"
-        self._map: dict[str, Waiter] = {}
-        self._counter = itertools.count(1)
+        self._map: dict[str, Waiter] = {}  # single-key operations only (see above)
+        self._lock = threading.Lock()  # guards _n and _failed
+        self._n = 0
+        self._failed: BaseException | None = None
 
     def register(self) -> tuple[str, Waiter]:
-        """A new reply subject and the waiter its response fills."""
-        token = str(next(self._counter))
+        """A new reply subject and the waiter its response fills (filled with the
+        error at once when :meth:`fail_all` ran before)."""
         w = Waiter()
-        self._map[token] = w
+        with self._lock:
+            self._n = n = self._n + 1
+            token = str(n)
+            self._map[token] = w
+            failed = self._failed
+        if failed is not None:
+            self._map.pop(token, None)
+            w.set(None, failed)
         return self.prefix + token, w
 
     def forget(self, reply: str) -> None:
@@ -113,8 +132,13 @@ class RequestMux:
             w.set(msg)
 
     def fail_all(self, error: BaseException) -> None:
-        """Wake every request in flight with *error* (close)."""
-        waiters = list(self._map.values())
-        self._map.clear()
-        for w in waiters:
+        """Wake every request in flight with *error* (close), and every later one."""
+        with self._lock:
+            self._failed = error
+        m = self._map
+        while True:
+            try:
+                _, w = m.popitem()  # one step each: a response popped meanwhile is fine
+            except KeyError:
+                return
             w.set(None, error)

@@ -5,10 +5,12 @@ It maps sids to the subscriptions the reader routes messages to (``ACTIVE`` and
 (``drain()`` and ``close()`` wait for those, including one that ended by its
 auto-unsubscribe limit), and the request mux's inbox subscription.
 
-Threads and locks: every method is called with the client's lock held, except that the
-reader thread looks sids up in :attr:`SubTable.by_sid` without it (a dict lookup is
-atomic; a subscription removed meanwhile is ENDED and drops what it gets). Each
-subscription's state is changed only under that same lock. No user code runs here.
+Threads and guards: every method is called with the client's lock held (the guard of
+the table), except that the reader thread looks sids up in :attr:`SubTable.by_sid`
+without it: one ``dict.get``, which is atomic on every CPython build (the dict's own
+lock on free-threaded CPython); a subscription removed meanwhile is ENDED, which its
+own lock tells the reader, and drops what it gets. Each subscription's state is
+changed only under that same lock. No user code runs here.
 """
 
 from __future__ import annotations

@@ -870,9 +870,8 @@ class Worker:
             # delivered is being handled, and waiting for NATS would block a deploy.
             worker_log.warning("natsync worker: not connected; closing without a drain")
             self._stop.set()
-            self._client.close()
-            for t in self._loops:
-                t.join(max(0.01, deadline - time.monotonic()))
+            self._client._close_within(deadline)  # one deadline for the whole shutdown
+            self._join_loops(deadline)
             self._stop_pool(deadline)
             return
         try:
@@ -886,14 +885,21 @@ class Worker:
                     )
                 except NatsError as e:
                     worker_log.warning("natsync worker: drain of %s failed: %s", sub.subject, _describe(e))
-            for t in self._loops:
-                t.join(max(0.01, deadline - time.monotonic()))
+            self._join_loops(deadline)
             self._stop_pool(deadline)
             remaining = max(0.01, deadline - time.monotonic())
             close_quietly(self._client, remaining)
         finally:
             if not self._client.is_closed:
-                self._client.close()
+                self._client._close_within(deadline)
+
+    def _join_loops(self, deadline: float) -> None:
+        """Join the consuming loops by *deadline*; one still running (a handler) is
+        logged by name and not waited for."""
+        for t in self._loops:
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                worker_log.warning("natsync worker: thread %s still running at the drain deadline", t.name)
 
     def _stop_pool(self, deadline: float) -> None:
         """Wait (until *deadline*) for the handlers running on the pool, then stop it."""

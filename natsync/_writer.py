@@ -7,8 +7,7 @@ TCP, and the socket takes them at once) and kicks the writer for whatever is lef
 caller ever waits on the socket: a caller with a timeout waits on its own deadline (a
 PONG, a reply), whatever the peer does.
 
-The queue is a list of triplets, each appended with one ``q += (a, b, c)`` (one atomic
-operation: no other thread sees half of it):
+The queue is a list of triplets, each appended with one ``q += (a, b, c)``:
 
 * a message: ``(head, payload, CRLF)``, head being the ``PUB``/``HPUB`` line (and the
   header block);
@@ -17,12 +16,21 @@ operation: no other thread sees half of it):
 
 So the bytes to send are ``b"".join(q)``, and the messages and payload bytes among them
 are counted from the triplets (:meth:`take_items`, :meth:`pending`) instead of on every
-publish. Whoever takes from the queue (under lock) takes the whole list and puts an
-empty one in its place.
+publish. Whoever takes from the queue takes the whole list and puts an empty one in its
+place.
 
-``publish()`` appends without the client's lock: its check of the connection state and
-its append run with no call in between, which the GIL makes one step (no other thread
-runs between them). Everything else appends and takes under the lock.
+**Guard: the client's lock** (``lock`` here) guards ``q``, ``_ctl``, ``kicked``,
+``busy`` and the counters. Every append (``publish()`` included), every take and every
+read of the queue's length or content happens under it, and so does every change of the
+client's state that decides whether a message may still be queued (close, drain, a
+disconnect). That makes ``publish()`` linearizable with them: a message is appended
+either before the take that sends it, or before a state change after which it is sent
+by the final flush or dropped by a documented rule (a broken connection), or not at all
+(publish raises). Nothing rests on the GIL: the same holds with the GIL switching
+threads inside an allocation (CPython <= 3.11 runs the garbage collector, and its
+finalizers, there) and on free-threaded CPython. ``publish()`` builds its triplet before
+taking the lock, so its critical section allocates nothing and no finalizer can run
+inside it.
 
 The writer thread is started on the first kick, not on connect: a client that only
 connects, flushes and closes never starts it. It writes with a deadline
@@ -31,8 +39,9 @@ owner breaks the connection, and the reconnect starts.
 
 Threads and locks:
 
-* ``lock`` is the client's lock: it guards taking from the queue, the counters and the
-  client's state. Held for appends and takes only, never across a socket call.
+* ``lock`` is the client's lock: it guards the queue (appends, takes, length), the
+  ``kicked`` flag, the counters and the client's state. Held for short steps only, never
+  across a socket call or user code.
 * ``_send_lock`` is held by whoever writes to the socket (the writer thread, a caller in
   :meth:`send_soon` (which only tries it), the closing thread's final flush). Order:
   ``_send_lock`` before ``lock``.
@@ -74,7 +83,11 @@ class _StartOnSet:
         self._writer = writer
 
     def set(self) -> None:
-        self._writer._start()
+        w = self._writer
+        w._start()
+        ev = w.event  # the thread's event (a kicker that read this stand-in late)
+        if ev is not self:
+            ev.set()
 
 
 class Writer:
@@ -87,7 +100,14 @@ class Writer:
         # connection (changed under lock)
         self.out_msgs = 0
         self.out_bytes = 0
-        self.kicked = False  # a kick is pending (set by callers, cleared by the writer)
+        # of out_msgs, the messages that may not have reached the server: queued for a
+        # connection that broke (or in the batch being written when it broke), or left
+        # when close()'s final flush reached its deadline (changed under lock)
+        self.dropped_msgs = 0
+        self._batch_msgs = 0  # messages in the last batch taken (under lock)
+        # a kick is pending: set by whoever appends and sets the event, cleared by the
+        # writer before it takes the queue (under lock)
+        self.kicked = False
         self.event: threading.Event | _StartOnSet = _StartOnSet(self)
         self.stall = stall
         self._owner = owner
@@ -100,7 +120,7 @@ class Writer:
         self._stopped = False
         self.busy = False  # a batch is being written (changed under lock)
 
-    # --- the queue (called with lock held) ------------------------------------------------
+    # --- the queue (every method here is called with lock held) ---------------------------
 
     def ctl(self, data: bytes) -> None:
         """Queue protocol bytes that are not a message."""
@@ -121,22 +141,29 @@ class Writer:
         items = self.q
         if not items:
             return items
-        # A new list: a publisher appends to the list it loaded in the same step as
-        # it loads it (see above), so nothing lands in the old one after this.
+        # A new list: every append is made under lock, so nothing lands in the old one
+        # after this.
         self.q = []
         msgs, nbytes = self._count(items)
         self._ctl = 0
         self.out_msgs += msgs
         self.out_bytes += nbytes
+        self._batch_msgs = msgs
         return items
 
-    def drop(self) -> None:
-        """Empty the queue (its messages count as sent: at most once)."""
+    def drop(self) -> int:
+        """Empty the queue: its messages are counted in ``dropped_msgs`` (and, as
+        accepted by publish(), in ``out_msgs``). Returns how many."""
+        if not self.q:
+            return 0
         self.take_items()
+        n = self._batch_msgs
+        self.dropped_msgs += n
+        return n
 
     def pending(self) -> tuple[int, int]:
         """The messages and payload bytes queued now."""
-        return self._count(self.q[:])
+        return self._count(self.q)
 
     def _count(self, items: list[bytes]) -> tuple[int, int]:
         """The messages and payload bytes in *items*, everything queued now: every
@@ -146,10 +173,14 @@ class Writer:
     # --- callers -------------------------------------------------------------------------
 
     def kick(self) -> None:
-        """Have the writer send what is buffered, soon. Never blocks."""
-        if not self.kicked:
+        """Have the writer send what is buffered, soon. Never blocks (takes lock
+        briefly: call it without lock)."""
+        with self._lock:
+            if self.kicked:
+                return
             self.kicked = True
-            self.event.set()
+            ev = self.event
+        ev.set()
 
     def send_soon(self) -> None:
         """Send what is buffered from this thread if that cannot block; else kick."""
@@ -157,6 +188,7 @@ class Writer:
             self.kick()  # the writer is at it; it looks at the buffer again when done
             return
         left = False
+        batch = 0
         try:
             with self._lock:
                 t = self._owner._writable()
@@ -165,10 +197,13 @@ class Writer:
                     data = None
                 else:
                     data = self.take()
+                    batch = self._batch_msgs
             if data is not None:
                 try:
                     n = t.try_send(data) if t is not None else 0
                 except OSError as e:
+                    with self._lock:
+                        self.dropped_msgs += batch  # some may have been sent: at most once
                     if t is not None:
                         self._owner._write_failed(t, e)
                     return
@@ -196,10 +231,15 @@ class Writer:
             ev.set()
 
     def _run(self, ev: threading.Event) -> None:
+        lock = self._lock
         while True:
             ev.wait()
-            ev.clear()
-            self.kicked = False
+            # Cleared before the take in write_pending(): whoever appends after this
+            # sees kicked False and sets the event again; whatever was appended before
+            # it is taken by that write_pending().
+            with lock:
+                ev.clear()
+                self.kicked = False
             if self._stopped:
                 return
             self.write_pending(None)
@@ -220,6 +260,7 @@ class Writer:
                         self.idle.notify_all()
                         return True
                     items = self.take_items()
+                    batch = self._batch_msgs
                     self.busy = True
                     self.idle.notify_all()  # publishers waiting for room
                 try:
@@ -229,6 +270,7 @@ class Writer:
                         t.write(b"".join(items[i : i + _JOIN_ITEMS]), self.stall, deadline)
                 except OSError as e:
                     with self._lock:
+                        self.dropped_msgs += batch  # some may have been sent: at most once
                         self.busy = False
                         self.idle.notify_all()
                     self._owner._write_failed(t, e)

@@ -33,11 +33,15 @@ against one shared deadline):
 
 Locks and rules:
 
-* ``_lock`` guards the state, taking from the write queue, the subscription table and
-  every subscription's state. It is held only for short, non-blocking work: never
-  across a socket call, never while user code runs. ``publish()`` takes no lock while
-  connected: it appends a message as one triplet in one step (see ``_writer``), so
-  concurrent publishers never interleave.
+* ``_lock`` guards the state, the write queue (every append, ``publish()``'s
+  included, and every take), the subscription table, every subscription's state,
+  ``_pongs``, ``_pending_size``, ``_companions`` and ``_drain_hooks``. It is held only
+  for short, non-blocking work: never across a socket call, never while user code
+  runs. ``publish()`` holds it for its state check and append only (its message
+  triplet is built before), so a publish is ordered with ``close()``, ``drain()``, a
+  disconnect and the writer's take: it raises, or its message is sent, or it is
+  counted in ``stats.dropped_msgs`` (see ``_writer`` and docs/threading.rst). No
+  correctness argument rests on the GIL.
 * The writer's send lock is taken before ``_lock``; a subscription's ``_cond`` after it.
 * ``_lazy_lock`` serialises the first connect of a lazy client (taken before ``_lock``).
 * ``_reader_lock`` orders starting the reader against ``close()``; ``_read_token`` is
@@ -157,6 +161,13 @@ class Stats:
     out_bytes: int = 0
     reconnects: int = 0
     errors_received: int = 0
+    #: Of ``out_msgs``, the messages that may not have reached the server (at most
+    #: once): queued for a connection that broke, or in the batch being written when
+    #: it broke, or still queued when ``close()``'s final flush reached its deadline.
+    #: (A message the kernel accepted before the connection broke is not counted: TCP
+    #: cannot tell; a successful ``flush()`` with no reconnect since the publish
+    #: confirms delivery.)
+    dropped_msgs: int = 0
 
 
 class Client:
@@ -198,8 +209,14 @@ class Client:
         self._close_event = Latch()
         self._close_done = Latch()
         # Threads of features built on this client (JetStream ack and ordered-consumer
-        # threads): each ends when the client closes, and close() joins them.
+        # threads): each ends when the client closes, and close() joins them (guard: _lock).
         self._companions: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+        # Called by drain() before any subscription drains, with drain's absolute
+        # time.monotonic() deadline (JetStream's publish_async waits for its acks there).
+        # Guard: _lock (drain copies the list under it and calls the hooks outside it).
+        self._drain_hooks: list[Callable[[float], None]] = []
+        self._drain_started = False  # drain() passed its state check (guard: _lock)
+        self._close_deadline = 0.0  # the first close()'s deadline (guard: _lock)
         self._closing_flush = False  # close() is sending what was buffered
         self._disconnect_reason: BaseException | None = None
         self._reason_reported = False
@@ -841,20 +858,37 @@ class Client:
                 head, room = self._pub_head(subject, size)
         else:
             head, room = self._head_with(subject, size, reply, headers)
-        # No lock: from the state check to the append nothing is called, so no other
-        # thread runs in between (see _writer: the queue and its one-step appends).
-        if self._state != CONNECTED:
-            self._publish_slow(head, payload, True)
-            return
+        # The triplet is built before the lock: the critical section below allocates
+        # nothing, so the garbage collector (and a finalizer it would run) cannot run
+        # inside it. Under _lock the state check, the append and the kick flag are one
+        # step against close(), drain(), a disconnect and the writer's take (see _writer).
+        # (acquire/try/finally rather than ``with``: on CPython 3.11 ``with`` looks up
+        # and binds __enter__/__exit__ on every call, a third of publish()'s cost.)
+        item = (head, payload, _CRLF)
         w = self._w
-        q = w.q
-        q += (head, payload, _CRLF)
-        if not w.kicked:
-            w.kicked = True
-            w.event.set()
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._state == CONNECTED:
+                q = w.q
+                q += item
+                if w.kicked and len(q) <= room:
+                    return  # the common case: the writer is already on its way
+                ev = None if w.kicked else w.event
+                w.kicked = True
+                full = len(q) > room
+            else:
+                ev = full = None
+        finally:
+            lock.release()
+        if full is None:
+            self._publish_slow(item, True)
+            return
+        if ev is not None:
+            ev.set()
         # room: the queue length at which about 1 MiB waits if every queued message is
         # this one's size; past it, wait until the writer takes the queue
-        if len(q) > room:
+        if full:
             self._backpressure(room)
 
     def _publish_quiet(
@@ -876,7 +910,7 @@ class Client:
             head = entry[0] if entry is not None else self._pub_head(subject, size)[0]
         else:  # a reply subject is used once: not worth a place in the PUB line cache
             head = self._head_with(subject, size, reply, headers)[0]
-        self._publish_slow(head, payload, False)
+        self._publish_slow((head, payload, _CRLF), False)
 
     def _publish_inbox_reply(
         self, subject: str, payload: PayloadType, reply: str, headers: HeadersInput | None
@@ -890,7 +924,7 @@ class Client:
             protocol.validate_subject(subject)
             cache[subject] = {}  # checked once (the cache's keys are checked subjects)
         head = self._head_with(subject, len(payload), reply, headers, reply_checked=True)[0]
-        self._publish_slow(head, payload, True)
+        self._publish_slow((head, payload, _CRLF), True)
 
     def _head_with(
         self,
@@ -938,16 +972,16 @@ class Client:
         assert o is not None
         self._w.wait_room(room, time.monotonic() + o.flusher_timeout)
 
-    def _publish_slow(self, head: bytes, payload: bytes, kick: bool) -> None:
+    def _publish_slow(self, item: tuple[bytes, bytes, bytes], kick: bool) -> None:
         """publish() when not CONNECTED: connect a lazy client, buffer while
         reconnecting (charging the wire bytes to ``reconnect_buffer_size``), refuse when
-        closed or in the last phase of a drain."""
+        closed or in the last phase of a drain. *item*: the message triplet."""
         if self._state == LAZY or (self._lazy and self._state == CONNECTING):
             self._ensure_connected()  # the first use connects; later first uses wait for it
         with self._lock:
             if self._state != CONNECTED:
-                self._check_publish_state(len(head) + len(payload) + 2)
-            self._w.q += (head, payload, _CRLF)
+                self._check_publish_state(len(item[0]) + len(item[1]) + 2)
+            self._w.q += item
         if kick:
             self._w.kick()
 
@@ -1129,17 +1163,19 @@ class Client:
             if sub._state == ENDED:
                 raise BadSubscriptionError(f"subscription {sub.sid} has already ended")
             connected = st in CONNECTED_STATES
-            if limit is not None and sub._received < limit:
-                sub._max = limit
+            reached = True
+            if limit is not None:
+                # the reader counts and compares with _max under the subscription's lock:
+                # one step against its count, so the last message is never missed
+                with sub._mutex:
+                    reached = sub._received >= limit
+                    if not reached:
+                        sub._max = limit
+            if not reached:
                 if connected and sub._state == ACTIVE:
                     # the server counts from the SUB it got on this connection
+                    assert limit is not None
                     self._w.ctl(protocol.encode_unsub(sub.sid, max(limit - sub._received_at_sub, 1)))
-                # the reader may have counted the last message before it saw _max
-                if sub._received >= limit:
-                    self._table.remove(sub)
-                    sub._end(
-                        BadSubscriptionError(f"subscription {sub.sid} reached its limit of {limit} messages")
-                    )
             else:
                 self._table.remove(sub)
                 if connected:
@@ -1188,8 +1224,15 @@ class Client:
             sub._end(BadSubscriptionError(f"subscription {sub.sid} was drained"))
         if sub._thread is not None and sub._thread is not threading.current_thread():
             if not sub._done.wait(max(deadline - time.monotonic(), 0)):
+                log.warning(
+                    "drain of subscription %d: thread %s still running its callback at the "
+                    "deadline; not waiting for it",
+                    sub.sid,
+                    sub._thread.name,
+                )
                 raise TimeoutError(f"drain of subscription {sub.sid} timed out after {timeout} s")
-            sub._thread.join(1.0)
+            # _done is set as the thread's last step: this join is short, and bounded
+            sub._thread.join(max(deadline - time.monotonic(), 0))
         elif time.monotonic() > deadline:
             raise TimeoutError(f"drain of subscription {sub.sid} timed out after {timeout} s")
 
@@ -1274,16 +1317,27 @@ class Client:
         """Drain every subscription, send what is buffered, then close.
 
         While disconnected (reconnecting) there is nothing to drain from the server: the
-        client closes at once. Raises :class:`natsync.TimeoutError` after *timeout*
-        (default ``drain_timeout``); the client is closed anyway.
+        client closes at once. Everything it waits for, the close included, shares one
+        deadline: it raises :class:`natsync.TimeoutError` after *timeout* (default
+        ``drain_timeout``); the client is closed anyway, and a thread still running a
+        callback then is logged by name and not waited for.
         """
         _lifecycle.drain(self, timeout)
 
     def close(self) -> None:
         """Stop delivery at once (queued messages are discarded; a callback already
-        running finishes), send what was published (within ``flush_timeout`` or 2 s),
+        running finishes), send what was published (within ``flush_timeout`` or 2 s;
+        what is left then is dropped, logged and counted in ``stats.dropped_msgs``),
         call ``disconnected_cb`` (if connected) then ``closed_cb``, join every thread.
+        Everything it waits for shares one deadline: that flush limit plus 5 s; a
+        thread still running a callback then is logged by name and not waited for.
         Idempotent; a concurrent second call waits for the first."""
+        self._close_within(None)
+
+    def _close_within(self, deadline: float | None) -> None:
+        """close(), everything it waits for bounded by *deadline* (absolute
+        ``time.monotonic()``; None: close()'s own, see close()). For the library's
+        shutdown paths that have a deadline of their own (a worker's drain timeout)."""
         if self._fork_error is not None:
             return
         if self._state == DISCONNECTED:
@@ -1293,15 +1347,22 @@ class Client:
             return
         if self._state == LAZY and self._close_lazy():
             return
-        self._close(None, from_reader=False)
+        if deadline is None:
+            self._close(None, from_reader=False)
+        else:
+            self._close(None, from_reader=False, flush_deadline=deadline, deadline=deadline)
 
     def _close_lazy(self) -> bool:
         return _lifecycle.close_lazy(self)
 
     def _close(
-        self, reason: NatsError | None, from_reader: bool, flush_deadline: float | None = None
+        self,
+        reason: NatsError | None,
+        from_reader: bool,
+        flush_deadline: float | None = None,
+        deadline: float | None = None,
     ) -> None:
-        _lifecycle.close(self, reason, from_reader, flush_deadline)
+        _lifecycle.close(self, reason, from_reader, flush_deadline, deadline)
 
     def _exit_flush(self, deadline: float) -> None:
         _lifecycle.exit_flush(self, deadline)
@@ -1413,6 +1474,7 @@ class Client:
             msgs, nbytes = w.pending()
             msgs += w.out_msgs
             nbytes += w.out_bytes
+            dropped = w.dropped_msgs
         return Stats(
             in_msgs=self._in_msgs,
             out_msgs=msgs,
@@ -1420,6 +1482,7 @@ class Client:
             out_bytes=nbytes,
             reconnects=self._reconnects,
             errors_received=self._errors_received,
+            dropped_msgs=dropped,
         )
 
     def rtt(self, timeout: float | None = None) -> float:
@@ -1441,7 +1504,8 @@ class Client:
 
     def _add_companion(self, thread: threading.Thread) -> None:
         """Have close() join *thread* (which must end when this client closes)."""
-        self._companions.add(thread)
+        with self._lock:
+            self._companions.add(thread)
 
     def jetstream(
         self,

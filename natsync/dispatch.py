@@ -10,7 +10,8 @@ The queue is bounded for errors: at most :data:`MAX_QUEUED_ERRORS` errors wait f
 (a traceback keeps every frame, and a failed callback's message, alive).
 
 Threads and locks: ``post`` may be called from any thread and never blocks; ``_cond``
-guards the queue and is never held while a callback runs. The thread is started on the
+guards the queue and the error counters (the bound is checked and the event appended in
+one critical section) and is never held while a callback runs. The thread is started on the
 first event and ended by ``stop``.
 """
 
@@ -52,17 +53,16 @@ class EventDispatcher:
     def post_error(self, fn: Callable[[NatsError], Any], err: NatsError) -> None:
         """Queue ``fn(err)``, unless too many errors wait already (then count it)."""
         _strip(err)
-        with self._cond:
-            if self._errors >= MAX_QUEUED_ERRORS:
-                self._missed += 1
-                self.errors_dropped += 1
-                self._error_fn = fn
-                return
         self._post(fn, (err,), True)
 
     def _post(self, fn: Callable[..., Any], args: tuple[Any, ...], is_error: bool) -> None:
-        with self._cond:
+        with self._cond:  # the bound check and the append in one step: never overshoots
             if self._stopping:
+                return
+            if is_error and self._errors >= MAX_QUEUED_ERRORS:
+                self._missed += 1
+                self.errors_dropped += 1
+                self._error_fn = fn
                 return
             self._queue.append((fn, args, is_error))
             if is_error:
@@ -108,7 +108,11 @@ class EventDispatcher:
         if t is not None and t is not threading.current_thread():
             t.join(timeout)
             if t.is_alive():
-                log.warning("event callback still running after %s s; not waiting for it", timeout)
+                log.warning(
+                    "thread %s still running an event callback after %s s; not waiting for it",
+                    t.name,
+                    timeout,
+                )
 
     @property
     def thread(self) -> threading.Thread | None:

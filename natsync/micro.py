@@ -309,10 +309,9 @@ class Endpoint:
         self._sub: Subscription | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._slots: threading.BoundedSemaphore | None = None
+        self._pool_name = f"natsync-micro-{service.name}-{name}"
         if max_concurrency > 1:
-            self._pool = ThreadPoolExecutor(
-                max_workers=max_concurrency, thread_name_prefix=f"natsync-micro-{service.name}-{name}"
-            )
+            self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=self._pool_name)
             self._slots = threading.BoundedSemaphore(max_concurrency)
 
     def _start(self) -> None:
@@ -374,12 +373,13 @@ class Endpoint:
         self.num_requests = self.num_errors = self.processing_time = 0
         self.last_error = ""
 
-    def _stop(self, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _stop(self, deadline: float | None) -> None:
+        """Drain the endpoint and end its pool, all by *deadline* (None: the drain's
+        default timeout, then no limit for the handlers)."""
         sub, self._sub = self._sub, None
         try:
             if sub is not None and sub.is_valid:
-                sub.drain(timeout=timeout)
+                sub.drain(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.001))
         except NatsError as e:
             log.debug("micro: draining endpoint %r: %s", self.subject, e)
         finally:
@@ -402,7 +402,13 @@ class Endpoint:
             slots.release()
         idle = taken == self.max_concurrency
         if not idle:
-            log.warning("micro: handlers of endpoint %r still running after stop()'s timeout", self.subject)
+            log.warning(
+                "micro: %d handler(s) of endpoint %r (threads %s-*) still running at stop()'s "
+                "deadline; not waiting for them",
+                self.max_concurrency - taken,
+                self.subject,
+                self._pool_name,
+            )
         pool.shutdown(wait=idle)
 
     def info(self) -> dict[str, Any]:
@@ -543,6 +549,7 @@ class Service(_EndpointAdder):
         self._endpoints: list[Endpoint] = []
         self._verb_subs: list[Subscription] = []
         self._stop_thread: threading.Thread | None = None
+        self._stop_deadline = 0.0  # the first stop()'s deadline (guard: _lock)
         self._stats_handler: Callable[[Endpoint], Any] | None = None
 
     @property
@@ -662,31 +669,41 @@ class Service(_EndpointAdder):
 
         Called from one of this service's own handlers (say, a "shutdown" endpoint), it
         returns at once and the stop completes on a thread of its own once the
-        handlers returned; wait for :attr:`stopped` elsewhere.  *timeout* bounds each
-        drain (default: the client's ``drain_timeout``).
+        handlers returned; wait for :attr:`stopped` elsewhere.  *timeout* (default: the
+        client's ``drain_timeout``) is one deadline for everything stop() waits for:
+        the drains of every endpoint and their handlers; a handler still running then
+        is logged and not waited for, and stop() returns.
         """
+        if timeout is None:
+            o = self.nc._opts
+            timeout = o.drain_timeout if o is not None else 30.0
+        deadline = time.monotonic() + timeout
         in_handler = self in getattr(_handling, "services", ())
         with self._lock:
             first = not self._stopping
             self._stopping = True
             endpoints = list(self._endpoints)
+            if first:
+                self._stop_deadline = deadline
+            else:
+                deadline = min(deadline, self._stop_deadline)
             if first and in_handler:
                 self._stop_thread = threading.Thread(
-                    target=self._finish_stop, args=(endpoints, timeout), name="natsync-micro-stop"
+                    target=self._finish_stop, args=(endpoints, deadline), name="natsync-micro-stop"
                 )
                 self._stop_thread.start()
                 return
         if first:
-            self._finish_stop(endpoints, timeout)
+            self._finish_stop(endpoints, deadline)
             return
         if in_handler:
             return
         t = self._stop_thread
         if t is not None and t is not threading.current_thread():
-            t.join(timeout)
-        self.stopped.wait(timeout)
+            t.join(max(deadline - time.monotonic(), 0.0))
+        self.stopped.wait(max(deadline - time.monotonic(), 0.0))
 
-    def _finish_stop(self, endpoints: list[Endpoint], timeout: float | None) -> None:
+    def _finish_stop(self, endpoints: list[Endpoint], deadline: float) -> None:
         try:
             for sub in self._verb_subs:
                 try:
@@ -695,13 +712,16 @@ class Service(_EndpointAdder):
                 except NatsError:
                     pass
             threads = [
-                threading.Thread(target=ep._stop, args=(timeout,), name="natsync-micro-stop")
+                threading.Thread(target=ep._stop, args=(deadline,), name="natsync-micro-stop", daemon=True)
                 for ep in endpoints
             ]
             for t in threads:
                 t.start()
             for t in threads:
-                t.join()
+                # each ends by the deadline (drain and pool are bounded by it)
+                t.join(max(deadline - time.monotonic(), 0.0))
+                if t.is_alive():
+                    log.warning("micro: thread %s still stopping an endpoint at stop()'s deadline", t.name)
         finally:
             self.stopped.set()
 

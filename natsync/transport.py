@@ -407,9 +407,15 @@ class Transport:
             pass
 
     def detach_without_shutdown(self) -> None:
-        """Forget the socket without touching the connection (used in a forked child)."""
-        with self._lock:
-            self._closed = True
+        """Forget the socket without touching the connection (used in a forked child).
+
+        Acquires nothing: every lock of this object was copied from the parent, where a
+        thread that does not exist in the child may have held it at the fork. They are
+        replaced by new ones instead, and the object is marked closed."""
+        self._lock = threading.Lock()
+        self._ssl_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._closed = True
 
 
 def _ip_family(host: str) -> socket.AddressFamily | None:
