@@ -128,7 +128,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Client", "NATS", "Stats", "connect"]
 
-log = logging.getLogger("natsync")
+log: logging.Logger = logging.getLogger("natsync")
 
 __version__ = VERSION
 

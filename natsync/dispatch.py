@@ -27,7 +27,7 @@ from .errors import NatsError
 
 __all__ = ["EventDispatcher", "MAX_QUEUED_ERRORS"]
 
-log = logging.getLogger("natsync")
+log: logging.Logger = logging.getLogger("natsync")
 
 MAX_QUEUED_ERRORS: Final = 1000
 
@@ -44,7 +44,7 @@ class EventDispatcher:
         self._errors = 0  # errors queued now
         self._missed = 0  # errors not queued since the last summary
         self._error_fn: Callable[..., Any] | None = None
-        self.errors_dropped = 0  # in all
+        self.errors_dropped: int = 0  # in all
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)``; never blocks."""

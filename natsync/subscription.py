@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Subscription", "SubOwner", "MsgHandler", "ACTIVE", "DRAINING", "ENDED"]
 
-log = logging.getLogger("natsync")
+log: logging.Logger = logging.getLogger("natsync")
 # a library prints nothing by default: without this, logging's lastResort writes to stderr
 log.addHandler(logging.NullHandler())
 
@@ -117,8 +117,8 @@ class Subscription:
         self._out_bytes = 0  # consumer
         self._received = 0  # reader, under _cond
         self._received_at_sub = 0  # _received when the current connection's SUB was sent
-        self.dropped = 0  # reader, under _cond
-        self.delivered = 0  # consumer
+        self.dropped: int = 0  # reader, under _cond
+        self.delivered: int = 0  # consumer
         self._slow = False  # in a slow-consumer episode (reader, under _cond)
         self._max: int | None = None  # auto-unsubscribe after this many messages in all
         self._state = ACTIVE  # changed under the client's lock
