@@ -26,6 +26,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from . import protocol
@@ -114,20 +115,30 @@ def drain(c: Client, timeout: float | None = None) -> None:
         if st in (DRAINING_SUBS, DRAINING_PUBS):
             raise ConnectionDrainingError("drain() is already running")
         disconnected = st != CONNECTED
-        subs: list[Subscription] = []
+        hooks: list[Callable[[float], None]] = []
         if not disconnected:
-            subs = c._table.user_subs()
-            c._state = DRAINING_SUBS
-            for s in subs:
-                if s._state == ACTIVE:
-                    s._state = DRAINING
-                    c._w.ctl(protocol.encode_unsub(s.sid))
+            c._state = DRAINING_SUBS  # a second drain() now raises; publishing goes on
+            hooks = list(c._drain_hooks)
     if disconnected:
         log.info("drain() while not connected: closing at once")
         c.close()
         return
     timed_out = False
     try:
+        # before any subscription drains: e.g. publish_async waits for its acknowledgements
+        for hook in hooks:
+            try:
+                hook(deadline)
+            except Exception:
+                log.exception("drain hook %r failed", hook)
+        subs: list[Subscription] = []
+        with c._lock:
+            if c._state == DRAINING_SUBS:  # (a close() meanwhile: nothing to drain)
+                subs = c._table.user_subs()
+                for s in subs:
+                    if s._state == ACTIVE:
+                        s._state = DRAINING
+                        c._w.ctl(protocol.encode_unsub(s.sid))
         try:
             c.flush(max(deadline - time.monotonic(), 0.001))
         except NatsError:  # timed out, reconnecting or closed: drain what did arrive

@@ -199,6 +199,9 @@ class Client:
         # Threads of features built on this client (JetStream ack and ordered-consumer
         # threads): each ends when the client closes, and close() joins them.
         self._companions: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+        # Called by drain() with its deadline before any subscription drains (JetStream's
+        # publish_async waits there for its acknowledgements). Guard: _lock.
+        self._drain_hooks: list[Callable[[float], None]] = []
         self._closing_flush = False  # close() is sending what was buffered
         self._disconnect_reason: BaseException | None = None
         self._reason_reported = False
