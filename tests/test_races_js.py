@@ -404,3 +404,38 @@ def test_kv_watcher_recovers_with_short_polls_and_ends_with_its_bucket(
         assert isinstance(err, StreamNotFoundError), err
     finally:
         w.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+def test_publish_async_after_fork_never_waits_on_the_parents_window(
+    js_server: NATSServer, stream: str
+) -> None:
+    """A lazy client's JetStream context used for publish_async, then os.fork(): in the
+    child that context's window (its lock, threads and ack subscription belong to the
+    parent) refuses at once with an error naming the fork, and a new context works
+    (before: the child's future never completed)."""
+    from test_fork import run_in_child
+
+    nc = natsync.connect(js_server.url, lazy=True)
+    try:
+        js = nc.jetstream()
+        assert js.publish_async(_subj(stream), b"parent").result(timeout=10).seq == 1
+
+        def child() -> dict[str, Any]:
+            try:
+                try:
+                    js.publish_async(_subj(stream), b"old context").result(timeout=5)
+                    old = "returned"
+                except natsync.ConnectionClosedError as e:
+                    old = f"closed: {e}"
+                ack = nc.jetstream().publish_async(_subj(stream), b"child").result(timeout=10)
+                return {"old": old, "seq": ack.seq}
+            finally:
+                nc.close()
+
+        out = run_in_child(child)
+        assert out["old"].startswith("closed:") and "fork" in out["old"], out
+        assert out["seq"] == 2
+        assert js.publish_async(_subj(stream), b"parent again").result(timeout=10).seq == 3
+    finally:
+        nc.close()
