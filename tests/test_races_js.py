@@ -229,6 +229,22 @@ def test_publish_async_window_never_overshoots(nc: natsync.Client, stream: str) 
         f.result(timeout=30)
 
 
+def test_publish_async_completed_means_every_future_is_done(nc: natsync.Client, stream: str) -> None:
+    """publish_async_completed() returns only when every future is done (before: it
+    returned once the acks were taken off the window, while the ack thread was still
+    completing their futures)."""
+    js = nc.jetstream()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(200):
+            futs = [js.publish_async(_subj(stream), b"x") for _ in range(20)]
+            js.publish_async_completed(timeout=10)
+            assert all(f.done() for f in futs)
+    finally:
+        sys.setswitchinterval(old)
+
+
 def test_ackfuture_completion_against_cancel_is_one_step() -> None:
     """A completion that interleaves with add_done_callback() + cancel() on another
     thread: the future ends once, its callback runs once, CANCELLED is never

@@ -167,6 +167,9 @@ class AsyncPublisher:
         self._ids = itertools.count(1)
         self._room_waiters = 0
         self._all_waiters = 0
+        # taken out of _pending, their futures not completed yet: wait_all() and the
+        # drain hook wait for these too, so "none outstanding" means every future is done
+        self._completing = 0
         self._sub = nc.subscribe(inbox + ".*", pending_msgs_limit=None, pending_bytes_limit=None)
         self._acks = threading.Thread(target=self._run, name="natsync-js-acks", daemon=True)
         self._timer_thread = threading.Thread(
@@ -278,7 +281,7 @@ class AsyncPublisher:
         with self._lock:
             self._all_waiters += 1
             try:
-                while self._pending:
+                while self._pending or self._completing:
                     if deadline is None:
                         self._room.wait()
                         continue
@@ -299,7 +302,7 @@ class AsyncPublisher:
         with self._lock:
             self._all_waiters += 1
             try:
-                while self._pending and self._dead is None:
+                while (self._pending or self._completing) and self._dead is None:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         log.info(
@@ -339,10 +342,14 @@ class AsyncPublisher:
                     if entry is not None:
                         del entry[3][token]
                         done.append((entry, msg))
-                if (self._room_waiters and len(pending) <= low) or (self._all_waiters and not pending):
+                if not done:
+                    continue
+                self._completing += len(done)
+                if self._room_waiters and len(pending) <= low:
                     self._room.notify_all()
             for entry, msg in done:
                 _complete(entry[0], entry[1], msg)
+            self._completed(len(done))
 
     # --- timer thread ------------------------------------------------------------------------
 
@@ -372,12 +379,21 @@ class AsyncPublisher:
                             del lanes[t]
                     self._timer_at = nxt
                     if expired:
-                        if self._room_waiters or self._all_waiters:
+                        self._completing += len(expired)
+                        if self._room_waiters:
                             self._room.notify_all()
                         break
                     self._timer.wait(None if nxt == math.inf else nxt - now)
             for fut, subject, _deadline, _lane in expired:
                 _fail(fut, TimeoutError(f"no acknowledgement of the publish to {subject!r} in time"))
+            self._completed(len(expired))
+
+    def _completed(self, n: int) -> None:
+        """*n* futures taken out of the window were completed: wake who waits for all."""
+        with self._lock:
+            self._completing -= n
+            if self._all_waiters and not self._pending and not self._completing:
+                self._room.notify_all()
 
     # --- ending ------------------------------------------------------------------------------
 
@@ -392,6 +408,7 @@ class AsyncPublisher:
             entries = list(self._pending.values())
             self._pending.clear()
             self._lanes.clear()
+            self._completing += len(entries)
             self._room.notify_all()
             self._timer.notify_all()
         _live.discard(self)
@@ -409,6 +426,7 @@ class AsyncPublisher:
                     "the message may or may not have been stored"
                 ),
             )
+        self._completed(len(entries))
 
     def _forked(self) -> None:
         """In a forked child: the threads are gone and the lock may be held by one of
@@ -418,6 +436,7 @@ class AsyncPublisher:
         self._timer = threading.Condition(self._lock)
         self._pending = {}
         self._lanes = {}
+        self._completing = 0
         self._dead = ConnectionClosedError(
             "publish_async: this JetStream context was used before os.fork(); publish from a "
             "new context in the forked child"
