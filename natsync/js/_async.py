@@ -103,26 +103,25 @@ class AckFuture(Future[PubAck]):
             return cond
         raise AttributeError(name)
 
-    def _complete_quietly(self, result: PubAck | None, exception: BaseException | None) -> bool:
-        """Complete without a condition if there is none (True); False: there is one,
-        go through ``Future``'s methods.  Raises InvalidStateError if already done."""
-        with _FUTURE_GUARD:
-            if "_condition" in self.__dict__:
-                return False
-            if self._state != _PENDING:
-                raise InvalidStateError(f"{self._state}: {self!r}")
-            self._result = result
-            self._exception = exception
-            self._state = _FINISHED
-            return True
-
     def set_result(self, result: PubAck) -> None:
-        if not self._complete_quietly(result, None):
-            super().set_result(result)
+        with _FUTURE_GUARD:
+            if "_condition" not in self.__dict__:
+                if self._state != _PENDING:
+                    raise InvalidStateError(f"{self._state}: {self!r}")
+                self._result = result
+                self._state = _FINISHED
+                return
+        super().set_result(result)  # somebody looked at it: Future decides, under the condition
 
     def set_exception(self, exception: BaseException | None) -> None:
-        if not self._complete_quietly(None, exception):
-            super().set_exception(exception)
+        with _FUTURE_GUARD:
+            if "_condition" not in self.__dict__:
+                if self._state != _PENDING:
+                    raise InvalidStateError(f"{self._state}: {self!r}")
+                self._exception = exception
+                self._state = _FINISHED
+                return
+        super().set_exception(exception)
 
 
 # An outstanding publish: (future, subject, deadline, its lane)
@@ -241,8 +240,14 @@ class AsyncPublisher:
                 return fut
             raise
         # publish()'s write back-pressure: past about 1 MiB waiting for the socket (for
-        # messages of this size), wait for the writer to take the queue
-        self._nc._backpressure(_ROOM_CHECK // (len(payload) + len(subject) + len(reply) + _HEAD_GUESS))
+        # messages of this size), wait for the writer to take the queue.  The length is
+        # looked at without the client's lock, as publish() does (len() of a list is one
+        # read on every CPython): a stale look only lets one more message in or waits
+        # once for nothing, and wait_room() checks again under the lock.
+        room = _ROOM_CHECK // (len(payload) + len(subject) + len(reply) + _HEAD_GUESS)
+        nc = self._nc
+        if len(nc._w.q) > room:
+            nc._backpressure(room)
         return fut
 
     def _new_lane(self, timeout: float) -> dict[str, _Entry]:
@@ -349,7 +354,10 @@ class AsyncPublisher:
                     self._room.notify_all()
             for entry, msg in done:
                 _complete(entry[0], entry[1], msg)
-            self._completed(len(done))
+            with lock:
+                self._completing -= len(done)
+                if self._all_waiters and not pending and not self._completing:
+                    self._room.notify_all()
 
     # --- timer thread ------------------------------------------------------------------------
 
