@@ -455,3 +455,31 @@ def test_publish_async_after_fork_never_waits_on_the_parents_window(
         assert js.publish_async(_subj(stream), b"parent again").result(timeout=10).seq == 3
     finally:
         nc.close()
+
+
+def test_publish_async_refusals_leave_nothing_outstanding(js_server: NATSServer, stream: str) -> None:
+    """Bad input raises before anything is sent; while reconnecting with a full
+    reconnect buffer the future fails with OutboundBufferFullError (the message was
+    not sent: a retry later may work); neither holds a window slot."""
+    from proxy import TCPProxy
+
+    with TCPProxy("127.0.0.1", js_server.port) as proxy:
+        nc = natsync.connect(proxy.url, reconnect_time_wait=0.05, reconnect_buffer_size=1024)
+        try:
+            js = nc.jetstream()
+            assert js.publish_async(_subj(stream), b"a").result(timeout=10).seq == 1
+            with pytest.raises(natsync.BadSubjectError):
+                js.publish_async("bad subject", b"x")
+            assert js.publish_async_pending() == 0
+            proxy.refuse(True)
+            proxy.cut()
+            assert wait_until(lambda: not nc.is_connected)
+            full = js.publish_async(_subj(stream), bytes(4096))
+            with pytest.raises(natsync.OutboundBufferFullError):
+                full.result(timeout=0)
+            assert js.publish_async_pending() == 0
+            buffered = js.publish_async(_subj(stream), b"b", timeout=30)  # fits: sent on reconnect
+            proxy.refuse(False)
+            assert buffered.result(timeout=20).seq == 2
+        finally:
+            nc.close()
