@@ -426,7 +426,12 @@ class OrderedConsumer(PushSubscription):
             self._reset()  # the consumer went away (e.g. deleted): make a new one
 
     def __iter__(self) -> Iterator[Msg]:
-        """Yield messages in stream order until the consumer is stopped."""
+        """Yield messages in stream order until the consumer is stopped.
+
+        Raises:
+            StreamNotFoundError: the stream was deleted (the consumer has ended).
+            ConnectionClosedError: the client closed.
+        """
         while True:
             try:
                 yield self.next_msg(timeout=None)
