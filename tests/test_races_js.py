@@ -229,20 +229,26 @@ def test_publish_async_window_never_overshoots(nc: natsync.Client, stream: str) 
         f.result(timeout=30)
 
 
-def test_publish_async_completed_means_every_future_is_done(nc: natsync.Client, stream: str) -> None:
+def test_publish_async_completed_means_every_future_is_done(
+    nc: natsync.Client, stream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """publish_async_completed() returns only when every future is done (before: it
     returned once the acks were taken off the window, while the ack thread was still
-    completing their futures)."""
+    completing their futures).  Decoding each ack is slowed down to widen that gap."""
+    import natsync.js._async as async_module
+
+    real = async_module.pub_ack
+
+    def slow_pub_ack(data: bytes) -> api.PubAck:
+        time.sleep(0.002)
+        return real(data)
+
+    monkeypatch.setattr(async_module, "pub_ack", slow_pub_ack)
     js = nc.jetstream()
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        for _ in range(200):
-            futs = [js.publish_async(_subj(stream), b"x") for _ in range(20)]
-            js.publish_async_completed(timeout=10)
-            assert all(f.done() for f in futs)
-    finally:
-        sys.setswitchinterval(old)
+    for _ in range(20):
+        futs = [js.publish_async(_subj(stream), b"x") for _ in range(20)]
+        js.publish_async_completed(timeout=10)
+        assert all(f.done() for f in futs)
 
 
 def test_ackfuture_completion_against_cancel_is_one_step() -> None:
