@@ -6,15 +6,33 @@ from the stream sequence after the last message delivered:
 
 * a gap in the consumer sequence (a message lost in transit);
 * a heartbeat whose ``Nats-Last-Consumer`` is not the last consumer sequence seen;
-* no heartbeat for twice the heartbeat interval while connected (the consumer is gone,
-  e.g. the server restarted);
+* no message and no heartbeat for twice the heartbeat interval while connected (the
+  consumer is gone, e.g. deleted, or the server restarted).  The silence is measured
+  from the last message or heartbeat taken, not from the start of a read, so it is
+  noticed however the consumer is polled (``next_msg`` with short timeouts included);
+  what arrived while the caller was elsewhere is queued and counts when it is taken;
 * a reconnect (the server may have sent messages while we were away).
+
+Recreating retries (with a backoff) while the server cannot answer, except when the
+stream itself is gone: then the consumer ends with :class:`StreamNotFoundError`, which
+``next_msg``/iteration raise (every later read too) and the client's ``error_cb`` gets
+once; a callback consumer's thread ends.  (nats.go's ordered consumer also gives up
+on errors other than timeouts and JetStream being unavailable.)
 
 Used by ``js.subscribe(..., ordered_consumer=True)`` and by the Key/Value watcher:
 ``OrderedConsumer(js, stream, subjects, deliver_policy=..., headers_only=..., cb=...)``.
 Without ``cb`` the messages are taken with :meth:`OrderedConsumer.next_msg` or by
 iterating, on the caller's thread (which also does the recreating); with ``cb`` a
 thread of its own (``natsync-js-ordered``) calls it for each message, in order.
+
+Threads and locks: one thread reads at a time (the caller of ``next_msg``, or the
+callback thread); it alone changes the sequence state (``stream_seq``, ``_cseq``,
+``_last``, ``_local``) and recreates the consumer.  ``_lock`` guards what
+:meth:`OrderedConsumer.stop` (any thread) shares with it: ``_stopped``, ``_sub``,
+``consumer`` and ``_error``; exactly one of ``stop()`` and a reset drops a given
+consumer.  The reader also looks at ``_stopped`` without the lock between messages:
+it is set once and never cleared, so a stale look only lets one more queued message
+out before the stop is seen under the lock.
 """
 
 from __future__ import annotations
@@ -32,6 +50,7 @@ from ..headers import Headers
 from ..msg import Msg
 from ..subscription import Subscription
 from .api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from .errors import StreamNotFoundError
 from .push import PushSubscription
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,9 +119,12 @@ class OrderedConsumer(PushSubscription):
         self.stream_seq = 0
         self._cseq = 0
         self.initial_pending = 0
+        self._lock = threading.Lock()  # guards _stopped, _sub, consumer, _error (see above)
         self._stopped = False
+        self._error: StreamNotFoundError | None = None  # the stream is gone: the end
         self._stop_event = threading.Event()
-        self._last = time.monotonic()
+        self._last = time.monotonic()  # when the last message or heartbeat was taken
+        self._seen = 0  # the deliver subscription's `delivered` when _last was set
         self._reconnects = self._nc.stats.reconnects
         self._resets = 0
         self._need_reset = False
@@ -167,13 +189,16 @@ class OrderedConsumer(PushSubscription):
             except NatsError:
                 pass
             raise
-        self._sub = sub
+        with self._lock:
+            stopped = self._stopped
+            self._sub = sub
+            self.consumer = info.name
         self._need_reset = False
-        self.consumer = info.name
         self._cseq = 0
         self._last = time.monotonic()
+        self._seen = 0
         self._reconnects = nc.stats.reconnects
-        if self._stopped:
+        if stopped:  # stop() came meanwhile and saw no consumer: this one is ours to drop
             self._drop(sub, info.name)
         return info
 
@@ -196,9 +221,12 @@ class OrderedConsumer(PushSubscription):
         sequence delivered (:meth:`_recreate`)."""
         self._resets += 1
         self._local.clear()
-        self._drop(self._sub, self.consumer)
-        self._sub = None
+        with self._lock:
+            sub, consumer, stopped = self._sub, self.consumer, self._stopped
+            self._sub = None
         self._need_reset = True
+        if not stopped:  # (else stop() dropped it)
+            self._drop(sub, consumer)
 
     def _recreate(self, deadline: float | None) -> None:
         """Create the consumer again; retries until it works, ``deadline`` passes
@@ -222,6 +250,8 @@ class OrderedConsumer(PushSubscription):
                 return
             except ConnectionClosedError:
                 raise
+            except StreamNotFoundError as e:
+                raise self._gone(e) from None
             except (NatsError, OSError) as e:
                 log.debug("ordered consumer on %s: recreate failed: %s", self.stream, e)
             wait = backoff if deadline is None else max(min(backoff, deadline - time.monotonic()), 0.0)
@@ -229,6 +259,24 @@ class OrderedConsumer(PushSubscription):
                 break
             backoff = min(backoff * 2, _MAX_BACKOFF)
         raise BadSubscriptionError("ordered consumer was stopped")
+
+    def _gone(self, cause: StreamNotFoundError) -> StreamNotFoundError:
+        """The stream was deleted: end for good, tell ``error_cb`` once."""
+        err = StreamNotFoundError(
+            cause.code,
+            cause.err_code,
+            f"stream {self.stream!r} was deleted: the ordered consumer on it has ended",
+            operation="ordered consumer",
+            stream=self.stream,
+        )
+        with self._lock:
+            first = self._error is None and not self._stopped
+            if first:
+                self._error = err
+        if first:
+            log.warning("ordered consumer on %s ended: its stream was deleted", self.stream)
+            self._nc._report_error(err)
+        return err
 
     # --- receiving -----------------------------------------------------------------------
 
@@ -239,6 +287,7 @@ class OrderedConsumer(PushSubscription):
         Raises:
             natsync.TimeoutError: none came in time.
             BadSubscriptionError: the consumer was stopped.
+            StreamNotFoundError: the stream was deleted (the consumer has ended).
             ConnectionClosedError: the client closed.
         """
         if self._cb is not None:
@@ -264,14 +313,13 @@ class OrderedConsumer(PushSubscription):
 
     def _poll(self, timeout: float | None) -> Msg:
         nc = self._nc
-        start = time.monotonic()
-        deadline = None if timeout is None else start + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         hb_window = 2 * self._hb
-        if self._last < start:
-            self._last = start  # time the caller spent elsewhere is not the server's silence
         while True:
             if self._stopped:
                 raise BadSubscriptionError("ordered consumer was stopped")
+            if self._error is not None:
+                raise self._error
             if self._need_reset:
                 self._recreate(deadline)
             sub = self._sub
@@ -297,6 +345,10 @@ class OrderedConsumer(PushSubscription):
                     self._last = time.monotonic()
             else:
                 now = time.monotonic()
+                seen = sub.delivered
+                if seen != self._seen:  # taken since we last looked (a fast path): not silence
+                    self._seen = seen
+                    self._last = now
                 wait = self._last + hb_window - now
                 if deadline is not None:
                     wait = min(wait, deadline - now)
@@ -374,7 +426,12 @@ class OrderedConsumer(PushSubscription):
             self._reset()  # the consumer went away (e.g. deleted): make a new one
 
     def __iter__(self) -> Iterator[Msg]:
-        """Yield messages in stream order until the consumer is stopped."""
+        """Yield messages in stream order until the consumer is stopped.
+
+        Raises:
+            StreamNotFoundError: the stream was deleted (the consumer has ended).
+            ConnectionClosedError: the client closed.
+        """
         while True:
             try:
                 yield self.next_msg(timeout=None)
@@ -387,8 +444,8 @@ class OrderedConsumer(PushSubscription):
         while True:
             try:
                 msg = self._poll(None)
-            except (BadSubscriptionError, ConnectionClosedError):
-                return
+            except (BadSubscriptionError, ConnectionClosedError, StreamNotFoundError):
+                return  # (a deleted stream was reported to error_cb)
             except Exception as e:  # noqa: BLE001 - keep the thread's failure visible
                 log.exception("ordered consumer on %s failed", self.stream)
                 self._nc._report_error(e)
@@ -403,12 +460,14 @@ class OrderedConsumer(PushSubscription):
     def stop(self) -> None:
         """Stop the consumer: the iteration ends, the callback thread ends (joined
         unless called from it) and the server's consumer is deleted."""
-        if self._stopped:
-            return
-        self._stopped = True
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            sub, consumer = self._sub, self.consumer
         self._stop_event.set()
         if not self._nc.is_closed:
-            self._drop(self._sub, self.consumer)
+            self._drop(sub, consumer)
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(5.0)
@@ -423,8 +482,8 @@ class OrderedConsumer(PushSubscription):
 
     @property
     def is_valid(self) -> bool:
-        """False once stopped or the client closed."""
-        return not self._stopped and not self._nc.is_closed
+        """False once stopped, ended (its stream was deleted) or the client closed."""
+        return not self._stopped and self._error is None and not self._nc.is_closed
 
     def consumer_info(self, timeout: float | None = None) -> ConsumerInfo:
         """The current (latest recreated) consumer's info."""
