@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from . import protocol
