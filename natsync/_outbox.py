@@ -355,13 +355,13 @@ class Relay:
     ) -> None:
         self.storage = storage
         self._client = client
-        self.settings = settings or OutboxSettings()
+        self.settings: OutboxSettings = settings or OutboxSettings()
         self.name = name
         self._wake = threading.Event()  # set by wake(): a commit wrote rows
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()  # guards _thread
-        self.published = 0  # rows published by this relay (written by the thread running rounds)
+        self.published: int = 0  # rows published by this relay (written by the thread running rounds)
         # The JetStream context of the last client; only the thread running rounds uses it.
         self._js: tuple[Client, Any] | None = None
 

@@ -731,7 +731,7 @@ class Worker:
         self._loops: list[threading.Thread] = []
         self._pool: ThreadPoolExecutor | None = None
         self._slots: threading.Semaphore | None = None
-        self.handled = 0  # messages handled (successfully or not); for tests and logs
+        self.handled: int = 0  # messages handled (successfully or not); for tests and logs
         self._count_lock = threading.Lock()
 
     @property

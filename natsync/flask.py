@@ -66,7 +66,7 @@ from .msg import Msg
 __all__ = ["EXTENSION_KEY", "NATS", "PermanentError"]
 
 EXTENSION_KEY = "natsync"
-log = logging.getLogger("natsync")
+log: logging.Logger = logging.getLogger("natsync")
 PermanentError = _web.PermanentError
 
 

@@ -77,7 +77,7 @@ __all__ = [
     "stats",
 ]
 
-log = logging.getLogger("natsync.micro")
+log: logging.Logger = logging.getLogger("natsync.micro")
 
 API_PREFIX = "$SRV"
 """The prefix of every discovery subject."""
@@ -113,8 +113,8 @@ class ServiceError(NatsError):
     """
 
     def __init__(self, code: int | str, description: str) -> None:
-        self.code = _code_text(code)
-        self.description = description
+        self.code: str = _code_text(code)
+        self.description: str = description
         super().__init__(f"{self.code}:{description}")
 
     @classmethod
@@ -153,7 +153,7 @@ class Request:
     __slots__ = ("msg", "_error", "_responded")
 
     def __init__(self, msg: Msg) -> None:
-        self.msg = msg
+        self.msg: Msg = msg
         self._error: str | None = None
         self._responded = False
 
@@ -302,10 +302,10 @@ class Endpoint:
         self.handler = handler
         self.metadata = metadata
         self.max_concurrency = max_concurrency
-        self.num_requests = 0
-        self.num_errors = 0
-        self.last_error = ""
-        self.processing_time = 0  # ns
+        self.num_requests: int = 0
+        self.num_errors: int = 0
+        self.last_error: str = ""
+        self.processing_time: int = 0  # ns
         self._sub: Subscription | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._slots: threading.BoundedSemaphore | None = None
@@ -444,6 +444,8 @@ class Endpoint:
 
 
 class _EndpointAdder:
+    """What :class:`Service` and :class:`Group` share: adding endpoints and groups."""
+
     service: Service
     _prefix: str
     _queue_group: str
@@ -532,8 +534,8 @@ class Service(_EndpointAdder):
         metadata: dict[str, str],
         queue_group: str,
     ) -> None:
-        self.service = self
-        self.nc = nc
+        self.service: Service = self
+        self.nc: Client = nc
         self.name = name
         self.version = version
         self.description = description
@@ -541,9 +543,9 @@ class Service(_EndpointAdder):
         self.queue_group = queue_group
         self._prefix = ""
         self._queue_group = queue_group
-        self.id = nc.new_inbox().rsplit(".", 1)[-1]
-        self.started = datetime.datetime.now(datetime.timezone.utc)
-        self.stopped = threading.Event()
+        self.id: str = nc.new_inbox().rsplit(".", 1)[-1]
+        self.started: datetime.datetime = datetime.datetime.now(datetime.timezone.utc)
+        self.stopped: threading.Event = threading.Event()
         self._lock = threading.Lock()
         self._stopping = False
         self._endpoints: list[Endpoint] = []

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .. import _outbox, _web
@@ -68,9 +68,60 @@ ENV_PREFIX = "NATSYNC_"
 PermanentError = _web.PermanentError
 
 #: The handlers declared with :func:`subscribe` and :func:`consume` in this process.
-handlers = _web.HandlerRegistry()
-subscribe = handlers.subscribe
-consume = handlers.consume
+handlers: _web.HandlerRegistry = _web.HandlerRegistry()
+
+
+def subscribe(
+    subject: str, queue: str | None = None, *, name: str | None = None
+) -> Callable[[_web.HandlerFunc], _web.HandlerFunc]:
+    """Decorator: run the function for each message on *subject* (in a worker).
+
+    A message with a reply subject is answered with the function's return value when it
+    is not None (bytes, bytearray, memoryview or str).  Use a *queue* group to share the
+    messages among several workers.  Same as ``handlers.subscribe``.
+
+    Raises:
+        natsync.BadSubjectError: for an invalid subject or queue name.
+        ValueError: when another handler already has this name.
+    """
+    return handlers.subscribe(subject, queue, name=name)
+
+
+def consume(
+    *,
+    stream: str,
+    durable: str,
+    subject: str | None = None,
+    permanent: type[BaseException] | Iterable[type[BaseException]] = (),
+    backoff: Sequence[float] = _web._DEFAULT_BACKOFF,
+    batch: int = 10,
+    name: str | None = None,
+) -> Callable[[_web.HandlerFunc], _web.HandlerFunc]:
+    """Decorator: run the function for each message of a JetStream pull consumer.
+
+    The worker binds to the durable consumer *durable* of *stream* (created with
+    *subject* as its filter when a subject is given), fetches up to *batch* messages at
+    a time and, per message: ``ack`` when the function returns, ``term`` when it raises
+    :class:`PermanentError` or one of *permanent*, and ``nak`` with the delay
+    ``backoff[n-1]`` (n = the delivery count; the last value repeats) when it raises
+    anything else.  Same as ``handlers.consume``.
+
+    Raises:
+        ValueError: for an empty stream or durable name, a bad batch or backoff, or a
+            name already taken.
+        natsync.BadSubjectError: for an invalid subject.
+        TypeError: when *permanent* holds something that is not an exception type.
+    """
+    return handlers.consume(
+        stream=stream,
+        durable=durable,
+        subject=subject,
+        permanent=permanent,
+        backoff=backoff,
+        batch=batch,
+        name=name,
+    )
+
 
 _lock = threading.Lock()
 _clients: _web.ProcessClient | None = None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.apps import AppConfig
 from django.core.signals import setting_changed
+
+from ._bases import AppConfig
 
 
 class NatsyncConfig(AppConfig):

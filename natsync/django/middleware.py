@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from .. import _web
 
-log = logging.getLogger("natsync")
+log: logging.Logger = logging.getLogger("natsync")
 
 
 class NatsUnavailableMiddleware:

@@ -76,7 +76,7 @@ class APIError(JetStreamError):
     ) -> None:
         self.code = code
         self.err_code = err_code
-        self.description = description or ""
+        self.description: str = description or ""
         self.operation = operation
         self.stream = stream
         self.seq = seq

@@ -1,15 +1,21 @@
 """The outbox table."""
 
+from typing import Any
+
 import django.utils.timezone
 from django.db import migrations, models
 
+from natsync.django._bases import Migration as _Migration
 
-class Migration(migrations.Migration):
-    initial = True
+
+class Migration(_Migration):
+    """Create the ``natsync_outbox`` table (:class:`natsync.django.models.OutboxMessage`)."""
+
+    initial: bool | None = True
 
     dependencies: list[tuple[str, str]] = []
 
-    operations = [
+    operations: list[Any] = [
         migrations.CreateModel(
             name="OutboxMessage",
             fields=[

@@ -9,11 +9,12 @@ import threading
 import time
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from .... import _web
 from ... import get_client
+from ..._bases import BaseCommand
 from ...outbox import DjangoOutboxStorage, make_relay, outbox_settings, table_exists
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, close_old_connections
 from django.utils.module_loading import autodiscover_modules
 
@@ -12,6 +12,7 @@ from .... import _web
 from ....errors import NatsError
 from ....msg import Msg
 from ... import get_client, handlers
+from ..._bases import BaseCommand
 from ...outbox import make_relay, outbox_settings, table_exists
 
 
