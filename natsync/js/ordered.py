@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["OrderedConsumer"]
 
-log = logging.getLogger("natsync")
+log: logging.Logger = logging.getLogger("natsync")
 
 _INACTIVE = 300.0  # seconds the server keeps a consumer nobody listens to (nats.go: 5 min)
 _MAX_BACKOFF = 1.0
@@ -85,6 +85,9 @@ class OrderedConsumer(PushSubscription):
         initial_pending: how many messages matched when the consumer was first created
             (the server's ``num_pending``), e.g. to know when history ends.
     """
+
+    #: the name of the consumer now in use (a new one after each reset); guard: ``_lock``
+    consumer: str
 
     def __init__(
         self,
@@ -116,9 +119,9 @@ class OrderedConsumer(PushSubscription):
         self._headers_only = headers_only
         self._hb = float(idle_heartbeat)
         self._cb = cb
-        self.stream_seq = 0
+        self.stream_seq: int = 0
         self._cseq = 0
-        self.initial_pending = 0
+        self.initial_pending: int = 0
         self._lock = threading.Lock()  # guards _stopped, _sub, consumer, _error (see above)
         self._stopped = False
         self._error: StreamNotFoundError | None = None  # the stream is gone: the end

@@ -58,8 +58,8 @@ class PushSubscription:
     ) -> None:
         self._js = js
         self._nc = js._nc
-        self.stream = stream
-        self.consumer = consumer
+        self.stream: str = stream
+        self.consumer: str = consumer
         self._sub = sub
         self._delete = delete_on_unsubscribe
 
