@@ -86,7 +86,7 @@ class OrderedConsumer(PushSubscription):
             (the server's ``num_pending``), e.g. to know when history ends.
     """
 
-    #: the name of the consumer now in use (a new one after each reset); guard: ``_lock``
+    #: The name of the consumer now in use (a new one after each reset), guarded by ``_lock``.
     consumer: str
 
     def __init__(
