@@ -15,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import protocol
+from . import _protocol as protocol
+from ._auth import resolve_connect_auth
 from ._options import Options
+from ._protocol import OK, PING, PONG, Err, Info, Parser
+from ._servers import Server
+from ._transport import Transport, tls_error_hint
 from ._version import __version__
-from .auth import resolve_connect_auth
 from .errors import AuthorizationError, NatsError, ProtocolError, SecureConnectionError, TimeoutError
-from .protocol import OK, PING, PONG, Err, Info, Parser
-from .servers import Server
-from .transport import Transport, tls_error_hint
 
 __all__ = ["Connection", "handshake", "handshake_error", "VERSION"]
 

@@ -29,8 +29,11 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Final
 
-from . import protocol
+from . import _protocol as protocol
+from ._dispatch import EventDispatcher
+from ._nuid import next_nuid, reseed_nuid
 from ._requests import Latch, RequestMux
+from ._servers import ServerPool
 from ._state import (
     CLOSED,
     CONNECTED,
@@ -42,7 +45,6 @@ from ._state import (
 )
 from ._subs import SubTable
 from ._writer import Writer
-from .dispatch import EventDispatcher
 from .errors import (
     BadSubscriptionError,
     ConnectionClosedError,
@@ -51,8 +53,6 @@ from .errors import (
     NoServersError,
     TimeoutError,
 )
-from .nuid import next_nuid, reseed_nuid
-from .servers import ServerPool
 from .subscription import ACTIVE, DRAINING, Subscription
 
 if TYPE_CHECKING:  # pragma: no cover

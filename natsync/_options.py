@@ -10,10 +10,10 @@ import ssl
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from . import protocol
-from .auth import Credentials, check_credentials
+from . import _protocol as protocol
+from ._auth import Credentials, check_credentials
+from ._servers import Server, parse_servers
 from .errors import BadSubjectError, NatsError
-from .servers import Server, parse_servers
 
 __all__ = ["Options", "build_options", "check_number", "DEFAULT"]
 
@@ -203,7 +203,7 @@ def build_options(
     extra = None
     nkey_options = ("nkeys_seed", "nkeys_seed_str", "user_credentials", "signature_cb", "user_jwt_cb")
     if any(kw[k] is not None for k in nkey_options):
-        from .nkeys import make_signer
+        from ._nkeys import make_signer
 
         extra = make_signer(**{k: kw[k] for k in nkey_options})
     creds = Credentials(token=kw["token"], user=kw["user"], password=kw["password"], extra=extra)

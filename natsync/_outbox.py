@@ -37,6 +37,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
+from ._nuid import next_nuid
+from ._protocol import validate_subject
 from .client import Client
 from .errors import (
     BadHeaderError,
@@ -47,8 +49,6 @@ from .errors import (
     PermissionsError,
 )
 from .headers import Headers, HeadersInput, encode_headers
-from .nuid import next_nuid
-from .protocol import validate_subject
 
 __all__ = [
     "OutboxRow",

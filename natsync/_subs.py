@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 
-from . import protocol
+from . import _protocol as protocol
 from .subscription import ACTIVE, Subscription
 
 __all__ = ["SubTable"]

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Final, Protocol
 
+from ._protocol import validate_queue, validate_subject
 from .client import Client, connect
 from .errors import (
     AuthorizationError,
@@ -45,7 +46,6 @@ from .errors import (
 )
 from .errors import TimeoutError as NatsTimeoutError
 from .msg import Msg
-from .protocol import validate_queue, validate_subject
 
 __all__ = [
     "check_options",

@@ -56,7 +56,7 @@ import threading
 import time
 from typing import Final, Protocol
 
-from .transport import Transport
+from ._transport import Transport
 
 __all__ = ["CRLF", "Writer", "WriterOwner"]
 

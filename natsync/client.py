@@ -73,14 +73,19 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _lifecycle, _starter, protocol
+from . import _lifecycle, _starter
+from . import _protocol as protocol
+from ._dispatch import EventDispatcher
 from ._handshake import AUTH_ERRORS as _AUTH_ERRORS
 from ._handshake import VERSION, Connection, handshake, handshake_error
 from ._lifecycle import JOIN_GRACE as _JOIN_GRACE
 from ._lifecycle import live_clients as _live_clients
+from ._nuid import next_nuid
 from ._options import DEFAULT as _DEFAULT
 from ._options import Options, _Default, build_options, check_number
+from ._protocol import OK, PING, PONG, Err, Info, MsgRun, Parser
 from ._requests import Latch, RequestMux, Waiter
+from ._servers import Server, ServerPool
 from ._state import (
     CLOSED,
     CONNECTED,
@@ -94,9 +99,9 @@ from ._state import (
     STATE_NAMES,
 )
 from ._subs import SubTable
+from ._transport import Transport
 from ._writer import CRLF as _CRLF
 from ._writer import Writer
-from .dispatch import EventDispatcher
 from .errors import (
     AuthorizationError,
     BadSubjectError,
@@ -117,11 +122,7 @@ from .errors import (
 )
 from .headers import HeadersInput, encode_headers
 from .msg import Msg
-from .nuid import next_nuid
-from .protocol import OK, PING, PONG, Err, Info, MsgRun, Parser
-from .servers import Server, ServerPool
 from .subscription import ACTIVE, DRAINING, ENDED, MsgHandler, Subscription
-from .transport import Transport
 
 if TYPE_CHECKING:  # pragma: no cover
     from .js import JetStream

@@ -1,4 +1,4 @@
-"""Tests of natsync.auth: the credential resolver of API.md, rule by rule (pure, no sockets)."""
+"""Tests of natsync._auth: the credential resolver of API.md, rule by rule (pure, no sockets)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natsync.auth import Credentials, check_credentials, resolve_connect_auth
-from natsync.servers import Server, ServerPool, parse_servers, parse_url
+from natsync._auth import Credentials, check_credentials, resolve_connect_auth
+from natsync._servers import Server, ServerPool, parse_servers, parse_url
 
 
 def _server(url: str, learned_from: str | None = None) -> Server:

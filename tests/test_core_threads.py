@@ -15,7 +15,7 @@ from recorder import Recorder, wait_until
 
 import natsync
 from natsync import _starter
-from natsync.dispatch import MAX_QUEUED_ERRORS, EventDispatcher
+from natsync._dispatch import MAX_QUEUED_ERRORS, EventDispatcher
 from natsync.testing import NATSServer
 
 WAIT = 10.0

@@ -18,9 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from natsync.errors import BadHeaderError, BadSubjectError, ProtocolError
-from natsync.headers import Headers, decode_headers, encode_headers
-from natsync.protocol import (
+from natsync._protocol import (
     MAX_CONTROL_LINE,
     MAX_PAYLOAD_SIZE,
     OK,
@@ -34,6 +32,8 @@ from natsync.protocol import (
     validate_queue,
     validate_subject,
 )
+from natsync.errors import BadHeaderError, BadSubjectError, ProtocolError
+from natsync.headers import Headers, decode_headers, encode_headers
 
 FUZZING = "NATSYNC_FUZZ_EXAMPLES" in os.environ
 EXAMPLES = int(os.environ.get("NATSYNC_FUZZ_EXAMPLES", "300"))

@@ -38,7 +38,7 @@ from proxy import TCPProxy
 from recorder import Recorder, wait_until
 
 import natsync
-from natsync.servers import parse_servers
+from natsync._servers import parse_servers
 from natsync.testing import NATSServer
 
 WAIT = 10.0  # upper bound for anything that should happen "soon"

@@ -33,7 +33,7 @@ from fakeserver import FakeConn, FakeServer
 
 import natsync
 from natsync import AuthorizationError, NatsError, NoServersError
-from natsync.nkeys import NKEYS_IMPORT_ERROR, NkeysNotSupportedError, make_signer
+from natsync._nkeys import NKEYS_IMPORT_ERROR, NkeysNotSupportedError, make_signer
 from natsync.testing import NATSServer
 
 ROOT = Path(__file__).resolve().parent.parent

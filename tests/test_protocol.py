@@ -1,4 +1,4 @@
-"""Tests of natsync.protocol: the sans-IO parser, the encoders and the validators (pure)."""
+"""Tests of natsync._protocol: the sans-IO parser, the encoders and the validators (pure)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from natsync.errors import BadSubjectError, ProtocolError
-from natsync.protocol import (
+from natsync._protocol import (
     MAX_CONTROL_LINE,
     MAX_PAYLOAD_SIZE,
     OK,
@@ -29,6 +28,7 @@ from natsync.protocol import (
     validate_queue,
     validate_subject,
 )
+from natsync.errors import BadSubjectError, ProtocolError
 
 MiB = 1024 * 1024
 

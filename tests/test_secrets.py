@@ -38,7 +38,7 @@ from authkit import (
 
 import natsync
 from natsync import Headers, NatsError
-from natsync.nkeys import make_signer
+from natsync._nkeys import make_signer
 from natsync.testing import NATSCluster, NATSServer
 
 HANG = 20.0

@@ -1,4 +1,4 @@
-"""Tests of natsync.servers: URL parsing, redaction and the server pool (pure, no sockets)."""
+"""Tests of natsync._servers: URL parsing, redaction and the server pool (pure, no sockets)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from natsync.servers import (
+from natsync._servers import (
     DEFAULT_PORT,
     DEFAULT_URL,
     Server,

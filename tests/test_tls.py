@@ -31,8 +31,8 @@ from fakeserver import FakeConn, FakeServer
 
 import natsync
 from natsync import AuthorizationError, NoServersError, SecureConnectionError
+from natsync._transport import Transport
 from natsync.testing import NATSCluster, NATSServer
-from natsync.transport import Transport
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "tls-t0ken-Zq8"

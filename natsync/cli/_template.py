@@ -27,7 +27,7 @@ import string
 import time
 from dataclasses import dataclass
 
-from ..nuid import next_nuid
+from .._nuid import next_nuid
 
 __all__ = ["TemplateError", "expand", "has_actions"]
 

@@ -233,7 +233,7 @@ def status_of(hdr: bytes | None, data: bytes, headers: Headers | None) -> tuple[
 def consumer_name() -> str:
     """A fresh consumer name for an ephemeral consumer (created through the extended
     ``CONSUMER.CREATE.<stream>.<name>`` subject, as nats.go names them)."""
-    from ..nuid import next_nuid
+    from .._nuid import next_nuid
 
     return next_nuid()
 

@@ -33,9 +33,9 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .._nuid import next_nuid
 from ..errors import NoRespondersError
 from ..headers import Headers, HeadersInput
-from ..nuid import next_nuid
 from ._proto import decode_api_response
 from .api import Header, PubAck, format_ttl
 from .errors import APIError, JetStreamError, NoStreamResponseError

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
-from ..nuid import next_nuid
+from .._nuid import next_nuid
 from . import api
 from .errors import (
     APIError,

@@ -98,7 +98,7 @@ class PullSubscription:
 
     def _new_inbox(self) -> str:
         if self._inbox_prefix:
-            from ..nuid import next_nuid
+            from .._nuid import next_nuid
 
             return f"{self._inbox_prefix}.{next_nuid()}"
         return self._nc.new_inbox()

@@ -2,7 +2,7 @@
 
 :func:`make_signer` turns the ``connect()`` options ``nkeys_seed``, ``nkeys_seed_str``,
 ``user_credentials``, ``signature_cb`` and ``user_jwt_cb`` into the callable that the
-credential resolver (:class:`natsync.auth.Credentials` ``extra``) calls on every
+credential resolver (:class:`natsync._auth.Credentials` ``extra``) calls on every
 connection attempt with the server's INFO ``nonce``.  It returns the CONNECT fields:
 
 * an NKEY user (``nkeys_seed`` / ``nkeys_seed_str``): ``nkey`` (the public key) and
@@ -219,7 +219,7 @@ class _KeySource:
 
 
 class _Signer:
-    """The ``extra`` callable of :class:`natsync.auth.Credentials`: nonce -> CONNECT fields."""
+    """The ``extra`` callable of :class:`natsync._auth.Credentials`: nonce -> CONNECT fields."""
 
     def __init__(
         self,

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from .servers import Server
+from ._servers import Server
 
 __all__ = ["Credentials", "TokenOption", "check_credentials", "resolve_connect_auth"]
 
