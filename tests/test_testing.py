@@ -196,7 +196,9 @@ def test_wait_for_exit(server: NATSServer) -> None:
 
 def test_lame_duck_without_clients(server: NATSServer) -> None:
     server.lame_duck()
-    assert server.wait(timeout=10) == 0
+    # without clients it exits soon; a generous bound, as a loaded CI machine (seen on
+    # CPython 3.13's matrix run) can take over 10 s
+    assert server.wait(timeout=40) == 0
     assert not server.is_running
     assert "Entering lame duck mode" in server.log
     with pytest.raises(RuntimeError, match="not running"):
