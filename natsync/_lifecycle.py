@@ -166,6 +166,7 @@ def drain(c: Client, timeout: float | None = None) -> None:
             if not disconnected:
                 subs = c._table.user_subs()
                 c._state = DRAINING_SUBS
+                c._w.close_gate()  # from here on publishes take the lock (see _writer)
                 for s in subs:
                     if s._state == ACTIVE:
                         s._state = DRAINING
@@ -261,6 +262,7 @@ def close(
             transport = c._transport
             was_connected = transport is not None
             c._state = CLOSED
+            c._w.close_gate()  # what was published so far goes out with the final flush
             c._closed_reason = reason
             c._client_id = None
             dialing = c._dialing
@@ -352,7 +354,7 @@ def exit_flush(c: Client, deadline: float) -> None:
     if c._state not in (CONNECTED, DRAINING_SUBS, DRAINING_PUBS, RECONNECTING):
         return
     with c._lock:
-        if not c._w.out_msgs and not c._w.q:
+        if not c._w.out_msgs and not c._w.has_data():
             return
     left = deadline - time.monotonic()
     if left <= 0:

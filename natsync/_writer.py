@@ -1,36 +1,65 @@
 """The writer: the one thread that writes to a connection's socket, with a deadline.
 
-Everybody else only appends protocol bytes to the queue :attr:`Writer.q` and then either
-:meth:`kick`\\ s the writer or calls :meth:`send_soon`, which hands the bytes to the
-kernel from the calling thread when that cannot block (nobody else is writing, plain
-TCP, and the socket takes them at once) and kicks the writer for whatever is left. So no
-caller ever waits on the socket: a caller with a timeout waits on its own deadline (a
-PONG, a reply), whatever the peer does.
+Everybody else only queues protocol bytes and then either :meth:`Writer.kick`\\ s the
+writer or calls :meth:`Writer.send_soon`, which hands the bytes to the kernel from the
+calling thread when that cannot block (nobody else is writing, plain TCP, and the socket
+takes them at once) and kicks the writer for whatever is left. So no caller ever waits
+on the socket: a caller with a timeout waits on its own deadline (a PONG, a reply),
+whatever the peer does.
 
-The queue is a list of triplets, each appended with one ``q += (a, b, c)``:
+What is queued is a flat list of triplets, so that the bytes to send are
+``b"".join(items)`` and the messages and payload bytes among them can be counted from
+the triplets (``len/3`` minus the others, ``sum(map(len, items[1::3]))``) instead of on
+every publish:
 
 * a message: ``(head, payload, CRLF)``, head being the ``PUB``/``HPUB`` line (and the
-  header block);
-* anything else (``SUB``, ``UNSUB``, ``PING``, ``PONG``, a resend): ``(data, b"", b"")``
-  (see :meth:`ctl`).
+  header block). ``publish()``'s fast path makes that CRLF a new object
+  (:func:`fresh_crlf`), by which a publisher finds its own message again (see "the
+  gate" below);
+* anything else (``SUB``, ``UNSUB``, ``PING``, ``PONG``, a resend, an unsent rest):
+  ``(data, b"", b"")``, counted in ``_ctl``.
 
-So the bytes to send are ``b"".join(q)``, and the messages and payload bytes among them
-are counted from the triplets (:meth:`take_items`, :meth:`pending`) instead of on every
-publish. Whoever takes from the queue takes the whole list and puts an empty one in its
-place.
+**Two lists, one gate.**
 
-**Guard: the client's lock** (``lock`` here) guards ``q``, ``_ctl``, ``kicked``,
-``busy`` and the counters. Every append (``publish()`` included), every take and every
-read of the queue's length or content happens under it, and so does every change of the
-client's state that decides whether a message may still be queued (close, drain, a
-disconnect). That makes ``publish()`` linearizable with them: a message is appended
-either before the take that sends it, or before a state change after which it is sent
-by the final flush or dropped by a documented rule (a broken connection), or not at all
-(publish raises). Nothing rests on the GIL: the same holds with the GIL switching
-threads inside an allocation (CPython <= 3.11 runs the garbage collector, and its
-finalizers, there) and on free-threaded CPython. ``publish()`` builds its triplet before
-taking the lock, so its critical section allocates nothing and no finalizer can run
-inside it.
+* ``q`` (the publish list) is never replaced. ``publish()`` appends its triplet to it
+  *without a lock*, as one ``q += (head, payload, crlf)``: one list operation, atomic on every
+  CPython (one C call that runs no Python code and allocates no collected object, so
+  the GIL is not released inside it; a per-object lock on free-threaded CPython). Every
+  other change to ``q`` (taking, sweeping, withdrawing) is made under the client's lock.
+* ``front`` is guarded by the client's lock and is written before ``q``: what must go
+  first (a resend of the subscriptions, the unsent rest of a write), and everything
+  queued while the gate is closed (the reconnect buffer, a drain's last messages).
+* ``open`` (the gate) is True exactly while the client is CONNECTED; it is changed under
+  the client's lock together with the client's state. While it is closed, ``q`` is
+  neither written nor counted.
+
+The protocol that makes ``publish()`` linearizable with close(), drain(), a disconnect
+and the writer's take, with no lock on its fast path:
+
+1. The publisher appends its triplet to ``q``, *then* reads ``open``.
+2. Closing the gate (:meth:`close_gate`, under the lock) first sets ``open = False``,
+   then moves everything in ``q`` to ``front`` with one slice (``q[:]``, one atomic
+   list operation): those messages are sent (or counted dropped) by the rule of the
+   state change. Any triplet that slice did not see was appended after it, so after the
+   gate closed: its publisher reads ``open`` False (the slice is ordered after the
+   store by program order, and the append after the slice by the list's own atomicity;
+   on free-threaded CPython the list's lock gives that happens-before edge).
+3. A publisher that read False takes the lock and looks for its own triplet in ``q``,
+   by the identity of its CRLF (:meth:`withdraw`). Found: it was never accepted; it
+   is removed, and the publish goes the locked way (buffered while reconnecting,
+   refused when closed or draining). Not found: a gate closing moved it to ``front``
+   (or the writer took it) before the publisher looked, so it is sent or counted
+   dropped: publish() returns normally. If the gate is open again when it looks, its
+   triplet is still in ``q`` (sent on the new connection) or was handled by an earlier
+   step: it returns normally too.
+4. Opening the gate (a connection installed) leaves in ``q`` the triplets of publishers
+   that have not yet looked (step 3): they go out on the new connection, after
+   ``front``.
+
+The same ordering makes the ``kicked`` flag safe without a lock on the publisher's
+side: the writer clears ``kicked`` under the lock *before* it takes ``q`` with one slice,
+so a triplet that take did not see was appended after it, and its publisher, which reads
+``kicked`` after appending, sees False and kicks again.
 
 The writer thread is started on the first kick, not on connect: a client that only
 connects, flushes and closes never starts it. It writes with a deadline
@@ -39,9 +68,9 @@ owner breaks the connection, and the reconnect starts.
 
 Threads and locks:
 
-* ``lock`` is the client's lock: it guards the queue (appends, takes, length), the
-  ``kicked`` flag, the counters and the client's state. Held for short steps only, never
-  across a socket call or user code.
+* ``lock`` is the client's lock: it guards ``front``, ``open``, every removal from
+  ``q``, the ``kicked`` flag's clearing, the counters and the client's state. Held for
+  short steps only, never across a socket call or user code.
 * ``_send_lock`` is held by whoever writes to the socket (the writer thread, a caller in
   :meth:`send_soon` (which only tries it), the closing thread's final flush). Order:
   ``_send_lock`` before ``lock``.
@@ -54,15 +83,28 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Final, Protocol
 
 from ._transport import Transport
 
-__all__ = ["CRLF", "Writer", "WriterOwner"]
+__all__ = ["CRLF", "Writer", "WriterOwner", "fresh_crlf"]
 
-CRLF: Final = b"\r\n"  # the third item of a message triplet
-_NONE: Final = b""  # the second and third items of any other triplet
+CRLF: Final = b"\r\n"  # the third item of a message triplet queued under the lock
+_NONE: Final = b""  # the second and third items of any other triplet (one object)
 _JOIN_ITEMS: Final = 3 * 1024  # triplets joined into one buffer for one write
+
+
+def _check_fresh() -> bool:
+    a, b = CRLF.upper(), CRLF.upper()
+    return a == CRLF and a is not b and a is not CRLF
+
+
+#: A new ``b"\r\n"`` object on every call: the third item of a message triplet that
+#: ``publish()`` appends without a lock (its identity is how the publisher finds it
+#: again). ``bytes.upper()`` makes a new object on CPython (about 30 ns); checked at
+#: import, with a slower fallback.
+fresh_crlf: Callable[[], bytes] = CRLF.upper if _check_fresh() else (lambda: bytes(bytearray(CRLF)))
 
 
 class WriterOwner(Protocol):
@@ -91,13 +133,19 @@ class _StartOnSet:
 
 
 class Writer:
-    """The write side of one client: a buffer and the thread that sends it."""
+    """The write side of one client: what is queued and the thread that sends it."""
 
     def __init__(self, owner: WriterOwner, lock: threading.Lock, stall: float, name: str) -> None:
+        # The publish list (see the module's docstring): appended to without a lock
+        # (whole triplets, one ``+=``) while open; removed from only under lock.
         self.q: list[bytes] = []
-        self._ctl = 0  # triplets in q that are not messages (changed under lock)
-        # messages (and their payload bytes) taken from q: sent, or dropped with a
-        # connection (changed under lock)
+        # Written before q; everything queued while the gate is closed (under lock).
+        self.front: list[bytes] = []
+        # The gate: True exactly while the client is CONNECTED (changed under lock).
+        self.open = False
+        self._ctl = 0  # triplets in front and q that are not messages (under lock)
+        # messages (and their payload bytes) taken: sent, or dropped with a connection
+        # (changed under lock)
         self.out_msgs = 0
         self.out_bytes = 0
         # of out_msgs, the messages that may not have reached the server: queued for a
@@ -105,14 +153,19 @@ class Writer:
         # when close()'s final flush reached its deadline (changed under lock)
         self.dropped_msgs = 0
         self._batch_msgs = 0  # messages in the last batch taken (under lock)
-        # a kick is pending: set by whoever appends and sets the event, cleared by the
-        # writer before it takes the queue (under lock)
+        # a kick is pending: set (under lock) by whoever sets the event, cleared by the
+        # writer (under lock) before it takes the queue; read by publishers without it
         self.kicked = False
+        # publish()'s one look after appending (written under lock, read without it):
+        # ``open and kicked and not busy``, kept so by _set_go() at every change of the
+        # three. True: return at once (open, the writer is on its way, and no batch is
+        # being written, so no back-pressure can be due); False: look at each.
+        self.go = False
         self.event: threading.Event | _StartOnSet = _StartOnSet(self)
         self.stall = stall
         self._owner = owner
         self._lock = lock
-        self.idle = threading.Condition(lock)  # notified after each batch is written
+        self.idle = threading.Condition(lock)  # notified after each batch is taken/written
         self._send_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._name = name
@@ -123,27 +176,72 @@ class Writer:
     # --- the queue (every method here is called with lock held) ---------------------------
 
     def ctl(self, data: bytes) -> None:
-        """Queue protocol bytes that are not a message."""
-        self.q += (data, _NONE, _NONE)
+        """Queue protocol bytes that are not a message, after everything queued."""
+        if self.open:
+            self.q += (data, _NONE, _NONE)
+        else:
+            self.front += (data, _NONE, _NONE)
         self._ctl += 1
 
     def ctl_first(self, data: bytes | bytearray | memoryview) -> None:
         """Queue protocol bytes before everything queued (a resend, an unsent rest)."""
-        self.q[0:0] = (bytes(data), _NONE, _NONE)
+        self.front[0:0] = (bytes(data), _NONE, _NONE)
         self._ctl += 1
 
+    def put(self, head: bytes, payload: bytes) -> None:
+        """Queue a message after everything queued (a publish that took the lock)."""
+        if self.open:
+            self.q += (head, payload, CRLF)
+        else:
+            self.front += (head, payload, CRLF)
+
+    def open_gate(self) -> None:
+        """The client is CONNECTED: publishers may append to q."""
+        self.open = True
+        self._set_go()
+
+    def close_gate(self) -> None:
+        """The client leaves CONNECTED: what publishers appended so far goes to front
+        (sent, or dropped, by the rule of the change); what they append from now on is
+        theirs to find again (:meth:`withdraw`). Idempotent."""
+        if not self.open:
+            return
+        self.open = self.go = False  # before the slice: see the module's docstring
+        items = self.q[:]
+        if items:
+            del self.q[: len(items)]
+            self.front += items
+
+    def withdraw(self, crlf: bytes) -> bool:
+        """With the gate closed: remove the message triplet whose third item is *crlf*
+        (that very object) from q. False if it is not there (a gate closing took it)."""
+        items = self.q[:]
+        for i in range(len(items) - 1, 1, -3):
+            if items[i] is crlf:
+                del self.q[i - 2 : i + 1]  # nothing before it moves: q only grows at its end
+                return True
+        return False
+
     def take(self) -> bytes:
-        """Take everything queued (counting its messages), as bytes."""
+        """Take everything that may be sent now (counting its messages), as bytes."""
         return b"".join(self.take_items())
 
     def take_items(self) -> list[bytes]:
-        """Take everything queued (counting its messages): whole triplets."""
-        items = self.q
+        """Take everything that may be sent now (counting its messages): front, then,
+        while the gate is open, q. Whole triplets."""
+        items = self.front
+        if items:
+            self.front = []
+        if self.open:
+            got = self.q[:]  # one atomic step: what publishers appended until now
+            if got:
+                del self.q[: len(got)]
+                if items:
+                    items += got
+                else:
+                    items = got
         if not items:
             return items
-        # A new list: every append is made under lock, so nothing lands in the old one
-        # after this.
-        self.q = []
         msgs, nbytes = self._count(items)
         self._ctl = 0
         self.out_msgs += msgs
@@ -154,20 +252,30 @@ class Writer:
     def drop(self) -> int:
         """Empty the queue: its messages are counted in ``dropped_msgs`` (and, as
         accepted by publish(), in ``out_msgs``). Returns how many."""
-        if not self.q:
-            return 0
+        self._batch_msgs = 0
         self.take_items()
         n = self._batch_msgs
+        self._batch_msgs = 0
         self.dropped_msgs += n
         return n
 
     def pending(self) -> tuple[int, int]:
-        """The messages and payload bytes queued now."""
-        return self._count(self.q)
+        """The messages and payload bytes queued now (not yet taken)."""
+        items = self.front + self.q[:] if self.open else self.front
+        return self._count(items)
+
+    def has_data(self) -> bool:
+        """Anything queued that may be sent now."""
+        return bool(self.front) or (self.open and bool(self.q))
+
+    def queued(self) -> int:
+        """Items waiting (for back-pressure: three per message)."""
+        return len(self.q) + len(self.front)
 
     def _count(self, items: list[bytes]) -> tuple[int, int]:
-        """The messages and payload bytes in *items*, everything queued now: every
-        triplet that is not a message was queued under lock by ctl(), and counted."""
+        """The messages and payload bytes in *items*: everything in front (and in q
+        while open), in which every triplet that is not a message was queued under lock
+        and counted in _ctl."""
         return len(items) // 3 - self._ctl, sum(map(len, items[1::3]))
 
     # --- callers -------------------------------------------------------------------------
@@ -179,8 +287,12 @@ class Writer:
             if self.kicked:
                 return
             self.kicked = True
+            self._set_go()
             ev = self.event
         ev.set()
+
+    def _set_go(self) -> None:
+        self.go = self.open and self.kicked and not self.busy
 
     def send_soon(self) -> None:
         """Send what is buffered from this thread if that cannot block; else kick."""
@@ -192,8 +304,8 @@ class Writer:
         try:
             with self._lock:
                 t = self._owner._writable()
-                if t is None or not self.q or t.tls:
-                    left = bool(self.q) and t is not None
+                if t is None or t.tls or not self.has_data():
+                    left = t is not None and self.has_data()
                     data = None
                 else:
                     data = self.take()
@@ -239,7 +351,7 @@ class Writer:
             # it is taken by that write_pending().
             with lock:
                 ev.clear()
-                self.kicked = False
+                self.kicked = self.go = False
             if self._stopped:
                 return
             self.write_pending(None)
@@ -255,13 +367,17 @@ class Writer:
             while True:
                 with self._lock:
                     t = self._owner._writable()
-                    if t is None or not self.q:
+                    items = self.take_items() if t is not None else None
+                    if t is None or not items:  # (take_items() looked at q with one slice)
                         self.busy = False
+                        self._set_go()
                         self.idle.notify_all()
                         return True
-                    items = self.take_items()
                     batch = self._batch_msgs
+                    # while this batch is written, publishers look at the queue's length
+                    # (back-pressure, should the socket be full)
                     self.busy = True
+                    self.go = False
                     self.idle.notify_all()  # publishers waiting for room
                 try:
                     # joined a piece at a time: small buffers are reused by the
@@ -272,6 +388,7 @@ class Writer:
                     with self._lock:
                         self.dropped_msgs += batch  # some may have been sent: at most once
                         self.busy = False
+                        self._set_go()
                         self.idle.notify_all()
                     self._owner._write_failed(t, e)
                     return False
@@ -283,7 +400,7 @@ class Writer:
         taken for a live connection (the caller sizes *room* from its message, so that
         it stands for about 1 MiB). Called without locks."""
         with self._lock:
-            while len(self.q) > room and self._owner._writable() is not None:
+            while self.queued() > room and self._owner._writable() is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return

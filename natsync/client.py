@@ -33,15 +33,17 @@ against one shared deadline):
 
 Locks and rules:
 
-* ``_lock`` guards the state, the write queue (every append, ``publish()``'s
-  included, and every take), the subscription table, every subscription's state,
+* ``_lock`` guards the state, the write queue (its ``front`` list, its gate, every
+  take and every removal), the subscription table, every subscription's state,
   ``_pongs``, ``_pending_size``, ``_companions`` and ``_drain_hooks``. It is held only
   for short, non-blocking work: never across a socket call, never while user code
-  runs. ``publish()`` holds it for its state check and append only (its message
-  triplet is built before), so a publish is ordered with ``close()``, ``drain()``, a
-  disconnect and the writer's take: it raises, or its message is sent, or it is
-  counted in ``stats.dropped_msgs`` (see ``_writer`` and docs/threading.rst). No
-  correctness argument rests on the GIL.
+  runs. ``publish()``'s fast path takes no lock: it appends its message to the writer's
+  publish list with one atomic list operation, then looks at the gate (open exactly
+  while CONNECTED, changed under ``_lock`` with the state); a publisher that finds it
+  closed takes the lock and looks for its own message (see ``_writer``). So a publish
+  is ordered with ``close()``, ``drain()``, a disconnect and the writer's take: it
+  raises, or its message is sent, or it is counted in ``stats.dropped_msgs`` (see
+  docs/threading.rst). No correctness argument rests on the GIL.
 * The writer's send lock is taken before ``_lock``; a subscription's ``_cond`` after it.
 * ``_lazy_lock`` serialises the first connect of a lazy client (taken before ``_lock``).
 * ``_reader_lock`` orders starting the reader against ``close()``; ``_read_token`` is
@@ -100,8 +102,8 @@ from ._state import (
 )
 from ._subs import SubTable
 from ._transport import Transport
-from ._writer import CRLF as _CRLF
 from ._writer import Writer
+from ._writer import fresh_crlf as _fresh_crlf
 from .errors import (
     AuthorizationError,
     BadSubjectError,
@@ -449,6 +451,7 @@ class Client:
             self._reason_reported = False
             if self._state not in (DRAINING_SUBS, DRAINING_PUBS):
                 self._state = CONNECTED
+                self._w.open_gate()
             self._state_cond.notify_all()
         srv.reconnects = 0
         srv.did_connect = True
@@ -701,6 +704,7 @@ class Client:
             self._parser = None
             # What was buffered for the broken connection may hold PINGs and SUBs of its own;
             # messages in it were never acknowledged: at-most-once, dropped.
+            self._w.close_gate()
             self._w.drop()
             self._w.idle.notify_all()  # publishers waiting for room: there is no connection now
             self._pending_size = 0
@@ -859,38 +863,40 @@ class Client:
                 head, room = self._pub_head(subject, size)
         else:
             head, room = self._head_with(subject, size, reply, headers)
-        # The triplet is built before the lock: the critical section below allocates
-        # nothing, so the garbage collector (and a finalizer it would run) cannot run
-        # inside it. Under _lock the state check, the append and the kick flag are one
-        # step against close(), drain(), a disconnect and the writer's take (see _writer).
-        # (acquire/try/finally rather than ``with``: on CPython 3.11 ``with`` looks up
-        # and binds __enter__/__exit__ on every call, a third of publish()'s cost.)
-        item = (head, payload, _CRLF)
+        # No lock (see _writer's docstring, "Two lists, one gate"): append the triplet
+        # with one atomic list operation, then look at the gate. Its CRLF is a new
+        # object, by which _publish_late() finds this message again.
+        crlf = _fresh_crlf()
         w = self._w
-        lock = self._lock
-        lock.acquire()
-        try:
-            if self._state == CONNECTED:
-                q = w.q
-                q += item
-                if w.kicked and len(q) <= room:
-                    return  # the common case: the writer is already on its way
-                ev = None if w.kicked else w.event
-                w.kicked = True
-                full = len(q) > room
-            else:
-                ev = full = None
-        finally:
-            lock.release()
-        if full is None:
-            self._publish_slow(item, True)
+        q = w.q
+        q += (head, payload, crlf)
+        if w.go:
+            return  # the common case: open, and the writer is on its way
+        if w.open:
+            if not w.kicked:
+                w.kick()
+            # room: the queue length at which about 1 MiB waits if every queued message
+            # is this one's size; past it (the socket is full: ``go`` is False while it
+            # is), wait until the writer takes the queue
+            if len(q) > room:
+                self._backpressure(room)
             return
-        if ev is not None:
-            ev.set()
-        # room: the queue length at which about 1 MiB waits if every queued message is
-        # this one's size; past it, wait until the writer takes the queue
-        if full:
-            self._backpressure(room)
+        self._publish_late(head, payload, crlf)
+
+    def _publish_late(self, head: bytes, payload: bytes, crlf: bytes) -> None:
+        """publish() appended its triplet, then found the gate closed (not CONNECTED):
+        was the message taken by the gate's closing (then it is sent, or counted
+        dropped, by that change's rule), or is it still in the publish list (then it was
+        never accepted: take it back and publish the locked way)?"""
+        w = self._w
+        with self._lock:
+            # open again: the triplet is still in q (it goes out on this connection) or
+            # was taken by an earlier closing; either way it is accepted
+            found = False if w.open else w.withdraw(crlf)
+        if not found:
+            w.kick()
+            return
+        self._publish_locked(head, payload, True)
 
     def _publish_quiet(
         self,
@@ -911,7 +917,7 @@ class Client:
             head = entry[0] if entry is not None else self._pub_head(subject, size)[0]
         else:  # a reply subject is used once: not worth a place in the PUB line cache
             head = self._head_with(subject, size, reply, headers)[0]
-        self._publish_slow((head, payload, _CRLF), False)
+        self._publish_locked(head, payload, False)
 
     def _publish_inbox_reply(
         self, subject: str, payload: PayloadType, reply: str, headers: HeadersInput | None
@@ -925,7 +931,7 @@ class Client:
             protocol.validate_subject(subject)
             cache[subject] = {}  # checked once (the cache's keys are checked subjects)
         head = self._head_with(subject, len(payload), reply, headers, reply_checked=True)[0]
-        self._publish_slow((head, payload, _CRLF), True)
+        self._publish_locked(head, payload, True)
 
     def _head_with(
         self,
@@ -947,7 +953,7 @@ class Client:
             if hl + size > self._max_payload:
                 raise self._too_big(size, hl)
             head = prefix + b"%d %d\r\n" % (hl, hl + size) + hdr
-        return head, _ROOM_CHECK // (len(head) + size + 2)
+        return head, _room(head, size)
 
     def _pub_head(self, subject: str, size: int) -> tuple[bytes, int]:
         """The PUB line of *subject* and *size* and its room (see publish()), checked and
@@ -962,10 +968,10 @@ class Client:
             heads = cache[subject] = {}
         if size > self._max_payload:
             raise self._too_big(size, 0)
+        head = b"PUB %s %d\r\n" % (subject.encode(), size)
         if len(heads) >= _SIZES_PER_SUBJECT:
             heads.clear()
-        head = b"PUB %s %d\r\n" % (subject.encode(), size)
-        entry = heads[size] = (head, _ROOM_CHECK // (len(head) + size + 2))
+        entry = heads[size] = (head, _room(head, size))
         return entry
 
     def _backpressure(self, room: int) -> None:
@@ -973,18 +979,21 @@ class Client:
         assert o is not None
         self._w.wait_room(room, time.monotonic() + o.flusher_timeout)
 
-    def _publish_slow(self, item: tuple[bytes, bytes, bytes], kick: bool) -> None:
-        """publish() when not CONNECTED: connect a lazy client, buffer while
-        reconnecting (charging the wire bytes to ``reconnect_buffer_size``), refuse when
-        closed or in the last phase of a drain. *item*: the message triplet."""
+    def _publish_locked(self, head: bytes, payload: bytes, kick: bool) -> None:
+        """Publish under the client's lock: a message publish() took back (see
+        _publish_late), request() and respond(). Connects a lazy client; when not
+        CONNECTED, buffers while reconnecting (charging the wire bytes to
+        ``reconnect_buffer_size``) and refuses when closed or in the last phase of a
+        drain."""
         if self._state == LAZY or (self._lazy and self._state == CONNECTING):
             self._ensure_connected()  # the first use connects; later first uses wait for it
+        w = self._w
         with self._lock:
-            if self._state != CONNECTED:
-                self._check_publish_state(len(item[0]) + len(item[1]) + 2)
-            self._w.q += item
+            if not w.open:
+                self._check_publish_state(len(head) + len(payload) + 2)
+            w.put(head, payload)
         if kick:
-            self._w.kick()
+            w.kick()
 
     def _too_big(self, size: int, header_size: int) -> MaxPayloadError:
         hdr = f" plus {header_size} bytes of headers" if header_size else ""
@@ -1572,6 +1581,11 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, OSError) and isinstance(e, builtins.TimeoutError):
         return "timed out"
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _room(head: bytes, size: int) -> int:
+    """publish()'s back-pressure room for a message (see publish())."""
+    return _ROOM_CHECK // (len(head) + size + 2)
 
 
 def _as_bytes(payload: object) -> bytes:
