@@ -13,9 +13,9 @@ the triplets (``len/3`` minus the others, ``sum(map(len, items[1::3]))``) instea
 every publish:
 
 * a message: ``(head, payload, CRLF)``, head being the ``PUB``/``HPUB`` line (and the
-  header block). ``publish()``'s fast path makes that CRLF a new object
-  (:func:`fresh_crlf`), by which a publisher finds its own message again (see "the
-  gate" below);
+  header block). On ``publish()``'s fast path that CRLF is the publishing thread's
+  own object (:func:`fresh_crlf`, made once per thread), by which a publisher finds
+  its own message again (see "the gate" below);
 * anything else (``SUB``, ``UNSUB``, ``PING``, ``PONG``, a resend, an unsent rest):
   ``(data, b"", b"")``, counted in ``_ctl``.
 
@@ -45,7 +45,8 @@ and the writer's take, with no lock on its fast path:
    store by program order, and the append after the slice by the list's own atomicity;
    on free-threaded CPython the list's lock gives that happens-before edge).
 3. A publisher that read False takes the lock and looks for its own triplet in ``q``,
-   by the identity of its CRLF (:meth:`withdraw`). Found: it was never accepted; it
+   by the identity of its CRLF (:meth:`withdraw`; ``q`` then holds only triplets whose
+   publishers have not looked yet, at most one per thread). Found: it was never accepted; it
    is removed, and the publish goes the locked way (buffered while reconnecting,
    refused when closed or draining). Not found: a gate closing moved it to ``front``
    (or the writer took it) before the publisher looked, so it is sent or counted
@@ -59,7 +60,10 @@ and the writer's take, with no lock on its fast path:
 The same ordering makes the ``kicked`` flag safe without a lock on the publisher's
 side: the writer clears ``kicked`` under the lock *before* it takes ``q`` with one slice,
 so a triplet that take did not see was appended after it, and its publisher, which reads
-``kicked`` after appending, sees False and kicks again.
+``kicked`` after appending, sees False and kicks again. In the common case the publisher
+reads one flag, ``go`` (``open and kicked``, set under the lock whenever either
+changes), and the queue's length (back-pressure); it looks at ``open`` and ``kicked``
+one by one only when ``go`` is False.
 
 The writer thread is started on the first kick, not on connect: a client that only
 connects, flushes and closes never starts it. It writes with a deadline
@@ -100,10 +104,10 @@ def _check_fresh() -> bool:
     return a == CRLF and a is not b and a is not CRLF
 
 
-#: A new ``b"\r\n"`` object on every call: the third item of a message triplet that
-#: ``publish()`` appends without a lock (its identity is how the publisher finds it
-#: again). ``bytes.upper()`` makes a new object on CPython (about 30 ns); checked at
-#: import, with a slower fallback.
+#: A new ``b"\r\n"`` object on every call: a thread's own third item of the message
+#: triplets its ``publish()`` appends without a lock (its identity is how the publisher
+#: finds its message again). ``bytes.upper()`` makes a new object on CPython; checked at
+#: import, with a fallback.
 fresh_crlf: Callable[[], bytes] = CRLF.upper if _check_fresh() else (lambda: bytes(bytearray(CRLF)))
 
 
@@ -156,10 +160,9 @@ class Writer:
         # a kick is pending: set (under lock) by whoever sets the event, cleared by the
         # writer (under lock) before it takes the queue; read by publishers without it
         self.kicked = False
-        # publish()'s one look after appending (written under lock, read without it):
-        # ``open and kicked and not busy``, kept so by _set_go() at every change of the
-        # three. True: return at once (open, the writer is on its way, and no batch is
-        # being written, so no back-pressure can be due); False: look at each.
+        # publish()'s one look at the flags after appending (written under lock, read
+        # without it): ``open and kicked``, kept so by _set_go() at every change of
+        # either. True: open, and the writer is on its way; False: look at each.
         self.go = False
         self.event: threading.Event | _StartOnSet = _StartOnSet(self)
         self.stall = stall
@@ -292,7 +295,7 @@ class Writer:
         ev.set()
 
     def _set_go(self) -> None:
-        self.go = self.open and self.kicked and not self.busy
+        self.go = self.open and self.kicked
 
     def send_soon(self) -> None:
         """Send what is buffered from this thread if that cannot block; else kick."""
@@ -370,14 +373,10 @@ class Writer:
                     items = self.take_items() if t is not None else None
                     if t is None or not items:  # (take_items() looked at q with one slice)
                         self.busy = False
-                        self._set_go()
                         self.idle.notify_all()
                         return True
                     batch = self._batch_msgs
-                    # while this batch is written, publishers look at the queue's length
-                    # (back-pressure, should the socket be full)
                     self.busy = True
-                    self.go = False
                     self.idle.notify_all()  # publishers waiting for room
                 try:
                     # joined a piece at a time: small buffers are reused by the
@@ -388,7 +387,6 @@ class Writer:
                     with self._lock:
                         self.dropped_msgs += batch  # some may have been sent: at most once
                         self.busy = False
-                        self._set_go()
                         self.idle.notify_all()
                     self._owner._write_failed(t, e)
                     return False
