@@ -57,13 +57,18 @@ def handshake(
     secure: bool,
     make_parser: Callable[[], Parser],
     on_dial: Callable[[Transport | None], None],
+    until: float | None = None,
 ) -> Connection:
-    """Dial *srv* and run the handshake within ``connect_timeout``.
+    """Dial *srv* and run the handshake within ``connect_timeout`` (and by *until*, a
+    ``time.monotonic()`` deadline of the caller's, when given).
 
     Raises OSError or a NatsError on failure (the transport is closed then).
     """
-    deadline = time.monotonic() + o.connect_timeout
-    transport = Transport.connect(srv.host, srv.port, o.connect_timeout)
+    limit = o.connect_timeout
+    if until is not None:
+        limit = max(min(limit, until - time.monotonic()), 0.001)
+    deadline = time.monotonic() + limit
+    transport = Transport.connect(srv.host, srv.port, limit)
     try:
         on_dial(transport)  # raises ConnectionClosedError when the client closed meanwhile
         parser = make_parser()

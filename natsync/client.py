@@ -330,22 +330,33 @@ class Client:
             return self
         return self._connect_now()
 
-    def _ensure_connected(self) -> None:
-        """First use of a lazy client: connect now, exactly once across threads."""
+    def _ensure_connected(self, until: float | None = None) -> None:
+        """First use of a lazy client: connect now, exactly once across threads. *until*:
+        the caller's deadline (``time.monotonic()``), for a call that takes a timeout:
+        the connect (or the wait for another thread's) ends by it."""
         self._check_fork()
-        with self._lazy_lock:
+        if until is None:
+            self._lazy_lock.acquire()
+        elif not self._lazy_lock.acquire(timeout=max(until - time.monotonic(), 0.0)):
+            raise TimeoutError("timed out while another thread connects this lazy client")
+        try:
             if self._state == LAZY:
-                self._connect_now()
+                self._connect_now(until)
+        finally:
+            self._lazy_lock.release()
 
-    def _connect_now(self) -> Client:
-        """Try every server once; start the reader on success (the body of connect())."""
+    def _connect_now(self, until: float | None = None) -> Client:
+        """Try every server once; start the reader on success (the body of connect()).
+        *until*: a lazy client's first use with a timeout: no attempt after it."""
         o = self._opts
         assert o is not None and self._pool is not None
         self._state = CONNECTING
         errors: list[tuple[Server, BaseException]] = []
         for srv in self._pool.first_pass():
+            if until is not None and errors and time.monotonic() >= until:
+                break  # out of time: what failed so far is the answer
             try:
-                leftover = self._attempt(srv)
+                leftover = self._attempt(srv, until)
             except (OSError, NatsError) as e:
                 srv.last_error = e
                 errors.append((srv, e))
@@ -410,13 +421,14 @@ class Client:
             if transport is not None and self._state == CLOSED:
                 raise ConnectionClosedError()
 
-    def _attempt(self, srv: Server) -> list[Any]:
-        """Dial *srv*, run the handshake, install the connection; return the events that
-        arrived after the handshake's PONG. Raises OSError or a NatsError on failure."""
+    def _attempt(self, srv: Server, until: float | None = None) -> list[Any]:
+        """Dial *srv*, run the handshake (by *until*, when given), install the
+        connection; return the events that arrived after the handshake's PONG. Raises
+        OSError or a NatsError on failure."""
         o = self._opts
         assert o is not None and self._pool is not None
         self._pool.current = srv
-        conn = handshake(srv, o, self._secure, self._make_parser, self._on_dial)
+        conn = handshake(srv, o, self._secure, self._make_parser, self._on_dial, until)
         try:
             self._install(srv, conn)
         except BaseException:
@@ -1071,7 +1083,8 @@ class Client:
             raise ValueError("flush timeout must be > 0")
         deadline = time.monotonic() + timeout
         if self._state == LAZY or (self._lazy and self._state == CONNECTING):
-            self._ensure_connected()  # the first use connects; later first uses wait for it
+            # the first use connects (by this call's deadline); later first uses wait for it
+            self._ensure_connected(deadline)
         while True:
             w = Waiter()
             with self._lock:
@@ -1279,10 +1292,12 @@ class Client:
         """
         if timeout is None or timeout <= 0:
             raise ValueError("request timeout must be > 0")
+        deadline = time.monotonic() + timeout  # everything this call waits for shares it
         st = self._state
         if st != CONNECTED:
             if st == LAZY or (self._lazy and st == CONNECTING):
-                self._ensure_connected()  # the first use connects; later first uses wait for it
+                # the first use connects (by the deadline); later first uses wait for it
+                self._ensure_connected(deadline)
                 st = self._state
             if st in (RECONNECTING, CONNECTING):
                 # nothing could answer before the connection is back: say so now rather
@@ -1298,7 +1313,7 @@ class Client:
         try:
             self._publish_quiet(subject, payload, reply, headers)
             self._w.send_soon()
-            if not w.wait(timeout):
+            if not w.wait(max(deadline - time.monotonic(), 0.0)):
                 if self._state in (RECONNECTING, CONNECTING):
                     raise NotConnectedError(
                         f"not connected (reconnecting): no reply to request on {subject!r} within "

@@ -303,3 +303,28 @@ def test_lazy_client_in_forked_child_opens_its_own_connection(server: NATSServer
         nc.close()
         plain.close()
     assert wait_until(lambda: conns_named(server, name) == [])
+
+
+@pytest.mark.parametrize("call", ["flush", "request"])
+def test_first_use_with_a_timeout_returns_by_it_while_the_server_does_not_answer(
+    server: NATSServer, call: str
+) -> None:
+    """A call that takes a timeout keeps it even when it is the lazy client's first use
+    and the connect hangs (the server accepts but never says INFO): the handshake ends
+    by the call's deadline, not by connect_timeout."""
+    from proxy import TCPProxy
+
+    with TCPProxy("127.0.0.1", server.port) as px:
+        px.blackhole(True)
+        nc = natsync.connect(px.url, lazy=True, connect_timeout=5)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(natsync.NatsError):
+                if call == "flush":
+                    nc.flush(timeout=0.3)
+                else:
+                    nc.request("lazy.req", b"x", timeout=0.3)
+            took = time.monotonic() - t0
+            assert took < 1.5, f"{call}(timeout=0.3) took {took:.2f} s"
+        finally:
+            nc.close()
