@@ -165,6 +165,12 @@ class Writer:
         """The messages and payload bytes queued now."""
         return self._count(self.q)
 
+    def accepted(self) -> int:
+        """The messages accepted so far: taken (sent or dropped) plus queued now. A PING
+        queued after them confirms them all when its PONG comes (close() uses it to know
+        whether anything may be unread by the server)."""
+        return self.out_msgs + len(self.q) // 3 - self._ctl
+
     def _count(self, items: list[bytes]) -> tuple[int, int]:
         """The messages and payload bytes in *items*, everything queued now: every
         triplet that is not a message was queued under lock by ctl(), and counted."""

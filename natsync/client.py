@@ -193,6 +193,13 @@ class Client:
         self._headers_ok = True
         self._w = Writer(self, self._lock, 10.0, "natsync-writer")
         self._pongs: deque[Waiter | None] = deque()
+        # For each PING in _pongs, the messages accepted before it (Writer.accepted());
+        # _confirmed: the mark of the last PONG read, i.e. every message up to it was read
+        # by the server (messages taken for a broken connection count as settled: they
+        # were counted dropped or sent). close() waits for the server's end of stream
+        # only when messages beyond it were sent. Guard: _lock (both, with _pongs).
+        self._ping_marks: deque[int] = deque()
+        self._confirmed = 0
         self._pings_out = 0
         self._next_ping = 0.0
         self._tick: float | None = None
@@ -521,6 +528,7 @@ class Client:
                         self._on_idle(transport)  # nothing arrived for a tick: a PING due?
                         continue
                     if not n:
+                        transport.peer_closed = True  # close() waits for this (see _lifecycle)
                         raise ConnectionResetError("server closed the connection")
                     events = feed(view[:n])
                     if events:
@@ -567,6 +575,7 @@ class Client:
                             continue
                         n = transport.recv_into(buf)
                         if not n:
+                            transport.peer_closed = True
                             raise ConnectionResetError("server closed the connection")
                         events = parser.feed_runs(view[:n])
                         if events:
@@ -615,6 +624,7 @@ class Client:
                     self._pings_out = 0
                     try:
                         w = self._pongs.popleft()
+                        self._confirmed = self._ping_marks.popleft()
                     except IndexError:
                         w = None
                 if w is not None:
@@ -647,6 +657,7 @@ class Client:
             if not stale:
                 self._pings_out += 1
                 self._pongs.append(None)
+                self._ping_marks.append(self._w.accepted())
                 self._w.ctl(protocol.PING_CMD)
         if stale:
             self._disconnect_reason = StaleConnectionError(
@@ -706,6 +717,8 @@ class Client:
             self._pending_size = 0
             pongs = list(self._pongs)
             self._pongs.clear()
+            self._ping_marks.clear()
+            self._confirmed = self._w.out_msgs  # taken for this connection: sent or dropped
             draining = self._state in (DRAINING_SUBS, DRAINING_PUBS)
             if not draining:
                 self._state = RECONNECTING
@@ -1062,6 +1075,7 @@ class Client:
                 if st in CONNECTED_STATES:
                     self._w.ctl(protocol.PING_CMD)
                     self._pongs.append(w)
+                    self._ping_marks.append(self._w.accepted())
                     sent = True
                 else:
                     sent = False
