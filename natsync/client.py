@@ -1341,12 +1341,19 @@ class Client:
 
     def close(self) -> None:
         """Stop delivery at once (queued messages are discarded; a callback already
-        running finishes), send what was published (within ``flush_timeout`` or 2 s;
-        what is left then is dropped, logged and counted in ``stats.dropped_msgs``),
-        call ``disconnected_cb`` (if connected) then ``closed_cb``, join every thread.
-        Everything it waits for shares one deadline: that flush limit plus 5 s; a
-        thread still running a callback then is logged by name and not waited for.
-        Idempotent; a concurrent second call waits for the first."""
+        running finishes), send what was published and wait until the server has read
+        it (within ``flush_timeout`` or 2 s; what is not sent, or not known to be read,
+        by then is logged and counted in ``stats.dropped_msgs``), call
+        ``disconnected_cb`` (if connected) then ``closed_cb``, join every thread.
+
+        When it returns, every message published before it was read by the server or
+        is counted in ``stats.dropped_msgs``: if messages were written that no PONG
+        confirmed, the socket is shut down for writing and read until the server
+        closes its side (a plain close with unread bytes would reset the connection
+        and lose what the server had not read yet). Everything it waits for shares one
+        deadline: that flush limit plus 5 s; a thread still running a callback then is
+        logged by name and not waited for. Idempotent; a concurrent second call waits
+        for the first."""
         self._close_within(None)
 
     def _close_within(self, deadline: float | None) -> None:
