@@ -271,6 +271,7 @@ def close(
             for s in subs:
                 s._end(closed, discard=True)
             c._closing_flush = was_connected
+            dropped_before = c._w.dropped_msgs
             pongs = list(c._pongs)
             c._pongs.clear()
             c._ping_marks.clear()
@@ -300,8 +301,9 @@ def close(
         c._closing_flush = False
         dropped = c._w.drop()  # what the final flush could not send by its deadline
         c._w.idle.notify_all()  # publishers waiting for room
-        # sent, but not (yet) known to be read by the server: no PONG covered them
-        unconfirmed = c._w.out_msgs - c._confirmed - dropped
+        # written, not counted dropped, and not (yet) known to be read by the server:
+        # no PONG covered them
+        unconfirmed = c._w.out_msgs - c._confirmed - (c._w.dropped_msgs - dropped_before)
     if dropped:
         log.warning(
             "close(): %d message(s) published before close() were not sent by the final "
@@ -310,11 +312,12 @@ def close(
         )
     c._close_event.set()
     if transport is not None:
-        if flushed and not dropped and unconfirmed > 0:
+        if was_connected and unconfirmed > 0:
             # A plain close() with unread bytes in our receive buffer (a late PONG, a
             # server PING) resets the connection and throws away what the server has not
-            # read yet: half-close, and wait (until the flush deadline) for its EOF.
-            if not _await_server_eof(c, transport, flush_deadline, me):
+            # read yet: half-close, and wait (until the flush deadline) for its EOF. A
+            # final flush that failed or reached its deadline leaves no time for that.
+            if not (flushed and not dropped and _await_server_eof(c, transport, flush_deadline, me)):
                 with c._lock:
                     c._w.dropped_msgs += unconfirmed
                 log.warning(
