@@ -4,7 +4,11 @@ The cause: closing a TCP socket whose receive buffer still holds unread bytes (a
 a server ``+OK`` or ``PING``) makes Linux send a reset (RST) instead of a FIN, and what
 is still in the socket's send queue (accepted by ``send()``, not yet taken by a server
 whose window was full) is thrown away. ``close()`` returned, ``stats.dropped_msgs`` said
-0, and the messages never reached the server.
+0, and the messages never reached the server. The same happens without a reset by
+us: after a plain close() the server may still write (a PONG, a ``+OK``) to the closed
+socket, get a reset, and close the connection without reading the rest (nats-server
+logs "Write Error"). The fix: shut down for writing and read to the server's end of
+stream before closing.
 
 These tests make that deterministic against a real nats-server: the client connects
 with ``verbose=True`` (the server answers every PUB with ``+OK``) and its reader thread
@@ -231,3 +235,48 @@ def test_close_after_a_confirmed_flush_does_not_wait_for_the_server(
         took = time.monotonic() - start
     assert took < 2.0, f"close() waited {took:.2f} s for a server that had confirmed everything"
     assert nc.stats.dropped_msgs == 0
+
+
+@pytest.mark.usefixtures("no_lazy_reader")
+def test_close_while_a_flush_reads_on_its_own_thread(nats_server: NATSServer) -> None:
+    """No reader thread, a flush() reading the socket on its caller's thread (holding the
+    read token) when close() comes: close() fails the flush, lets it finish reading, and
+    still waits for the server's end of stream; nothing is lost. (Plain TCP: under TLS a
+    flush() hands the reading to the reader thread.)
+
+    Failed before the fix without any unread byte at close() (the server was stopped):
+    the close sent a FIN after the data, but the server, resumed, answered the first
+    PUBs with +OK (verbose) to a closed socket, got a reset, and closed the connection
+    without reading the rest (its log: "Write Error")."""
+    srv = nats_server
+    col = _Collector(srv, None)
+    try:
+        nc = natsync.connect(srv.url, verbose=True, flush_timeout=15.0)
+        assert nc._reader is None
+        errors: list[BaseException] = []
+
+        def flusher() -> None:
+            try:
+                nc.flush(15)
+            except BaseException as e:  # noqa: BLE001 - recorded for the assertion
+                errors.append(e)
+
+        with _Stopped(srv) as stopped:
+            for _ in range(N):
+                nc.publish("g.x", PAYLOAD)
+            f = threading.Thread(target=flusher, name="test-flusher")
+            f.start()
+            wait_until(nc._read_token.locked, what="the flush to read on its own thread")
+            closer = threading.Thread(target=nc.close, name="test-closer")
+            closer.start()
+            closer.join(0.5)
+            stopped.resume()
+            closer.join(15)
+            f.join(15)
+            assert not closer.is_alive() and not f.is_alive()
+        assert nc._reader is None
+        assert len(errors) == 1 and isinstance(errors[0], natsync.ConnectionClosedError), errors
+        assert col.settle(N) == N
+        assert nc.stats.dropped_msgs == 0
+    finally:
+        col.nc.close()
