@@ -3,10 +3,12 @@
 * :func:`drain` stops interest in every subscription, waits (on its own deadline) for
   the callbacks to finish what is pending, sends what was published, then closes.
 * :func:`close` stops delivery at once (queued messages are discarded; a running
-  callback finishes), wakes every waiting call, sends what was published (bounded),
-  calls ``disconnected_cb`` then ``closed_cb`` once, and joins every thread against one
-  shared deadline. A concurrent second close waits for the first (unless it runs on one
-  of the client's own threads, which never waits on itself).
+  callback finishes), wakes every waiting call, sends what was published and, when
+  some of it is unconfirmed, half-closes and waits for the server's end of stream
+  (:func:`_await_server_eof`; bounded), calls ``disconnected_cb`` then ``closed_cb``
+  once, and joins every thread against one shared deadline. A concurrent second close
+  waits for the first (unless it runs on one of the client's own threads, which never
+  waits on itself).
 * :func:`forked`: in a child, every lock a client copied is replaced (never acquired); a
   lazy client goes back to "not connected yet", any other is closed with an error
   naming ``os.fork()``. The NUID generator is reseeded first.
