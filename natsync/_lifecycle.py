@@ -314,12 +314,14 @@ def close(
         )
     c._close_event.set()
     if transport is not None:
-        if was_connected and unconfirmed > 0:
+        if flushed and not dropped and unconfirmed > 0:
             # A plain close() with unread bytes in our receive buffer (a late PONG, a
             # server PING) resets the connection and throws away what the server has not
-            # read yet: half-close, and wait (until the flush deadline) for its EOF. A
-            # final flush that failed or reached its deadline leaves no time for that.
-            if not (flushed and not dropped and _await_server_eof(c, transport, flush_deadline, me)):
+            # read yet: half-close, and wait (until the flush deadline) for its EOF.
+            # (A final flush that failed or reached its deadline leaves no time for
+            # that; its messages were counted by the rules of a broken connection: a
+            # writer still in send() counts its batch when the close breaks it.)
+            if not _await_server_eof(c, transport, flush_deadline, me):
                 with c._lock:
                     c._w.dropped_msgs += unconfirmed
                 log.warning(
