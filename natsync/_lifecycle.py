@@ -274,6 +274,9 @@ def close(
                 s._end(closed, discard=True)
             c._closing_flush = was_connected
             dropped_before = c._w.dropped_msgs
+            # the connection already failed (a write, a read, a -ERR) and the reader has
+            # not handled it yet: a broken connection's rules count its messages
+            broken = c._disconnect_reason is not None
             pongs = list(c._pongs)
             c._pongs.clear()
             c._ping_marks.clear()
@@ -313,28 +316,32 @@ def close(
             dropped,
         )
     c._close_event.set()
+    settled = False  # the server's end of stream came: it read everything we sent
     if transport is not None:
         if flushed and not dropped and unconfirmed > 0:
             # A plain close() with unread bytes in our receive buffer (a late PONG, a
             # server PING) resets the connection and throws away what the server has not
-            # read yet: half-close, and wait (until the flush deadline) for its EOF.
-            # (A final flush that failed or reached its deadline leaves no time for
-            # that; its messages were counted by the rules of a broken connection: a
-            # writer still in send() counts its batch when the close breaks it.)
-            if not _await_server_eof(c, transport, flush_deadline, me):
-                with c._lock:
-                    c._w.dropped_msgs += unconfirmed
-                log.warning(
-                    "close(): the server did not confirm that it read the last %d message(s) "
-                    "by the final flush's deadline; they may be lost (counted in "
-                    "stats.dropped_msgs)",
-                    unconfirmed,
-                )
+            # read yet, and a server writing to a closed socket gets a reset and stops
+            # reading: half-close, and wait (until the flush deadline) for its EOF.
+            settled = _await_server_eof(c, transport, flush_deadline, me)
         transport.close()  # wakes the reader in recv and the writer in send
-    c._w.stop(deadline)
+    c._w.stop(deadline)  # a writer that was still in send() has counted its batch now
+    unconfirmed = 0
     with c._lock:
         c._transport = None
         c._parser = None
+        if was_connected and not settled and not broken:
+            # written, not counted dropped yet, and not known to be read by the server
+            # (no PONG covered them, no end of stream by the deadline): at most once
+            unconfirmed = c._w.out_msgs - c._confirmed - (c._w.dropped_msgs - dropped_before)
+            if unconfirmed > 0:
+                c._w.dropped_msgs += unconfirmed
+    if unconfirmed > 0:
+        log.warning(
+            "close(): the server did not confirm by the final flush's deadline that it read "
+            "the last %d message(s) sent; they may be lost (counted in stats.dropped_msgs)",
+            unconfirmed,
+        )
     with c._reader_lock:  # _close_event is set: no reader starts after this
         reader = c._reader
     if reader is not None and reader is not me:

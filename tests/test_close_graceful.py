@@ -19,6 +19,7 @@ sit in the client's send queue when ``close()`` closes the socket.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import ssl
@@ -187,6 +188,47 @@ def test_close_against_a_dead_server_returns_by_its_deadline_and_counts_the_unco
             f"{N + 1 - got} lost but only {nc.stats.dropped_msgs} counted dropped"
         )
         assert nc.stats.dropped_msgs == N + 1  # none was confirmed by a PONG
+    finally:
+        col.nc.close()
+
+
+@pytest.mark.usefixtures("no_lazy_reader")
+def test_close_whose_final_flush_reaches_its_deadline_counts_everything_unconfirmed(
+    nats_server: NATSServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server stopped while the client's socket is full (the writer is blocked in
+    send() and messages wait in the queue): close()'s final flush reaches its deadline.
+    Every message is then delivered or counted dropped: the queued ones, the writer's
+    batch, and the ones already in the kernel that no PONG confirmed. Failed before the
+    fix: those in the kernel were lost (the close reset the connection) uncounted."""
+    srv = nats_server
+    col = _Collector(srv, None)
+    try:
+        nc = _unread_ok(srv, None, flush_timeout=1.0, flusher_timeout=30.0)
+        published = 1
+        big = b"q" * 1024
+        with _Stopped(srv):
+            # until the kernel takes no more and ~200 KiB wait behind the blocked writer
+            # (well below publish()'s 1 MiB back-pressure): the queue stays that long
+            while True:
+                while nc._w.pending()[0] < 200:
+                    nc.publish("g.x", big)
+                    published += 1
+                    assert published < 64 * 1024, "the socket never filled up"
+                try:
+                    wait_until(lambda: nc._w.pending()[0] < 200, timeout=0.5)
+                except AssertionError:
+                    break  # the writer cannot take it: the socket is full
+            start = time.monotonic()
+            with caplog.at_level(logging.WARNING, logger="natsync"):
+                nc.close()
+            took = time.monotonic() - start
+        assert took < 3.0, f"close() took {took:.2f} s against a 1 s flush deadline"
+        assert "not sent by the final flush's deadline" in caplog.text  # the path under test
+        got = col.settle(published)
+        dropped = nc.stats.dropped_msgs
+        assert got + dropped >= published, f"{published - got} lost but only {dropped} counted dropped"
+        assert dropped <= published  # nothing counted twice
     finally:
         col.nc.close()
 
