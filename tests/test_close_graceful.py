@@ -322,3 +322,44 @@ def test_close_while_a_flush_reads_on_its_own_thread(nats_server: NATSServer) ->
         assert nc.stats.dropped_msgs == 0
     finally:
         col.nc.close()
+
+
+def test_close_from_a_callback_waits_for_the_servers_end_of_stream(nats_server: NATSServer) -> None:
+    """close() called from a subscription's callback thread (the reader thread runs):
+    it joins the reader, which reads to the server's end of stream; nothing is lost.
+    Failed before the fix (verbose: the resumed server wrote +OK to the closed socket,
+    got a reset and stopped reading: "Write Error")."""
+    srv = nats_server
+    col = _Collector(srv, None)
+    try:
+        nc = natsync.connect(srv.url, verbose=True, flush_timeout=15.0)
+        go = threading.Event()
+        closed = threading.Event()
+        errors: list[BaseException] = []
+
+        def cb(m: natsync.Msg) -> None:
+            try:
+                assert go.wait(10)
+                for _ in range(N):
+                    nc.publish("g.x", PAYLOAD)
+                nc.close()
+            except BaseException as e:  # noqa: BLE001 - recorded for the assertion
+                errors.append(e)
+            finally:
+                closed.set()
+
+        nc.subscribe("trigger", cb=cb)
+        nc.flush()
+        nc.publish("trigger", b"")
+        nc.flush()  # the callback has the message (or will get it: it was delivered)
+        with _Stopped(srv) as stopped:
+            go.set()
+            closed.wait(0.5)  # fixed: close() waits for the stopped server
+            stopped.resume()
+            assert closed.wait(15)
+        assert not errors, errors
+        assert nc.is_closed
+        assert col.settle(N) == N
+        assert nc.stats.dropped_msgs == 0
+    finally:
+        col.nc.close()
