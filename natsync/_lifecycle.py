@@ -3,10 +3,12 @@
 * :func:`drain` stops interest in every subscription, waits (on its own deadline) for
   the callbacks to finish what is pending, sends what was published, then closes.
 * :func:`close` stops delivery at once (queued messages are discarded; a running
-  callback finishes), wakes every waiting call, sends what was published (bounded),
-  calls ``disconnected_cb`` then ``closed_cb`` once, and joins every thread against one
-  shared deadline. A concurrent second close waits for the first (unless it runs on one
-  of the client's own threads, which never waits on itself).
+  callback finishes), wakes every waiting call, sends what was published and, when
+  some of it is unconfirmed, half-closes and waits for the server's end of stream
+  (:func:`_await_server_eof`; bounded), calls ``disconnected_cb`` then ``closed_cb``
+  once, and joins every thread against one shared deadline. A concurrent second close
+  waits for the first (unless it runs on one of the client's own threads, which never
+  waits on itself).
 * :func:`forked`: in a child, every lock a client copied is replaced (never acquired); a
   lazy client goes back to "not connected yet", any other is closed with an error
   naming ``os.fork()``. The NUID generator is reseeded first.
@@ -56,6 +58,7 @@ from .errors import (
 from .subscription import ACTIVE, DRAINING, Subscription
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._transport import Transport
     from .client import Client
 
 __all__ = ["drain", "close", "close_lazy", "exit_flush", "forked", "live_clients", "warn_unsent"]
@@ -272,8 +275,13 @@ def close(
             for s in subs:
                 s._end(closed, discard=True)
             c._closing_flush = was_connected
+            dropped_before = c._w.dropped_msgs
+            # the connection already failed (a write, a read, a -ERR) and the reader has
+            # not handled it yet: a broken connection's rules count its messages
+            broken = c._disconnect_reason is not None
             pongs = list(c._pongs)
             c._pongs.clear()
+            c._ping_marks.clear()
             companions = list(c._companions) if c._companions else []
             c._state_cond.notify_all()
     if already:
@@ -292,13 +300,17 @@ def close(
     # Send what was published before close(), bounded: a server that stopped reading
     # must not hang close().
     flush_deadline = min(flush_deadline, deadline)
+    flushed = False
     if was_connected and transport is not None and me is not c._w.thread:
-        c._w.write_pending(flush_deadline)
+        flushed = c._w.write_pending(flush_deadline)
     warn_unsent(c)  # publishers are refused now (CLOSED): what is left is lost
     with c._lock:
         c._closing_flush = False
         dropped = c._w.drop()  # what the final flush could not send by its deadline
         c._w.idle.notify_all()  # publishers waiting for room
+        # written, not counted dropped, and not (yet) known to be read by the server:
+        # no PONG covered them
+        unconfirmed = c._w.out_msgs - c._confirmed - (c._w.dropped_msgs - dropped_before)
     if dropped:
         log.warning(
             "close(): %d message(s) published before close() were not sent by the final "
@@ -306,12 +318,32 @@ def close(
             dropped,
         )
     c._close_event.set()
+    settled = False  # the server's end of stream came: it read everything we sent
     if transport is not None:
+        if flushed and not dropped and unconfirmed > 0:
+            # A plain close() with unread bytes in our receive buffer (a late PONG, a
+            # server PING) resets the connection and throws away what the server has not
+            # read yet, and a server writing to a closed socket gets a reset and stops
+            # reading: half-close, and wait (until the flush deadline) for its EOF.
+            settled = _await_server_eof(c, transport, flush_deadline, me)
         transport.close()  # wakes the reader in recv and the writer in send
-    c._w.stop(deadline)
+    c._w.stop(deadline)  # a writer that was still in send() has counted its batch now
+    unconfirmed = 0
     with c._lock:
         c._transport = None
         c._parser = None
+        if was_connected and not settled and not broken:
+            # written, not counted dropped yet, and not known to be read by the server
+            # (no PONG covered them, no end of stream by the deadline): at most once
+            unconfirmed = c._w.out_msgs - c._confirmed - (c._w.dropped_msgs - dropped_before)
+            if unconfirmed > 0:
+                c._w.dropped_msgs += unconfirmed
+    if unconfirmed > 0:
+        log.warning(
+            "close(): the server did not confirm by the final flush's deadline that it read "
+            "the last %d message(s) sent; they may be lost (counted in stats.dropped_msgs)",
+            unconfirmed,
+        )
     with c._reader_lock:  # _close_event is set: no reader starts after this
         reader = c._reader
     if reader is not None and reader is not me:
@@ -344,6 +376,32 @@ def close(
         c._post_cb(o.closed_cb)
     c._events.stop(max(deadline - time.monotonic(), 0.0))
     c._close_done.set()
+
+
+def _await_server_eof(c: Client, transport: Transport, deadline: float, me: threading.Thread) -> bool:
+    """Half-close *transport* (a FIN after everything written) and wait until the server
+    closes its side, which it does after reading all we sent, or until *deadline*. True
+    when the server's end of stream came.
+
+    Whoever reads the socket sees it: the reader thread (joined: it ends at the end of
+    stream, as the client is CLOSED), or else this thread, holding the read token (a
+    flush() reading on its own thread finishes first: its waiter was failed by close()).
+    Nothing is written after the half-close: the final flush is done and the client is
+    CLOSED, so the writer finds nothing to write to."""
+    transport.shutdown_write()
+    with c._reader_lock:  # the client is CLOSED: no reader starts after this
+        reader = c._reader
+    if reader is not None and reader is not me:
+        reader.join(max(deadline - time.monotonic(), 0.0))
+        return transport.peer_closed
+    own = reader is me  # the reader holds the read token for its whole life
+    if not own and not c._read_token.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+        return transport.peer_closed
+    try:
+        return transport.read_to_eof(deadline)
+    finally:
+        if not own:
+            c._read_token.release()
 
 
 def exit_flush(c: Client, deadline: float) -> None:
@@ -413,6 +471,8 @@ def forked(c: Client) -> None:
         sub._after_fork(closed)  # what is pending belongs to the parent
     c._table = SubTable()
     c._pongs.clear()
+    c._ping_marks.clear()
+    c._confirmed = 0  # the new writer counts from 0
     c._mux = RequestMux("")
     c._pings_out = 0
     c._client_id = None

@@ -26,6 +26,17 @@ socket and drives an :class:`ssl.SSLObject` over two :class:`ssl.MemoryBIO`\\ s:
 
 :meth:`Transport.shutdown` shuts the raw socket down, which wakes a thread blocked in ``recv``
 or ``send`` on it in either mode.
+
+Closing without losing what was sent: on Linux (and most systems), closing a TCP socket
+whose receive buffer still holds unread bytes (a late PONG, a server PING) sends a reset
+(RST) instead of a FIN, and the bytes still in the socket's send queue (accepted by
+``send()`` but not yet taken by the peer, whose window was full) are thrown away: the
+server never sees them. :meth:`Transport.shutdown_write` (a FIN after the data) followed
+by reading to the server's end of stream (:meth:`Transport.read_to_eof`, or the reader
+thread) is the graceful close: the server reads everything before it sees the FIN and
+closes its side then, so the end of stream means "the server read all we sent". Under
+TLS no close_notify is sent: the server reads every record before the TCP FIN all the
+same.
 """
 
 from __future__ import annotations
@@ -79,6 +90,8 @@ class Transport:
             0 means the peer closed the connection.
         sendall: ``sendall(data)`` sends (encrypts) all of *data*.
         tls: True once :meth:`start_tls` has succeeded.
+        peer_closed: True once a read returned the end of stream (the peer closed its
+            side after reading everything sent before our FIN); set by whoever reads.
     """
 
     _in: ssl.MemoryBIO
@@ -89,6 +102,8 @@ class Transport:
         self._closed = False
         self._lock = threading.Lock()
         self.tls: bool = False
+        # set by the one reader that saw the end of stream (read by close() after it)
+        self.peer_closed: bool = False
         self.recv_into: Callable[[bytearray | memoryview], int] = sock.recv_into
         self.sendall: Callable[[Buffer], None] = sock.sendall
         # TLS state (set by start_tls)
@@ -393,6 +408,38 @@ class Transport:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def shutdown_write(self) -> None:
+        """Send a FIN after everything sent so far (the peer reads to its end of stream,
+        then closes); reading goes on. Only once no thread writes any more; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def read_to_eof(self, deadline: float) -> bool:
+        """Read and discard until the peer's end of stream or *deadline* (a
+        ``time.monotonic()`` value); True when the end of stream came (see
+        :attr:`peer_closed`). For a caller that is the only reader and the last user of
+        the socket (it changes the socket's timeout); False on a broken connection."""
+        buf = bytearray(16 * 1024)
+        while not self.peer_closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                self._sock.settimeout(left)
+                n = self.recv_into(buf)
+            except TimeoutError:
+                continue
+            except (OSError, ValueError):  # reset, or closed meanwhile
+                return False
+            if not n:
+                self.peer_closed = True
+        return True
 
     def close(self) -> None:
         """Shut down and close the socket; idempotent."""

@@ -275,6 +275,12 @@ class Writer:
         """Items waiting (for back-pressure: three per message)."""
         return len(self.q) + len(self.front)
 
+    def accepted(self) -> int:
+        """The messages accepted so far: taken (sent or dropped) plus queued now. A PING
+        queued after them confirms them all when its PONG comes (close() uses it to know
+        whether anything may be unread by the server)."""
+        return self.out_msgs + len(self.q) // 3 - self._ctl
+
     def _count(self, items: list[bytes]) -> tuple[int, int]:
         """The messages and payload bytes in *items*: everything in front (and in q
         while open), in which every triplet that is not a message was queued under lock

@@ -201,6 +201,13 @@ class Client:
         self._headers_ok = True
         self._w = Writer(self, self._lock, 10.0, "natsync-writer")
         self._pongs: deque[Waiter | None] = deque()
+        # For each PING in _pongs, the messages accepted before it (Writer.accepted());
+        # _confirmed: the mark of the last PONG read, i.e. every message up to it was read
+        # by the server (messages taken for a broken connection count as settled: they
+        # were counted dropped or sent). close() waits for the server's end of stream
+        # only when messages beyond it were sent. Guard: _lock (both, with _pongs).
+        self._ping_marks: deque[int] = deque()
+        self._confirmed = 0
         self._pings_out = 0
         self._next_ping = 0.0
         self._tick: float | None = None
@@ -542,6 +549,7 @@ class Client:
                         self._on_idle(transport)  # nothing arrived for a tick: a PING due?
                         continue
                     if not n:
+                        transport.peer_closed = True  # close() waits for this (see _lifecycle)
                         raise ConnectionResetError("server closed the connection")
                     events = feed(view[:n])
                     if events:
@@ -588,6 +596,7 @@ class Client:
                             continue
                         n = transport.recv_into(buf)
                         if not n:
+                            transport.peer_closed = True
                             raise ConnectionResetError("server closed the connection")
                         events = parser.feed_runs(view[:n])
                         if events:
@@ -636,6 +645,7 @@ class Client:
                     self._pings_out = 0
                     try:
                         w = self._pongs.popleft()
+                        self._confirmed = self._ping_marks.popleft()
                     except IndexError:
                         w = None
                 if w is not None:
@@ -668,6 +678,7 @@ class Client:
             if not stale:
                 self._pings_out += 1
                 self._pongs.append(None)
+                self._ping_marks.append(self._w.accepted())
                 self._w.ctl(protocol.PING_CMD)
         if stale:
             self._disconnect_reason = StaleConnectionError(
@@ -728,6 +739,8 @@ class Client:
             self._pending_size = 0
             pongs = list(self._pongs)
             self._pongs.clear()
+            self._ping_marks.clear()
+            self._confirmed = self._w.out_msgs  # taken for this connection: sent or dropped
             draining = self._state in (DRAINING_SUBS, DRAINING_PUBS)
             if not draining:
                 self._state = RECONNECTING
@@ -1094,6 +1107,7 @@ class Client:
                 if st in CONNECTED_STATES:
                     self._w.ctl(protocol.PING_CMD)
                     self._pongs.append(w)
+                    self._ping_marks.append(self._w.accepted())
                     sent = True
                 else:
                     sent = False
@@ -1361,12 +1375,19 @@ class Client:
 
     def close(self) -> None:
         """Stop delivery at once (queued messages are discarded; a callback already
-        running finishes), send what was published (within ``flush_timeout`` or 2 s;
-        what is left then is dropped, logged and counted in ``stats.dropped_msgs``),
-        call ``disconnected_cb`` (if connected) then ``closed_cb``, join every thread.
-        Everything it waits for shares one deadline: that flush limit plus 5 s; a
-        thread still running a callback then is logged by name and not waited for.
-        Idempotent; a concurrent second call waits for the first."""
+        running finishes), send what was published and wait until the server has read
+        it (within ``flush_timeout`` or 2 s; what is not sent, or not known to be read,
+        by then is logged and counted in ``stats.dropped_msgs``), call
+        ``disconnected_cb`` (if connected) then ``closed_cb``, join every thread.
+
+        When it returns, every message published before it was read by the server or
+        is counted in ``stats.dropped_msgs``: if messages were written that no PONG
+        confirmed, the socket is shut down for writing and read until the server
+        closes its side (a plain close with unread bytes would reset the connection
+        and lose what the server had not read yet). Everything it waits for shares one
+        deadline: that flush limit plus 5 s; a thread still running a callback then is
+        logged by name and not waited for. Idempotent; a concurrent second call waits
+        for the first."""
         self._close_within(None)
 
     def _close_within(self, deadline: float | None) -> None:

@@ -5,6 +5,10 @@ every connection it accepts to the target.  Faults:
 
 * :meth:`TCPProxy.cut` closes every current connection (both sides see an EOF);
   connections made afterwards are forwarded again.
+
+Without a fault the proxy loses no byte it accepted: when one side ends its stream (or
+resets), the proxy half-closes the other side (a FIN after everything forwarded) and
+keeps forwarding the other way until that side ends too, as a direct connection would.
 * :meth:`TCPProxy.blackhole` (True) stops forwarding bytes in both directions without
   closing anything, for current and new connections alike: the peers see a half-open
   connection.  ``blackhole(False)`` resumes forwarding (bytes held in the kernel
@@ -62,17 +66,21 @@ class _Pipe:
     def _run(self) -> None:
         sel = selectors.DefaultSelector()
         peer = {self.client: self.upstream, self.upstream: self.client}
+        reading = {self.client, self.upstream}  # sides whose end of stream has not come
+        dead: set[socket.socket] = set()  # sides that were reset: nothing can go to them
         try:
             for s in peer:
                 s.settimeout(_SEND_TIMEOUT)
                 sel.register(s, selectors.EVENT_READ)
             reading_client = True
-            while not self._closing.is_set():
+            while reading and not self._closing.is_set():
+                if self.upstream not in reading and not reading_client:
+                    return
                 if self._proxy._blackholed.is_set():
                     # hold everything: read nothing, write nothing, close nothing
                     self._closing.wait(_POLL)
                     continue
-                if self.stalled.is_set() == reading_client:
+                if self.client in reading and self.stalled.is_set() == reading_client:
                     # stall_client(): stop (or resume) reading what the client sends
                     reading_client = not reading_client
                     if reading_client:
@@ -81,10 +89,34 @@ class _Pipe:
                         sel.unregister(self.client)
                 for key, _ in sel.select(_POLL):
                     src: socket.socket = key.fileobj  # type: ignore[assignment]
-                    data = src.recv(_CHUNK)
-                    if not data:
-                        return
-                    peer[src].sendall(data)
+                    dst = peer[src]
+                    try:
+                        data = src.recv(_CHUNK)
+                    except OSError:  # reset: what it sent before was forwarded already
+                        data = b""
+                        dead.add(src)
+                    if data:
+                        if dst not in dead:
+                            try:
+                                dst.sendall(data)
+                            except OSError:
+                                dead.add(dst)  # gone: what is still meant for it is read and dropped
+                        continue
+                    # src's end of stream (or reset): pass the half-close on as a FIN after
+                    # everything forwarded, and go on pumping the other way until its end
+                    # of stream, so that the peer reads all the proxy accepted (closing a
+                    # socket with unread bytes would reset it and lose its send queue)
+                    sel.unregister(src)
+                    reading.discard(src)
+                    if src is self.client:
+                        reading_client = False
+                    elif not reading_client:
+                        break  # the server ended while the client is stalled: nothing can flow
+                    if dst not in dead:
+                        try:
+                            dst.shutdown(socket.SHUT_WR)
+                        except OSError:
+                            dead.add(dst)
         except OSError:
             return
         finally:

@@ -258,15 +258,6 @@ def test_close_waits_for_a_busy_callback_no_longer_than_its_deadline(nats_server
 # ------------------------------------------------------------------------- stress
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "open (issue 15): about one suite run in four, one round without a cut loses ~190 "
-        "messages published just before close() and counts none dropped; suspected: a "
-        "close() with unread bytes (a late PONG) in a socket buffer resets the connection "
-        "(TCP RST) and the server or the test proxy discards what it had not yet read"
-    ),
-)
 def test_stress_publish_returned_means_delivered_under_closes_and_cuts(nats_server: NATSServer) -> None:
     """Publishers on clients that are randomly closed and whose connections are cut:
     every message covered by a later successful flush() on its thread with no
