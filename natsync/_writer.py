@@ -278,8 +278,11 @@ class Writer:
     def accepted(self) -> int:
         """The messages accepted so far: taken (sent or dropped) plus queued now. A PING
         queued after them confirms them all when its PONG comes (close() uses it to know
-        whether anything may be unread by the server)."""
-        return self.out_msgs + len(self.q) // 3 - self._ctl
+        whether anything may be unread by the server). Called under lock; a message a
+        publisher appends without the lock between this call and the PING is confirmed
+        by that PONG too but not counted here: the mark errs low, never high."""
+        queued = len(self.front) + (len(self.q) if self.open else 0)  # whole triplets
+        return self.out_msgs + queued // 3 - self._ctl
 
     def _count(self, items: list[bytes]) -> tuple[int, int]:
         """The messages and payload bytes in *items*: everything in front (and in q
