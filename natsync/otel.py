@@ -46,6 +46,7 @@ by ``_SETTLE_LOCK``.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import weakref
@@ -132,6 +133,16 @@ _GETTER = _HeadersGetter()
 # --- telemetry: a tracer, a meter and its instruments -------------------------------------
 
 
+# the observable counters read from each client's nc.stats: (metric, stat, unit, what it counts)
+_STAT_COUNTERS: Final = (
+    ("messaging.client.sent.messages", "out_msgs", "{message}", "Messages published by the client"),
+    ("messaging.client.consumed.messages", "in_msgs", "{message}", "Messages received by the client"),
+    ("nats.client.sent.bytes", "out_bytes", "By", "Bytes published by the client"),
+    ("nats.client.received.bytes", "in_bytes", "By", "Bytes received by the client"),
+    ("nats.client.reconnects", "reconnects", "{reconnect}", "Reconnects of the client"),
+)
+
+
 class _Telemetry:
     """A tracer and the metric instruments, made from the given providers."""
 
@@ -157,36 +168,13 @@ class _Telemetry:
             unit="s",
             description="Duration of request() round trips and JetStream publishes (until the PubAck)",
         )
-        meter.create_observable_counter(
-            "messaging.client.sent.messages",
-            [self._observe_stat("out_msgs")],
-            unit="{message}",
-            description="Messages published by the client (nc.stats.out_msgs)",
-        )
-        meter.create_observable_counter(
-            "messaging.client.consumed.messages",
-            [self._observe_stat("in_msgs")],
-            unit="{message}",
-            description="Messages received by the client (nc.stats.in_msgs)",
-        )
-        meter.create_observable_counter(
-            "nats.client.sent.bytes",
-            [self._observe_stat("out_bytes")],
-            unit="By",
-            description="Bytes published by the client (nc.stats.out_bytes)",
-        )
-        meter.create_observable_counter(
-            "nats.client.received.bytes",
-            [self._observe_stat("in_bytes")],
-            unit="By",
-            description="Bytes received by the client (nc.stats.in_bytes)",
-        )
-        meter.create_observable_counter(
-            "nats.client.reconnects",
-            [self._observe_stat("reconnects")],
-            unit="{reconnect}",
-            description="Reconnects of the client (nc.stats.reconnects)",
-        )
+        for metric, stat, unit, what in _STAT_COUNTERS:
+            meter.create_observable_counter(
+                metric,
+                [self._observe_stat(stat)],
+                unit=unit,
+                description=f"{what} (nc.stats.{stat})",
+            )
         meter.create_observable_gauge(
             "nats.subscription.pending.messages",
             [self._observe_pending],
@@ -367,6 +355,40 @@ def _fail(span: Span, e: BaseException) -> None:
     span.set_status(Status(StatusCode.ERROR, f"{type(e).__name__}: {e}"))
 
 
+class _Ending:
+    """``with _Ending(span):`` ends *span* when the block ends; an exception out of the
+    block is first recorded on the span (:func:`_fail`) and then goes on. ``error`` is
+    then that exception's type name (None after a block that ended normally)."""
+
+    __slots__ = ("span", "error")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.error: str | None = None
+
+    def __enter__(self) -> Span:
+        return self.span
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            self.error = _error_type(exc)
+            _fail(self.span, exc)
+        self.span.end()
+
+
+def _use(span: Span) -> Any:
+    """*span* made current for a block, neither ended nor marked failed by it (see _Ending)."""
+    return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
+
+
+def _record_duration(tel: _Telemetry, op_name: str, dest: str, start: float, error: str | None) -> None:
+    """One value of the operation-duration histogram, measured from *start* (perf_counter)."""
+    mattrs: dict[str, Any] = {_SYS: SYSTEM, _OP_NAME: op_name, _DEST: dest}
+    if error is not None:
+        mattrs[_ERROR] = error
+    tel.request_duration.record(time.perf_counter() - start, mattrs)
+
+
 def _base(nc: Any, dest: str, op_type: str, op_name: str) -> dict[str, Any]:
     attrs: dict[str, Any] = {_SYS: SYSTEM, _DEST: dest, _OP_TYPE: op_type, _OP_NAME: op_name}
     cid = getattr(nc, "client_id", None) if nc is not None else None
@@ -450,86 +472,86 @@ def _settle(tel: _Telemetry, nc: Any, subject: str, payload: object, call: Calla
         attrs[_STREAM] = tokens[2]
         attrs[_CONSUMER] = tokens[3]
     span = tel.tracer.start_span(f"{op} {stream}", context=parent, kind=SpanKind.CLIENT, attributes=attrs)
-    try:
-        with _suppress():
-            return call()
-    except BaseException as e:
-        _fail(span, e)
-        raise
-    finally:
-        span.end()
+    with _Ending(span), _suppress():
+        return call()
+
+
+def _send(
+    tel: _Telemetry,
+    traced: Callable[..., Any],
+    orig: Callable[..., Any],
+    nc: Any,
+    subject: Any,
+    payload: Any,
+    arg: Any,
+    headers: Any,
+    kw: dict[str, Any],
+) -> Any:
+    """A client's publish (*arg*: reply) or request (*arg*: timeout): *traced* (_publish,
+    _request) makes its span, except for an ack (a settle span) and what makes none."""
+    if type(subject) is not str or _suppressed():
+        return orig(nc, subject, payload, arg, headers, **kw)
+    if subject.startswith("$JS."):
+        if subject.startswith(_ACK_PREFIX):  # an ack, or ack_sync through request
+            return _settle(tel, nc, subject, payload, lambda: orig(nc, subject, payload, arg, headers, **kw))
+        return orig(nc, subject, payload, arg, headers, **kw)  # JetStream API and flow control
+    return traced(tel, orig, nc, subject, payload, arg, headers, kw)
 
 
 def _publish(
     tel: _Telemetry,
     orig: Callable[..., None],
     nc: Any,
-    subject: Any,
+    subject: str,
     payload: Any,
     reply: Any,
     headers: Any,
     kw: dict[str, Any],
 ) -> None:
-    if type(subject) is not str or _suppressed():
-        return orig(nc, subject, payload, reply, headers, **kw)
-    if subject.startswith("$JS."):
-        if subject.startswith(_ACK_PREFIX):
-            return _settle(  # type: ignore[no-any-return]
-                tel, nc, subject, payload, lambda: orig(nc, subject, payload, reply, headers, **kw)
-            )
-        return orig(nc, subject, payload, reply, headers, **kw)  # JetStream API and flow control
     parent = _parent_from(headers)
     attrs = _base(nc, subject, "send", "publish")
     attrs[_BODY] = _body_size(payload)
     span = tel.tracer.start_span(f"send {subject}", context=parent, kind=SpanKind.PRODUCER, attributes=attrs)
     if not span.get_span_context().is_valid:  # a no-op tracer: no context to send
         return orig(nc, subject, payload, reply, headers, **kw)
-    try:
+    with _Ending(span):
         hdrs = _inject(headers, trace.set_span_in_context(span))
         orig(nc, subject, payload, reply, hdrs, **kw)
-    except BaseException as e:
-        _fail(span, e)
-        raise
-    finally:
-        span.end()
 
 
 def _request(
     tel: _Telemetry,
     orig: Callable[..., Msg],
     nc: Any,
-    subject: Any,
+    subject: str,
     payload: Any,
     timeout: Any,
     headers: Any,
     kw: dict[str, Any],
 ) -> Msg:
-    if type(subject) is not str or _suppressed():
-        return orig(nc, subject, payload, timeout, headers, **kw)
-    if subject.startswith("$JS."):
-        if subject.startswith(_ACK_PREFIX):  # ack_sync
-            return _settle(  # type: ignore[no-any-return]
-                tel, nc, subject, payload, lambda: orig(nc, subject, payload, timeout, headers, **kw)
-            )
-        return orig(nc, subject, payload, timeout, headers, **kw)
     attrs = _base(nc, subject, "send", "request")
     attrs[_BODY] = _body_size(payload)
     span = tel.tracer.start_span(f"request {subject}", kind=SpanKind.CLIENT, attributes=attrs)
     start = time.perf_counter()
-    err: str | None = None
+    ending = _Ending(span)
     try:
-        hdrs = _inject(headers, trace.set_span_in_context(span))
-        return orig(nc, subject, payload, timeout, hdrs, **kw)
-    except BaseException as e:
-        err = _error_type(e)
-        _fail(span, e)
-        raise
+        with ending:
+            hdrs = _inject(headers, trace.set_span_in_context(span))
+            return orig(nc, subject, payload, timeout, hdrs, **kw)
     finally:
-        span.end()
-        mattrs: dict[str, Any] = {_SYS: SYSTEM, _OP_NAME: "request", _DEST: subject}
-        if err is not None:
-            mattrs[_ERROR] = err
-        tel.request_duration.record(time.perf_counter() - start, mattrs)
+        _record_duration(tel, "request", subject, start, ending.error)
+
+
+def _process(span: Span, cb: Callable[[Msg], object], msg: Msg) -> object:
+    """``cb(msg)`` inside its process *span* (ended with it), with ``_local.msg`` set to
+    *msg* meanwhile (a web worker's handler then makes no second span)."""
+    prev = getattr(_local, "msg", None)
+    _local.msg = msg
+    try:
+        with _Ending(span), _use(span):
+            return cb(msg)
+    finally:
+        _local.msg = prev
 
 
 def _micro_endpoint(cb: object) -> bool:
@@ -556,19 +578,7 @@ def _traced_cb(
         )
         if not span.get_span_context().is_valid:  # a no-op tracer
             return cb(msg)
-        prev = getattr(_local, "msg", None)
-        _local.msg = msg
-        try:
-            with trace.use_span(
-                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-            ):
-                return cb(msg)
-        except BaseException as e:
-            _fail(span, e)
-            raise
-        finally:
-            _local.msg = prev
-            span.end()
+        return _process(span, cb, msg)
 
     return traced
 
@@ -657,28 +667,21 @@ def _js_publish(
         attributes=attrs,
     )
     start = time.perf_counter()
-    err: str | None = None
+    ending = _Ending(span)
     try:
-        kwargs = dict(kwargs, headers=_inject(kwargs.get("headers"), trace.set_span_in_context(span)))
-        with _suppress():
-            result = orig(js, subject, payload, **kwargs)
-        if op_name == "publish":
-            span.set_attribute(_STREAM, result.stream)
-            span.set_attribute(_SEQ, result.seq)
-            if result.duplicate:
-                span.set_attribute(_DUP, True)
-        return result
-    except BaseException as e:
-        err = _error_type(e)
-        _fail(span, e)
-        raise
+        with ending:
+            kwargs = dict(kwargs, headers=_inject(kwargs.get("headers"), trace.set_span_in_context(span)))
+            with _suppress():
+                result = orig(js, subject, payload, **kwargs)
+            if op_name == "publish":
+                span.set_attribute(_STREAM, result.stream)
+                span.set_attribute(_SEQ, result.seq)
+                if result.duplicate:
+                    span.set_attribute(_DUP, True)
+            return result
     finally:
-        span.end()
         if op_name == "publish":
-            mattrs: dict[str, Any] = {_SYS: SYSTEM, _OP_NAME: "publish", _DEST: subject}
-            if err is not None:
-                mattrs[_ERROR] = err
-            tel.request_duration.record(time.perf_counter() - start, mattrs)
+            _record_duration(tel, "publish", subject, start, ending.error)
 
 
 def _js_cb(tel: _Telemetry, nc: Any, subject: str, cb: Callable[[Msg], object]) -> Callable[[Msg], object]:
@@ -694,19 +697,9 @@ def _js_cb(tel: _Telemetry, nc: Any, subject: str, cb: Callable[[Msg], object]) 
             name, context=ctx, kind=SpanKind.CONSUMER, attributes=attrs, links=_links(ctx)
         )
         sctx = trace.set_span_in_context(span)
-        prev = getattr(_local, "msg", None)
-        _local.msg = msg
         try:
-            with trace.use_span(
-                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-            ):
-                return cb(msg)
-        except BaseException as e:
-            _fail(span, e)
-            raise
+            return _process(span, cb, msg)
         finally:
-            _local.msg = prev
-            span.end()
             _remember_settle(msg.reply, sctx)  # an ack after the callback (auto-ack) belongs here
 
     return traced
@@ -839,7 +832,7 @@ def _store_op(
     if args and isinstance(args[0], str):
         attrs["nats.kv.key" if kind == "kv" else "nats.obj.name"] = args[0]
     span = tel.tracer.start_span(f"{kind}.{op} {bucket}", kind=SpanKind.CLIENT, attributes=attrs)
-    try:
+    with _Ending(span):
         with _suppress():
             result = orig(store, *args, **kwargs)
         if isinstance(result, int) and not isinstance(result, bool):
@@ -848,11 +841,6 @@ def _store_op(
         if isinstance(rev, int):
             span.set_attribute("nats.kv.revision", rev)
         return result
-    except BaseException as e:
-        _fail(span, e)
-        raise
-    finally:
-        span.end()
 
 
 def _store_factory(orig: Callable[..., Any], js: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -884,14 +872,8 @@ def _micro_handle(orig: Callable[..., None], ep: Any, msg: Msg) -> None:
     span = tel.tracer.start_span(
         f"{service.name} {ep.name}", context=ctx, kind=SpanKind.SERVER, attributes=attrs
     )
-    try:
-        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-            return orig(ep, msg)
-    except BaseException as e:
-        _fail(span, e)
-        raise
-    finally:
-        span.end()
+    with _Ending(span), _use(span):
+        return orig(ep, msg)
 
 
 def _micro_respond_error(
@@ -932,15 +914,9 @@ def _worker_init(
         )
         sctx = trace.set_span_in_context(span)
         try:
-            with trace.use_span(
-                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-            ):
+            with _Ending(span), _use(span):
                 return invoke(handler, msg)
-        except BaseException as e:
-            _fail(span, e)
-            raise
         finally:
-            span.end()
             _remember_settle(msg.reply, sctx)
 
     worker._invoke = traced_invoke
@@ -983,12 +959,16 @@ def _client_methods(
     def traced_publish(
         subject: str, payload: Any = b"", reply: str | None = None, headers: Any = None, **kw: Any
     ) -> None:
-        return _publish(tel, publish, self_, subject, payload, reply, headers, kw)
+        return _send(  # type: ignore[no-any-return]
+            tel, _publish, publish, self_, subject, payload, reply, headers, kw
+        )
 
     def traced_request(
         subject: str, payload: Any = b"", timeout: float = 0.5, headers: Any = None, **kw: Any
     ) -> Msg:
-        return _request(tel, request, self_, subject, payload, timeout, headers, kw)
+        return _send(  # type: ignore[no-any-return]
+            tel, _request, request, self_, subject, payload, timeout, headers, kw
+        )
 
     def traced_subscribe(
         subject: str, queue: str | None = None, cb: Any = None, **kwargs: Any
@@ -1001,6 +981,20 @@ def _client_methods(
 def _set(owner: object, name: str, value: object, record: list[tuple[object, str, object]]) -> None:
     record.append((owner, name, owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)))
     setattr(owner, name, value)
+
+
+def _wrap(
+    owner: Any, name: str, call: Callable[..., Any], record: list[tuple[object, str, object]]
+) -> None:
+    """Replace the method *name* of the class *owner* by one that returns
+    ``call(original, self, args, kwargs)``, with the original's docstring."""
+    orig = owner.__dict__[name]
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return call(orig, self, args, kwargs)
+
+    wrapper.__doc__ = orig.__doc__
+    _set(owner, name, wrapper, record)
 
 
 def _restore(record: list[tuple[object, str, object]]) -> None:
@@ -1065,22 +1059,9 @@ def _shared_patches(record: list[tuple[object, str, object]]) -> None:
     _set(J, "subscribe", js_subscribe, record)
 
     for name in ("pull_subscribe", "pull_subscribe_bind"):
-        orig_ps = J.__dict__[name]
-
-        def pull_sub(self: Any, *args: Any, _o: Any = orig_ps, **kwargs: Any) -> Any:
-            return _pull_subscribe(_o, self, args, kwargs)
-
-        pull_sub.__doc__ = orig_ps.__doc__
-        _set(J, name, pull_sub, record)
-
+        _wrap(J, name, _pull_subscribe, record)
     for name in ("create_key_value", "key_value", "create_object_store", "object_store"):
-        orig_f = J.__dict__[name]
-
-        def factory(self: Any, *args: Any, _o: Any = orig_f, **kwargs: Any) -> Any:
-            return _store_factory(_o, self, args, kwargs)
-
-        factory.__doc__ = orig_f.__doc__
-        _set(J, name, factory, record)
+        _wrap(J, name, _store_factory, record)
 
     for cls in (jsmod.PushSubscription, jsmod.OrderedConsumer):
         orig_nm = cls.__dict__["next_msg"]
@@ -1091,21 +1072,8 @@ def _shared_patches(record: list[tuple[object, str, object]]) -> None:
         js_next.__doc__ = orig_nm.__doc__
         _set(cls, "next_msg", js_next, record)
 
-    P = jsmod.PullSubscription
-    fetch_o = P.__dict__["fetch"]
-
-    def fetch(self: Any, *args: Any, **kwargs: Any) -> list[Msg]:
-        return _fetch(fetch_o, self, args, kwargs)
-
-    fetch.__doc__ = fetch_o.__doc__
-    _set(P, "fetch", fetch, record)
-    msgs_o = P.__dict__["messages"]
-
-    def messages(self: Any, *args: Any, **kwargs: Any) -> Iterator[Msg]:
-        return _messages(msgs_o, self, args, kwargs)
-
-    messages.__doc__ = msgs_o.__doc__
-    _set(P, "messages", messages, record)
+    _wrap(jsmod.PullSubscription, "fetch", _fetch, record)
+    _wrap(jsmod.PullSubscription, "messages", _messages, record)
 
     store_cls: Any
     for store_cls, kind, ops in (
@@ -1113,17 +1081,9 @@ def _shared_patches(record: list[tuple[object, str, object]]) -> None:
         (osmod.ObjectStore, "obj", ("put", "get", "get_info", "delete", "update_meta", "list")),
     ):
         for op in ops:
-            orig_op = store_cls.__dict__.get(op)
-            if orig_op is None:  # pragma: no cover - an operation this version lacks
+            if op not in store_cls.__dict__:  # pragma: no cover - an operation this version lacks
                 continue
-
-            def store_op(
-                self: Any, *args: Any, _o: Any = orig_op, _k: str = kind, _n: str = op, **kwargs: Any
-            ) -> Any:
-                return _store_op(_k, _n, _o, self, args, kwargs)
-
-            store_op.__doc__ = orig_op.__doc__
-            _set(store_cls, op, store_op, record)
+            _wrap(store_cls, op, functools.partial(_store_op, kind, op), record)
 
     try:
         from . import _web
@@ -1131,12 +1091,7 @@ def _shared_patches(record: list[tuple[object, str, object]]) -> None:
         return
     W = getattr(_web, "Worker", None)
     if W is not None and "__init__" in W.__dict__:
-        winit = W.__dict__["__init__"]
-
-        def worker_init(self: Any, *args: Any, **kwargs: Any) -> None:
-            return _worker_init(winit, self, args, kwargs)
-
-        _set(W, "__init__", worker_init, record)
+        _wrap(W, "__init__", _worker_init, record)
 
 
 def _acquire_shared() -> None:
@@ -1193,7 +1148,9 @@ class NatsyncInstrumentor:
                 headers: Any = None,
                 **kw: Any,
             ) -> None:
-                return _publish(tel, fns["publish"], self, subject, payload, reply, headers, kw)
+                return _send(  # type: ignore[no-any-return]
+                    tel, _publish, fns["publish"], self, subject, payload, reply, headers, kw
+                )
 
             def request(
                 self: Client,
@@ -1203,7 +1160,9 @@ class NatsyncInstrumentor:
                 headers: Any = None,
                 **kw: Any,
             ) -> Msg:
-                return _request(tel, fns["request"], self, subject, payload, timeout, headers, kw)
+                return _send(  # type: ignore[no-any-return]
+                    tel, _request, fns["request"], self, subject, payload, timeout, headers, kw
+                )
 
             def subscribe(
                 self: Client, subject: str, queue: str | None = None, cb: Any = None, **kwargs: Any

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 
 import pytest
+from jskit import js, js_server, memory_stream, nc
 from recorder import wait_until
 
 import natsync
@@ -25,40 +26,17 @@ from natsync.js.api import (
 )
 from natsync.testing import NATSServer
 
+__all__ = ["js", "js_server", "nc"]
+
 _names = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def js_server() -> Iterator[NATSServer]:
-    with NATSServer(jetstream=True) as server:
-        yield server
-
-
-@pytest.fixture
-def nc(js_server: NATSServer) -> Iterator[natsync.Client]:
-    client = natsync.connect(js_server.url)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def js(nc: natsync.Client) -> JetStream:
-    return nc.jetstream(timeout=5.0)
 
 
 @pytest.fixture
 def stream(js: JetStream) -> Iterator[str]:
     """A fresh memory stream named S<n> on subjects s<n>.>."""
     n = next(_names)
-    name = f"S{n}"
-    js.add_stream(name=name, subjects=[f"s{n}.>"], storage=StorageType.MEMORY)
-    yield name
-    try:
-        js.delete_stream(name)
-    except natsync.NatsError:
-        pass
+    with memory_stream(js, f"S{n}", [f"s{n}.>"]) as name:
+        yield name
 
 
 def subj(stream: str, tail: str = "x") -> str:

@@ -12,43 +12,24 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from jskit import js, js_server, memory_stream, nc
 
 import natsync
 from natsync.js import JetStream, errors
 from natsync.js.api import StorageType
 from natsync.js.batch import BatchClosedError
-from natsync.testing import NATSCluster, NATSServer
+from natsync.testing import NATSCluster
+
+__all__ = ["js", "js_server", "nc"]
 
 _names = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def js_server() -> Iterator[NATSServer]:
-    with NATSServer(jetstream=True) as server:
-        yield server
-
-
-@pytest.fixture
-def nc(js_server: NATSServer) -> Iterator[natsync.Client]:
-    client = natsync.connect(js_server.url)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def js(nc: natsync.Client) -> JetStream:
-    return nc.jetstream(timeout=5.0)
 
 
 @pytest.fixture
 def stream(js: JetStream) -> Iterator[str]:
     n = next(_names)
-    name = f"B{n}"
-    js.add_stream(name=name, subjects=[f"b{n}.>"], storage=StorageType.MEMORY, allow_atomic=True)
-    yield name
-    js.delete_stream(name)
+    with memory_stream(js, f"B{n}", [f"b{n}.>"], strict_delete=True, allow_atomic=True) as name:
+        yield name
 
 
 def _s(stream: str, tail: str = "x") -> str:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from jskit import js, js_server, memory_stream, nc
 from recorder import wait_until
 
 import natsync
@@ -29,35 +30,16 @@ from natsync.js import JetStream, errors
 from natsync.js.api import AckPolicy, ConsumerConfig, PriorityPolicy, StorageType
 from natsync.testing import NATSServer
 
+__all__ = ["js", "js_server", "nc"]
+
 _n = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[NATSServer]:
-    with NATSServer(jetstream=True) as s:
-        yield s
-
-
-@pytest.fixture
-def nc(server: NATSServer) -> Iterator[natsync.Client]:
-    with natsync.connect(server.url) as client:
-        yield client
-
-
-@pytest.fixture
-def js(nc: natsync.Client) -> JetStream:
-    return nc.jetstream(timeout=5)
 
 
 @pytest.fixture
 def stream(js: JetStream) -> Iterator[str]:
     name = f"C{next(_n)}"
-    js.add_stream(name=name, subjects=[f"{name}.>"], storage=StorageType.MEMORY)
-    yield name
-    try:
-        js.delete_stream(name)
-    except natsync.NatsError:
-        pass
+    with memory_stream(js, name, [f"{name}.>"]):
+        yield name
 
 
 def _publish(js: JetStream, subject: str, n: int, start: int = 0) -> None:
@@ -306,9 +288,9 @@ def test_messages_iterator_rides_over_max_waiting(js: JetStream, stream: str) ->
 
 
 def test_extended_create_subject_and_named_ephemeral(
-    nc: natsync.Client, js: JetStream, stream: str, server: NATSServer
+    nc: natsync.Client, js: JetStream, stream: str, js_server: NATSServer
 ) -> None:
-    with natsync.connect(server.url) as spy:
+    with natsync.connect(js_server.url) as spy:
         creates = spy.subscribe("$JS.API.CONSUMER.CREATE.>")
         spy.flush()
         info = js.add_consumer(stream, filter_subject=f"{stream}.orders")

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from jskit import js_server, memory_stream, nc
 from proxy import TCPProxy
 from recorder import wait_until
 
@@ -17,19 +18,9 @@ from natsync.js import JetStream, OrderedConsumer
 from natsync.js.api import DeliverPolicy, StorageType
 from natsync.testing import NATSServer
 
+__all__ = ["js_server", "nc"]
+
 _n = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[NATSServer]:
-    with NATSServer(jetstream=True) as s:
-        yield s
-
-
-@pytest.fixture
-def nc(server: NATSServer) -> Iterator[natsync.Client]:
-    with natsync.connect(server.url) as client:
-        yield client
 
 
 @pytest.fixture
@@ -40,9 +31,8 @@ def js(nc: natsync.Client) -> JetStream:
 @pytest.fixture
 def stream(js: JetStream) -> Iterator[str]:
     name = f"P{next(_n)}"
-    js.add_stream(name=name, subjects=[f"{name}.>"], storage=StorageType.MEMORY)
-    yield name
-    js.delete_stream(name)
+    with memory_stream(js, name, [f"{name}.>"], strict_delete=True):
+        yield name
 
 
 def test_heartbeats_and_flow_control_never_reach_the_user(js: JetStream, stream: str) -> None:
@@ -150,8 +140,8 @@ def test_ordered_filters_and_start_sequence(js: JetStream, stream: str) -> None:
         OrderedConsumer(js, stream, cb=5)  # type: ignore[arg-type]
 
 
-def test_ordered_recreated_after_missed_heartbeats(server: NATSServer) -> None:
-    with TCPProxy("127.0.0.1", server.port) as proxy:
+def test_ordered_recreated_after_missed_heartbeats(js_server: NATSServer) -> None:
+    with TCPProxy("127.0.0.1", js_server.port) as proxy:
         nc = natsync.connect(proxy.url, reconnect_time_wait=0.05)
         try:
             js = nc.jetstream(timeout=0.5)
@@ -178,8 +168,8 @@ def test_ordered_recreated_after_missed_heartbeats(server: NATSServer) -> None:
             nc.close()
 
 
-def test_ordered_consumer_ends_on_close(server: NATSServer) -> None:
-    nc = natsync.connect(server.url)
+def test_ordered_consumer_ends_on_close(js_server: NATSServer) -> None:
+    nc = natsync.connect(js_server.url)
     js = nc.jetstream()
     js.add_stream(name="ENDS", subjects=["ends"], storage=StorageType.MEMORY)
     try:
@@ -190,7 +180,7 @@ def test_ordered_consumer_ends_on_close(server: NATSServer) -> None:
         assert not oc.is_valid
         oc.stop()
     finally:
-        with natsync.connect(server.url) as nc2:
+        with natsync.connect(js_server.url) as nc2:
             nc2.jetstream().delete_stream("ENDS")
 
 

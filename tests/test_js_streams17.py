@@ -9,37 +9,18 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 
 import pytest
+from jskit import js, js_server, nc
 from recorder import wait_until
 
 import natsync
 from natsync.js import JetStream, api, errors
 from natsync.js.api import StorageType, StoreCompression, StreamConfig
-from natsync.testing import NATSServer
+
+__all__ = ["js", "js_server", "nc"]
 
 _names = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def js_server() -> Iterator[NATSServer]:
-    with NATSServer(jetstream=True) as server:
-        yield server
-
-
-@pytest.fixture
-def nc(js_server: NATSServer) -> Iterator[natsync.Client]:
-    client = natsync.connect(js_server.url)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def js(nc: natsync.Client) -> JetStream:
-    return nc.jetstream(timeout=5.0)
 
 
 def _new(js: JetStream, **fields: object) -> str:

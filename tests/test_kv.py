@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from jskit import js_server, module_js, module_nc
 
 import natsync
 from natsync.js import api
@@ -24,22 +25,7 @@ from natsync.js.errors import (
 from natsync.js.kv import KeyValue
 from natsync.testing import NATSServer
 
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[NATSServer]:
-    with NATSServer(jetstream=True) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def nc(server: NATSServer) -> Iterator[natsync.Client]:
-    with natsync.connect(server.url) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def js(nc: natsync.Client) -> object:
-    return nc.jetstream()
+__all__ = ["js_server", "module_js", "module_nc"]
 
 
 _counter = iter(range(1_000_000))
@@ -222,11 +208,11 @@ def test_value_size_limit(js: object) -> None:
         js.delete_key_value("SMALL")  # type: ignore[attr-defined]
 
 
-def test_direct_get_used_when_allowed(server: NATSServer, js: object) -> None:
+def test_direct_get_used_when_allowed(js_server: NATSServer, js: object) -> None:
     direct = js.create_key_value(bucket="DIRECT", storage=api.StorageType.MEMORY)  # type: ignore[attr-defined]
     plain = js.create_key_value(bucket="PLAIN", storage=api.StorageType.MEMORY, direct=False)  # type: ignore[attr-defined]
     try:
-        with natsync.connect(server.url) as spy:
+        with natsync.connect(js_server.url) as spy:
             seen = spy.subscribe("$JS.API.>")
             spy.flush()
             direct.put("k", b"d")
@@ -248,9 +234,9 @@ def test_direct_get_used_when_allowed(server: NATSServer, js: object) -> None:
         js.delete_key_value("PLAIN")  # type: ignore[attr-defined]
 
 
-def test_racing_updates_exactly_one_wins(server: NATSServer, kv: KeyValue) -> None:
+def test_racing_updates_exactly_one_wins(js_server: NATSServer, kv: KeyValue) -> None:
     """Two writers on two connections race update(last=) on the same revision."""
-    with natsync.connect(server.url) as nc2:
+    with natsync.connect(js_server.url) as nc2:
         kv2 = nc2.jetstream().key_value(kv.bucket)
         last = kv.put("leader", b"none")
         for round_ in range(20):

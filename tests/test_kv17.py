@@ -12,35 +12,17 @@ import itertools
 from collections.abc import Iterator
 
 import pytest
+from jskit import js, js_server, nc
 from recorder import wait_until
 
 import natsync
 from natsync.js import JetStream, api, errors
 from natsync.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from natsync.js.kv import Entry, KeyValue
-from natsync.testing import NATSServer
+
+__all__ = ["js", "js_server", "nc"]
 
 _names = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[NATSServer]:
-    with NATSServer(jetstream=True) as srv:
-        yield srv
-
-
-@pytest.fixture
-def nc(server: NATSServer) -> Iterator[natsync.Client]:
-    client = natsync.connect(server.url)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def js(nc: natsync.Client) -> JetStream:
-    return nc.jetstream(timeout=5.0)
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import socket
 import threading
 import time
 import urllib.request
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from forkkit import run_in_child
 from recorder import Recorder, wait_until
 
 import natsync
@@ -219,36 +219,6 @@ def test_drain_of_unused_lazy_client_closes_without_io(listener: socket.socket) 
 
 
 # --- fork ------------------------------------------------------------------------------
-
-
-def run_in_child(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Fork; run *fn* in the child, return what it returned (JSON through a pipe)."""
-    r, w = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            os.close(r)
-            try:
-                result = fn()
-            except BaseException as e:  # noqa: BLE001 - reported to the parent
-                result = {"child_crashed": f"{type(e).__name__}: {e}"}
-            with os.fdopen(w, "w") as f:
-                json.dump(result, f)
-        except BaseException:  # noqa: BLE001
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r) as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, data
-    result: dict[str, Any] = json.loads(data)
-    assert "child_crashed" not in result, result["child_crashed"]
-    return result
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")

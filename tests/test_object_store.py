@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jskit import js_server, module_js, module_nc
 
 import natsync
 from natsync.js import api
@@ -25,26 +26,10 @@ from natsync.js.errors import (
     ObjectNotFoundError,
 )
 from natsync.js.object_store import ObjectStore, chunk_subject, meta_subject
-from natsync.testing import NATSServer
+
+__all__ = ["js_server", "module_js", "module_nc"]
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[NATSServer]:
-    with NATSServer(jetstream=True) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def nc(server: NATSServer) -> Iterator[natsync.Client]:
-    with natsync.connect(server.url) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def js(nc: natsync.Client) -> object:
-    return nc.jetstream()
 
 
 _counter = iter(range(1_000_000))

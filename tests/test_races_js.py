@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+from jskit import js_server, memory_stream, nc
 from recorder import Recorder, wait_until
 
 import natsync
@@ -28,35 +29,17 @@ from natsync.js._async import AckFuture
 from natsync.js.errors import StreamNotFoundError
 from natsync.testing import NATSServer
 
+__all__ = ["js_server", "nc"]
+
 _names = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def js_server() -> Iterator[NATSServer]:
-    with NATSServer(jetstream=True) as server:
-        yield server
-
-
-@pytest.fixture
-def nc(js_server: NATSServer) -> Iterator[natsync.Client]:
-    client = natsync.connect(js_server.url)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture
 def stream(nc: natsync.Client) -> Iterator[str]:
     """A fresh memory stream named R<n> on subjects r<n>.>."""
-    js = nc.jetstream()
     name = f"R{next(_names)}"
-    js.add_stream(name=name, subjects=[f"{name.lower()}.>"], storage=api.StorageType.MEMORY)
-    yield name
-    try:
-        js.delete_stream(name)
-    except natsync.NatsError:
-        pass
+    with memory_stream(nc.jetstream(), name, [f"{name.lower()}.>"]):
+        yield name
 
 
 def _subj(stream: str, tail: str = "x") -> str:

@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from ..client import Client
-from ..errors import TimeoutError as NatsTimeoutError
 from . import _options
+from ._bucket import delete_bucket, follow, list_buckets, report
 from ._util import (
     CommandError,
     add_force,
@@ -19,7 +19,6 @@ from ._util import (
     jsonable,
     out,
     positive_int,
-    problems,
     read_stdin,
     status,
     stdin_is_tty,
@@ -62,11 +61,7 @@ def cmd_kv_add(nc: Client, args: argparse.Namespace) -> int:
     if args.max_bytes is not None:
         kw["max_bytes"] = args.max_bytes
     kv = _options.jetstream(nc, args).create_key_value(**kw)
-    st = kv.status()
-    if args.json:
-        out(dumps(_status_doc(st)))
-    else:
-        out(f"Created bucket {args.bucket!r}")
+    report(args, _status_doc(kv.status()), f"Created bucket {args.bucket!r}")
     return 0
 
 
@@ -89,10 +84,7 @@ def cmd_kv_put(nc: Client, args: argparse.Namespace) -> int:
     else:
         value = args.value.encode()
     rev = _options.jetstream(nc, args).key_value(args.bucket).put(args.key, value)
-    if args.json:
-        out(dumps({"bucket": args.bucket, "key": args.key, "revision": rev}))
-    else:
-        out(f"{args.key} = revision {rev}")
+    report(args, {"bucket": args.bucket, "key": args.key, "revision": rev}, f"{args.key} = revision {rev}")
     return 0
 
 
@@ -101,19 +93,14 @@ def cmd_kv_del(nc: Client, args: argparse.Namespace) -> int:
     js = _options.jetstream(nc, args)
     kv = js.key_value(args.bucket)  # a missing bucket is an error before asking
     if args.key is None:
-        confirm(args, f"Delete bucket {args.bucket!r} with all its keys?")
-        js.delete_key_value(args.bucket)
-        if args.json:
-            out(dumps({"bucket": args.bucket, "deleted": True}))
-        else:
-            out(f"Deleted bucket {args.bucket!r}")
-        return 0
+        return delete_bucket(args, js.delete_key_value, "bucket", "keys")
     confirm(args, f"Delete key {args.key!r} from bucket {args.bucket!r}?")
     kv.delete(args.key)
-    if args.json:
-        out(dumps({"bucket": args.bucket, "key": args.key, "deleted": True}))
-    else:
-        out(f"Deleted {args.key!r} from {args.bucket!r}")
+    report(
+        args,
+        {"bucket": args.bucket, "key": args.key, "deleted": True},
+        f"Deleted {args.key!r} from {args.bucket!r}",
+    )
     return 0
 
 
@@ -155,19 +142,7 @@ def cmd_kv_ls(nc: Client, args: argparse.Namespace) -> int:
     """``natsync kv ls [BUCKET]``."""
     js = _options.jetstream(nc, args)
     if args.bucket is None:
-        names = sorted(
-            str(get(i, "config", "name"))[3:]
-            for i in js.streams_info()
-            if str(get(i, "config", "name", default="")).startswith("KV_")
-        )
-        if args.json:
-            out(dumps(names))
-        elif not names:
-            out("No Key/Value buckets")
-        else:
-            for n in names:
-                out(n)
-        return 0
+        return list_buckets(js, args, "KV_", "No Key/Value buckets")
     kv = js.key_value(args.bucket)
     from natsync.js import NoKeysError
 
@@ -188,32 +163,20 @@ def cmd_kv_watch(nc: Client, args: argparse.Namespace) -> int:
     interrupt.polling = True
     watcher = _options.jetstream(nc, args).key_value(args.bucket).watch(args.keys)
     status(f"Watching {args.bucket!r} keys {args.keys!r}")
-    n = 0
-    try:
-        while not interrupt.event.is_set():
-            problems.check()
-            try:
-                entry = watcher.updates(timeout=0.25)
-            except NatsTimeoutError:
-                continue
-            except StopIteration:  # the watcher ended
-                break
-            if entry is None:
-                if not args.json:
-                    status("(current values delivered; now watching for changes)")
-                continue
-            n += 1
-            if args.json:
-                out(dumps(entry_doc(entry)))
-            else:
-                op = get(entry, "operation") or "PUT"
-                value = bytes(get(entry, "value", default=b"")).decode("utf-8", "replace")
-                out(f"[{op}] {get(entry, 'key')} revision {get(entry, 'revision')}: {value}")
-            if args.count is not None and n >= args.count:
-                break
-    finally:
-        watcher.stop()
-    return 0
+
+    def show(entry: Any) -> None:
+        if args.json:
+            out(dumps(entry_doc(entry)))
+        else:
+            op = get(entry, "operation") or "PUT"
+            value = bytes(get(entry, "value", default=b"")).decode("utf-8", "replace")
+            out(f"[{op}] {get(entry, 'key')} revision {get(entry, 'revision')}: {value}")
+
+    def on_current() -> None:
+        if not args.json:
+            status("(current values delivered; now watching for changes)")
+
+    return follow(args, watcher, show, on_current)
 
 
 def register(kvsub: Any, cmd: Any) -> None:

@@ -9,8 +9,8 @@ import tempfile
 from typing import Any
 
 from ..client import Client
-from ..errors import TimeoutError as NatsTimeoutError
 from . import _options
+from ._bucket import delete_bucket, follow, list_buckets, report
 from ._util import (
     CommandError,
     add_force,
@@ -21,7 +21,6 @@ from ._util import (
     jsonable,
     out,
     positive_int,
-    problems,
     status,
     table,
     text_or_b64,
@@ -41,10 +40,7 @@ def cmd_obj_add(nc: Client, args: argparse.Namespace) -> int:
     if args.description:
         kw["description"] = args.description
     _options.jetstream(nc, args).create_object_store(**kw)
-    if args.json:
-        out(dumps({"bucket": args.bucket, "created": True}))
-    else:
-        out(f"Created object store {args.bucket!r}")
+    report(args, {"bucket": args.bucket, "created": True}, f"Created object store {args.bucket!r}")
     return 0
 
 
@@ -65,10 +61,8 @@ def cmd_obj_put(nc: Client, args: argparse.Namespace) -> int:
             raise CommandError(f"cannot read {args.file!r}: {e.strerror}") from None
         with f:
             info = obs.put(name, f)
-    if args.json:
-        out(dumps(obj_doc(info)))
-    else:
-        out(f"Stored {get(info, 'name')!r} in {args.bucket!r}: {get(info, 'size', default=0):,} bytes")
+    size = get(info, "size", default=0)
+    report(args, obj_doc(info), f"Stored {get(info, 'name')!r} in {args.bucket!r}: {size:,} bytes")
     return 0
 
 
@@ -107,10 +101,7 @@ def cmd_obj_get(nc: Client, args: argparse.Namespace) -> int:
             pass
         raise
     info = get(result, "info")
-    if args.json:
-        out(dumps(obj_doc(info)))
-    else:
-        out(f"Wrote {get(info, 'size', default=0):,} bytes to {args.output}")
+    report(args, obj_doc(info), f"Wrote {get(info, 'size', default=0):,} bytes to {args.output}")
     return 0
 
 
@@ -150,19 +141,7 @@ def cmd_obj_ls(nc: Client, args: argparse.Namespace) -> int:
     """``natsync obj ls [BUCKET]``: objects, or without BUCKET the buckets."""
     js = _options.jetstream(nc, args)
     if args.bucket is None:
-        names = sorted(
-            str(get(i, "config", "name"))[4:]
-            for i in js.streams_info()
-            if str(get(i, "config", "name", default="")).startswith("OBJ_")
-        )
-        if args.json:
-            out(dumps(names))
-        elif not names:
-            out("No object stores")
-        else:
-            for n in names:
-                out(n)
-        return 0
+        return list_buckets(js, args, "OBJ_", "No object stores")
     infos = js.object_store(args.bucket).list()
     if args.json:
         out(dumps([obj_doc(i) for i in infos]))
@@ -182,20 +161,15 @@ def cmd_obj_rm(nc: Client, args: argparse.Namespace) -> int:
     js = _options.jetstream(nc, args)
     obs = js.object_store(args.bucket)  # a missing bucket is an error before asking
     if args.name is None:
-        confirm(args, f"Delete object store {args.bucket!r} with all its objects?")
-        js.delete_object_store(args.bucket)
-        if args.json:
-            out(dumps({"bucket": args.bucket, "deleted": True}))
-        else:
-            out(f"Deleted object store {args.bucket!r}")
-        return 0
+        return delete_bucket(args, js.delete_object_store, "object store", "objects")
     obs.get_info(args.name)  # a missing object is an error before asking
     confirm(args, f"Delete object {args.name!r} from {args.bucket!r}?")
     obs.delete(args.name)
-    if args.json:
-        out(dumps({"bucket": args.bucket, "name": args.name, "deleted": True}))
-    else:
-        out(f"Deleted {args.name!r} from {args.bucket!r}")
+    report(
+        args,
+        {"bucket": args.bucket, "name": args.name, "deleted": True},
+        f"Deleted {args.name!r} from {args.bucket!r}",
+    )
     return 0
 
 
@@ -204,10 +178,7 @@ def cmd_obj_seal(nc: Client, args: argparse.Namespace) -> int:
     obs = _options.jetstream(nc, args).object_store(args.bucket)
     confirm(args, f"Seal object store {args.bucket!r} (read-only, cannot be undone)?")
     obs.seal()
-    if args.json:
-        out(dumps({"bucket": args.bucket, "sealed": True}))
-    else:
-        out(f"Sealed object store {args.bucket!r}")
+    report(args, {"bucket": args.bucket, "sealed": True}, f"Sealed object store {args.bucket!r}")
     return 0
 
 
@@ -216,29 +187,15 @@ def cmd_obj_watch(nc: Client, args: argparse.Namespace) -> int:
     interrupt.polling = True
     watcher = _options.jetstream(nc, args).object_store(args.bucket).watch(updates_only=not args.all)
     status(f"Watching object store {args.bucket!r}")
-    n = 0
-    try:
-        while not interrupt.event.is_set():
-            problems.check()
-            try:
-                info = watcher.updates(timeout=0.25)
-            except NatsTimeoutError:
-                continue
-            except StopIteration:
-                break
-            if info is None:
-                continue
-            n += 1
-            if args.json:
-                out(dumps(obj_doc(info)))
-            else:
-                op = "DEL" if get(info, "deleted") else "PUT"
-                out(f"[{op}] {get(info, 'name')} {get(info, 'size', default=0):,} bytes")
-            if args.count is not None and n >= args.count:
-                break
-    finally:
-        watcher.stop()
-    return 0
+
+    def show(info: Any) -> None:
+        if args.json:
+            out(dumps(obj_doc(info)))
+        else:
+            op = "DEL" if get(info, "deleted") else "PUT"
+            out(f"[{op}] {get(info, 'name')} {get(info, 'size', default=0):,} bytes")
+
+    return follow(args, watcher, show)
 
 
 def register(obsub: Any, cmd: Any) -> None:
