@@ -214,7 +214,13 @@ def test_publish_batch_of_received_msgs(nc: natsync.Client, js: JetStream, strea
     nc.publish(_s(stream, "in.b"), b"second")
     got = [sub.next_msg(timeout=5), sub.next_msg(timeout=5)]
     sub.unsubscribe()
-    before = js.stream_info(stream).state.messages  # the two plain publishes were stored
+    # the stream stores the two plain publishes on its own schedule (the subscription
+    # may see them first): wait (bounded) until it has them
+    deadline = time.monotonic() + 5
+    while js.stream_info(stream).state.messages < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    before = js.stream_info(stream).state.messages
+    assert before == 2
     ack = js.publish_batch(got)
     assert ack.batch_size == 2
     assert js.stream_info(stream).state.messages == before + 2
