@@ -135,6 +135,21 @@ def _unread_ok(srv: NATSServer, tls: ssl.SSLContext | None, **opts: object) -> n
 
 
 @pytest.mark.usefixtures("no_lazy_reader")
+def _publish_then_close_while_stopped(nc: natsync.Client, srv: NATSServer) -> None:
+    """Publish N messages to a SIGSTOPped server, start close(), resume the server half a
+    second later (by then the old close() had reset the connection; the fixed one waits
+    for the server) and wait for close() to end."""
+    with _Stopped(srv) as stopped:
+        for _ in range(N):
+            nc.publish("g.x", PAYLOAD)
+        closer = threading.Thread(target=nc.close, name="test-closer")
+        closer.start()
+        closer.join(0.5)
+        stopped.resume()
+        closer.join(15)
+        assert not closer.is_alive()
+
+
 def test_close_with_unread_bytes_delivers_what_the_server_had_not_read_yet(
     server: Server,
 ) -> None:
@@ -144,16 +159,7 @@ def test_close_with_unread_bytes_delivers_what_the_server_had_not_read_yet(
     col = _Collector(srv, tls)
     try:
         nc = _unread_ok(srv, tls, flush_timeout=15.0)
-        with _Stopped(srv) as stopped:
-            for _ in range(N):
-                nc.publish("g.x", PAYLOAD)
-            closer = threading.Thread(target=nc.close, name="test-closer")
-            closer.start()
-            # fixed: close() waits for the stopped server; before: it had reset already
-            closer.join(0.5)
-            stopped.resume()
-            closer.join(15)
-            assert not closer.is_alive()
+        _publish_then_close_while_stopped(nc, srv)
         assert nc.is_closed
         got = col.settle(N + 1)
         assert (got, nc.stats.dropped_msgs) == (N + 1, 0), (
@@ -245,15 +251,7 @@ def test_close_with_the_reader_running_waits_for_the_servers_end_of_stream(
         nc.flush()
         reader = nc._reader
         assert reader is not None and reader.is_alive()
-        with _Stopped(srv) as stopped:
-            for _ in range(N):
-                nc.publish("g.x", PAYLOAD)
-            closer = threading.Thread(target=nc.close, name="test-closer")
-            closer.start()
-            closer.join(0.5)
-            stopped.resume()
-            closer.join(15)
-            assert not closer.is_alive()
+        _publish_then_close_while_stopped(nc, srv)
         assert not reader.is_alive()
         assert col.settle(N) == N
         assert nc.stats.dropped_msgs == 0
