@@ -103,7 +103,8 @@ def warn_unsent(c: Client) -> None:
     if the client closes or the process exits first.  Saying so, with the count and the
     payload bytes, is the least a client owes the program that published them.
     """
-    msgs, nbytes = c._w.pending()
+    with c._lock:  # pending() reads the queue's two lists and its counters
+        msgs, nbytes = c._w.pending()
     if msgs <= 0:
         return
     text = (

@@ -307,9 +307,12 @@ def _drain_exit_clients() -> None:
 
 def buffered(client: Client) -> int:
     """How many published messages *client* holds that the server has not been sent yet."""
-    w = getattr(client, "_w", None)  # the core's writer; pending() reads under no lock of ours
+    w = getattr(client, "_w", None)  # the core's writer; pending() is read under its lock
     try:
-        return int(w.pending()[0]) if w is not None else 0
+        if w is None:
+            return 0
+        with client._lock:
+            return int(w.pending()[0])
     except Exception:  # noqa: BLE001 - a core without it: nothing known to be buffered
         return 0
 
