@@ -19,6 +19,11 @@ so no network timing enters the count):
   this one varies from run to run: it is run three times and the median shown.
 * ``publish``: N ``publish()`` calls of 16 B then one ``flush()``; counts the call and
   the writer that sends the bytes.
+* ``request``: N sequential ``request()`` calls that the server answers at once;
+  counts the call, the reader that routes the reply and the hand-off to the caller.
+* ``respond``: the server sends a request, waits for the answer, then sends the next,
+  N times, to a callback subscription that calls ``msg.respond()``; counts the reader,
+  the delivery thread's wake-up, the callback and the send of the answer.
 
 Usage::
 
@@ -148,7 +153,115 @@ def run_publish(count: int) -> None:
     srv.thread.join(10)
 
 
-SCENARIOS = {"reader": run_reader, "callback": run_callback, "publish": run_publish}
+class _Echo:
+    """Accepts one client; answers PINGs; ``mode="request"``: answers each ``PUB`` that
+    has a reply subject with a ``MSG`` to it (the client's inbox subscription);
+    ``mode="respond"``: after the first SUB's PING sends a request, and the next one
+    each time the answer comes, *count* times."""
+
+    def __init__(self, mode: str, count: int) -> None:
+        self.mode = mode
+        self.count = count
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(1)
+        self.port = self.lsock.getsockname()[1]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        conn, _ = self.lsock.accept()
+        self.lsock.close()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sendall(INFO)
+        sids: dict[bytes, bytes] = {}  # subscribed subject (or inbox prefix) -> sid
+        data = b""
+        left = self.count
+        with conn:
+            while True:
+                try:
+                    chunk = conn.recv(1 << 16)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                data += chunk
+                out = []
+                while True:
+                    end = data.find(b"\r\n")
+                    if end < 0:
+                        break
+                    line = data[:end].split()
+                    rest = end + 2
+                    if line and line[0] in (b"PUB", b"HPUB"):
+                        size = int(line[-1])
+                        if len(data) < rest + size + 2:
+                            break
+                        body = data[rest : rest + size]
+                        rest += size + 2
+                        if self.mode == "request" and len(line) == 4:
+                            reply = line[2]
+                            sid = sids.get(reply.rsplit(b".", 1)[0] + b".*", b"1")
+                            out.append(b"MSG %s %s %d\r\n%s\r\n" % (reply, sid, len(body), body))
+                        elif self.mode == "respond" and left > 0:
+                            left -= 1
+                            if left:
+                                out.append(self._request(sids))
+                    elif line and line[0] == b"SUB":
+                        sids[line[1]] = line[-1]
+                    elif line == [b"PING"]:
+                        out.append(b"PONG\r\n")
+                        if self.mode == "respond" and left == self.count and sids:
+                            out.append(self._request(sids))
+                    data = data[rest:]
+                if out:
+                    conn.sendall(b"".join(out))
+
+    @staticmethod
+    def _request(sids: dict[bytes, bytes]) -> bytes:
+        sid = sids.get(SUBJECT.encode(), b"1")
+        return b"MSG %s %s _INBOX.cost.1 %d\r\n%s\r\n" % (SUBJECT.encode(), sid, len(PAYLOAD), PAYLOAD)
+
+
+def run_request(count: int) -> None:
+    srv = _Echo("request", count)
+    nc = natsync.connect(f"nats://127.0.0.1:{srv.port}", ping_interval=0)
+    nc.flush()
+    request = nc.request
+    for _ in range(count):
+        request(SUBJECT, PAYLOAD, timeout=600)
+    nc.close()
+    srv.thread.join(10)
+
+
+def run_respond(count: int) -> None:
+    srv = _Echo("respond", count)
+    done = threading.Event()
+    got = 0
+
+    def cb(msg: natsync.Msg) -> None:
+        nonlocal got
+        msg.respond(msg.data)
+        got += 1
+        if got == count:
+            done.set()
+
+    nc = natsync.connect(f"nats://127.0.0.1:{srv.port}", ping_interval=0)
+    nc.subscribe(SUBJECT, cb=cb)
+    nc.flush()
+    if not done.wait(600):
+        raise SystemExit(f"respond: only {got} of {count} requests answered")
+    nc.close()
+    srv.thread.join(10)
+
+
+SCENARIOS = {
+    "reader": run_reader,
+    "callback": run_callback,
+    "publish": run_publish,
+    "request": run_request,
+    "respond": run_respond,
+}
 REPEAT = {"callback": 3}
 
 
@@ -174,7 +287,7 @@ def _instructions(scenario: str, count: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("scenario", nargs="*", help="reader, callback, publish (default: all)")
+    ap.add_argument("scenario", nargs="*", help="reader, callback, publish, request, respond (default: all)")
     ap.add_argument("--count", type=int, default=20_000, help="N (default 20000)")
     ap.add_argument("--run", type=int, metavar="N", help="run the scenario once with N messages, no valgrind")
     args = ap.parse_args(argv)
