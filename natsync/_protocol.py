@@ -238,6 +238,25 @@ class Parser:
             self._chunks = []
         else:
             buf = data
+            if buf[:4] == b"MSG ":
+                # one whole MSG and nothing else (a reply, a request, a message of a
+                # quiet subject): parsed without the run machinery below
+                end = buf.find(b"\r\n", 4, MAX_CONTROL_LINE + 1)
+                if end > 0:
+                    line = buf[:end]
+                    known = self._heads.get(line)
+                    if known is None:
+                        known = _msg_args(line)
+                        if known[2] is None:  # see below: lines with a reply are not kept
+                            if len(self._heads) >= 256:
+                                self._heads.clear()
+                            self._heads[line] = known
+                    if known[4] == len(buf) and buf[-2:] == b"\r\n":
+                        subject, sid, reply, size, _ = known
+                        payload = buf[end + 2 : -2]
+                        if self._msg_type is None:
+                            return [self._make_msg(subject, sid, reply, None, payload)]
+                        return [self._new_msg(subject, sid, reply, None, payload)]
             if len(buf) < self._need:
                 self._chunks.append(buf)
                 self._have = len(buf)
@@ -502,7 +521,9 @@ def validate_subject(subject: object, what: str = "subject") -> str:
         raise BadSubjectError(f"{what} must be str, not {type(subject).__name__}")
     if not subject:
         raise BadSubjectError(f"{what} is empty: give a subject such as 'orders.new'")
-    if _BAD_CHARS.search(subject):
+    # ASCII (the common case, checked in O(1)): the bad characters are the controls and
+    # DEL, which isprintable() finds, and the space; the regex only for the rest
+    if (not subject.isprintable() or " " in subject) if subject.isascii() else _BAD_CHARS.search(subject):
         raise BadSubjectError(f"{what} {subject!r} contains whitespace or control characters: remove them")
     if subject[0] == "." or subject[-1] == "." or ".." in subject:
         raise BadSubjectError(f"{what} {subject!r} has an empty token: remove the extra '.'")

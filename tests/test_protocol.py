@@ -818,3 +818,108 @@ def test_validate_queue_accepts(queue: str) -> None:
 def test_validate_queue_rejects(queue: object) -> None:
     with pytest.raises(BadSubjectError, match="queue"):
         validate_queue(queue)
+
+
+# --- the one-message path of feed_runs (a buffer that holds exactly one MSG) ---------------
+
+_ONE_MSG_WIRES = [
+    b"MSG a.b 1 5\r\nhello\r\n",
+    b"MSG a.b 12 _INBOX.x.7 2\r\nok\r\n",
+    b"MSG a 3 0\r\n\r\n",
+    b"MSG a 3 4\r\n\r\n\r\n\r\n",  # a payload that is itself CRLFs
+    b"MSG s\xc3\xa9 3 1\r\nx\r\n",  # a UTF-8 subject
+]
+
+
+def _one(m: Any) -> Any:
+    if isinstance(m, tuple):  # the default make_msg: (subject, sid, reply, hdr, data)
+        return (m[0], m[1], m[2], m[4])
+    assert m._client == "owner"
+    return (m.subject, m.sid, m.reply, m.data)
+
+
+def _shape(events: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for ev in events:
+        if isinstance(ev, MsgRun):
+            out += [_one(m) for m in ev.msgs]
+        elif isinstance(ev, tuple) or hasattr(ev, "sid"):
+            out.append(_one(ev))
+        else:
+            out.append(ev)
+    return out
+
+
+@pytest.fixture(params=["make_msg", "msg_type"])
+def new_parser(request: pytest.FixtureRequest) -> Any:
+    """A parser that builds tuples (the default make_msg), or the client's Msg objects."""
+    from natsync.msg import Msg
+
+    if request.param == "make_msg":
+        return Parser
+    return lambda: Parser(msg_type=Msg, owner="owner")
+
+
+@pytest.mark.parametrize("wire", _ONE_MSG_WIRES)
+def test_one_message_alone_parses_as_in_a_stream(wire: bytes, new_parser: Any) -> None:
+    alone = new_parser().feed_runs(wire)
+    in_stream = new_parser().feed_runs(wire + b"PING\r\n")  # the general path
+    assert _shape(alone) + [PING] == _shape(in_stream)
+    assert len(alone) == 1
+    p = new_parser()
+    p.feed_runs(wire)
+    assert p.buffered == 0
+    # the parser's state is clean: the next chunk parses from its start
+    assert _shape(p.feed_runs(wire)) == _shape(alone)
+
+
+@pytest.mark.parametrize("wire", _ONE_MSG_WIRES)
+def test_one_message_cut_anywhere_gives_the_same_message(wire: bytes, new_parser: Any) -> None:
+    want = _shape(new_parser().feed_runs(wire))
+    for cut in range(1, len(wire)):
+        p = new_parser()
+        got = p.feed_runs(wire[:cut]) + p.feed_runs(wire[cut:])
+        assert _shape(got) == want, cut
+
+
+@pytest.mark.parametrize(
+    "wire, match",
+    [
+        (b"MSG a.b x 5\r\nhello\r\n", "malformed MSG line"),
+        (b"MSG a.b 1 2 3 4 5\r\nhello\r\n", "malformed MSG line"),
+        (b"MSG a.b 1 5\r\nhelloXY", "size field lied"),
+        (b"MSG a.b 1 3\r\nhello\r\n", "size field lied"),
+    ],
+)
+def test_one_malformed_message_alone_raises_as_in_a_stream(wire: bytes, match: str, new_parser: Any) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        new_parser().feed_runs(wire)
+    with pytest.raises(ProtocolError, match=match):
+        new_parser().feed_runs(wire + b"PING\r\n")
+
+
+def test_one_message_after_a_partial_one_is_not_taken_alone(new_parser: Any) -> None:
+    # bytes held from an earlier chunk: the buffer does not start at an operation
+    p = new_parser()
+    assert p.feed_runs(b"MSG a 1 3\r\nab") == []
+    got = p.feed_runs(b"c\r\nMSG b 2 1\r\nz\r\n")
+    assert _shape(got) == [("a", 1, None, b"abc"), ("b", 2, None, b"z")]
+
+
+# --- validate_subject's ASCII path agrees with the general check ------------------------
+
+
+def test_validate_subject_ascii_path_agrees_with_the_general_check() -> None:
+    import re
+
+    general = re.compile(r"[\x00-\x20\x7f-\x9f\s\ud800-\udfff]")
+    for code in range(0x3100):
+        c = chr(code)
+        for s in (f"a{c}b", f"{c}", f"ab.{c}"):
+            want_bad = bool(general.search(s)) or s[0] == "." or s[-1] == "." or ".." in s
+            try:
+                validate_subject(s)
+                bad = False
+            except BadSubjectError:
+                bad = True
+            assert bad == want_bad, (hex(code), s)
