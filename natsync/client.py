@@ -940,10 +940,12 @@ class Client:
         reply: str | None,
         headers: HeadersInput | None,
         respond: bool = False,
+        reply_checked: bool = False,
     ) -> None:
         """publish() without waking the writer: for request() and respond(), which hand
         the queue to the socket themselves right after (a wake-up would only cost a
-        thread switch)."""
+        thread switch). *reply_checked*: the reply subject was made here from a checked
+        inbox prefix (request())."""
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
         size = len(payload)
@@ -951,7 +953,7 @@ class Client:
             entry = self._pub_cache.get(subject, {}).get(size)
             head = entry[0] if entry is not None else self._pub_head(subject, size)[0]
         else:  # a reply subject is used once: not worth a place in the PUB line cache
-            head = self._head_with(subject, size, reply, headers)[0]
+            head = self._head_with(subject, size, reply, headers, reply_checked)[0]
         self._publish_locked(head, payload, False)
 
     def _publish_inbox_reply(
@@ -1325,7 +1327,7 @@ class Client:
         mux = self._mux
         reply, w = mux.register()
         try:
-            self._publish_quiet(subject, payload, reply, headers)
+            self._publish_quiet(subject, payload, reply, headers, reply_checked=True)
             self._w.send_soon()
             if not w.wait(max(deadline - time.monotonic(), 0.0)):
                 if self._state in (RECONNECTING, CONNECTING):
