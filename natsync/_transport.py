@@ -41,6 +41,7 @@ same.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import ssl
@@ -62,6 +63,11 @@ Buffer = bytes | bytearray | memoryview
 # Bytes handed to one send() by write(): a peer that takes nothing for `stall` seconds
 # breaks the connection, one that is merely slow does not.
 _WRITE_CHUNK: Final = 1024 * 1024
+
+# POSIX: a socket with a timeout has a non-blocking descriptor (CPython sets O_NONBLOCK
+# for any timeout but None), so ``os.write`` on it is one ``write`` that never waits,
+# where ``socket.send`` on such a socket first polls (one more syscall, every time).
+_FD_WRITE: Final = os.name == "posix"
 
 
 class WriteStalledError(ConnectionError):
@@ -153,13 +159,27 @@ class Transport:
 
     def _raw_write(self, data: Buffer, stall: float, deadline: float | None) -> None:
         view = _bytes_view(data)
-        send = self._sock.send
+        sock = self._sock
+        send = sock.send
+        # one write() while the socket takes bytes at once; once it is full, the polling
+        # send (it waits up to the socket's timeout for a third of the buffer to be
+        # free) for the rest of this call: no trickle of tiny writes to a slow peer
+        fd_write = _FD_WRITE and sock.gettimeout() is not None
         total = len(view)
         off = 0
         last = time.monotonic()
         while off < total:
+            k = 0
+            chunk = view[off : off + _WRITE_CHUNK]
             try:
-                k = send(view[off : off + _WRITE_CHUNK])
+                if fd_write:
+                    try:
+                        k = os.write(sock.fileno(), chunk)
+                    except BlockingIOError:
+                        fd_write = False
+                        k = send(chunk)
+                else:
+                    k = send(chunk)
             except TimeoutError:
                 k = 0
             now = time.monotonic() if k == 0 or deadline is not None else last
@@ -179,20 +199,28 @@ class Transport:
         """
         if self.tls:
             return 0
+        sock = self._sock
+        if _FD_WRITE and sock.gettimeout() is not None:
+            # a non-blocking descriptor: one write() that takes what fits (a closed
+            # socket's fileno() is -1: EBADF, an OSError like a send's)
+            try:
+                return os.write(sock.fileno(), data)
+            except BlockingIOError:
+                return 0
         # full: a send would wait (a socket with a timeout polls first)
         poll = self._poll
         if poll is None:
             poll_type = getattr(select, "poll", None)  # gevent's monkey-patching removes it
             if poll_type is None:
-                if not select.select([], [self._sock], [], 0)[1]:
+                if not select.select([], [sock], [], 0)[1]:
                     return 0
             else:
                 poll = self._poll = poll_type()
-                poll.register(self._sock, select.POLLOUT)
+                poll.register(sock, select.POLLOUT)
         if poll is not None and not poll.poll(0):
             return 0
         try:
-            return self._sock.send(data, socket.MSG_DONTWAIT)
+            return sock.send(data, socket.MSG_DONTWAIT)
         except (BlockingIOError, TimeoutError):
             return 0
 

@@ -17,16 +17,22 @@ Threads and locks:
   consumer announces itself in ``_waiters`` and looks at the queue in another, so no
   wake-up is lost whichever comes first (no argument rests on the GIL or on the order
   in which two threads see each other's plain writes);
-* a consumer (a user thread in ``next_msg`` or the delivery thread) takes the next
-  message and checks "ended" in one critical section under ``_cond``, so the last
-  message before the end is never left behind; the reader notifies once per sleep
-  (``_kicked``), and a consumer that takes a message and sees more, and more waiters,
-  wakes the next one: two waiters are each woken by their own message;
+* a ``next_msg`` consumer takes the next message and checks "ended" in one critical
+  section under ``_cond``, so the last message before the end is never left behind;
+  the reader notifies once per sleep (``_kicked``), and a consumer that takes a
+  message and sees more, and more waiters, wakes the next one: two waiters are each
+  woken by their own message;
 * the queue is a ``collections.deque``, whose ``append``/``extend``/``popleft`` are
   each atomic on every CPython build: the delivery thread, a callback subscription's
   only consumer, pops without the lock while messages are queued and takes the lock
-  (``_next``) only when the queue is empty; it alone writes ``_out_bytes`` and
-  ``delivered`` (under ``_cond`` when several ``next_msg`` callers consume);
+  (``_idle``) only when the queue is empty, to check "ended" and "empty" in one step;
+  it alone writes ``_out_bytes`` and ``delivered`` (under ``_cond`` when several
+  ``next_msg`` callers consume);
+* the delivery thread sleeps on its own lock ``_wake`` (cheaper than a condition: no
+  lock made per sleep, no re-acquiring ``_cond`` on waking): it sets ``_cb_sleeping``
+  under ``_cond`` and acquires ``_wake``; the reader (after an append) or ``_end``
+  clears ``_cb_sleeping`` under ``_cond`` and releases ``_wake``, so each sleep is
+  ended by exactly one release, and ``_wake`` is held at every other time;
 * the state is changed under the client's lock and ``_cond`` (``_end``);
 * nothing slow and no user code runs under ``_cond``; ``_cond`` is taken after the
   client's lock, never before it.
@@ -126,6 +132,12 @@ class Subscription:
         self._discard = False  # ended "now": drop what is pending
         self._done = threading.Event()  # set when the consumer has finished with everything
         self._thread: threading.Thread | None = None
+        # The delivery thread's sleep (callback subscriptions): it sets _cb_sleeping
+        # (under _cond) and acquires _wake; whoever clears _cb_sleeping (under _cond)
+        # releases _wake, once. _wake is held at every other time.
+        self._cb_sleeping = False
+        self._wake = threading.Lock()
+        self._wake.acquire()
         if cb is not None:
             self._thread = threading.Thread(target=self._run, name=f"natsync-sub-{sid}", daemon=True)
 
@@ -199,7 +211,11 @@ class Subscription:
                 q.append(msg)
             self._received += 1
             at_max = self._max is not None and self._received >= self._max
-            if not at_max and self._waiters and not self._kicked:
+            if self._cb_sleeping:
+                if not at_max:
+                    self._cb_sleeping = False
+                    self._wake.release()
+            elif not at_max and self._waiters and not self._kicked:
                 self._kicked = True
                 self._cond.notify()
         finally:
@@ -234,7 +250,10 @@ class Subscription:
                 self._in_bytes += nbytes
                 q.extend(msgs)
                 self._received += n
-                if self._waiters and not self._kicked:
+                if self._cb_sleeping:
+                    self._cb_sleeping = False
+                    self._wake.release()
+                elif self._waiters and not self._kicked:
                     self._kicked = True
                     self._cond.notify()
         finally:
@@ -257,6 +276,9 @@ class Subscription:
                 self._queue.clear()
                 self._out_bytes = self._in_bytes
             self._cond.notify_all()
+            if self._cb_sleeping:
+                self._cb_sleeping = False
+                self._wake.release()
             if self._thread is None and not self._queue:
                 self._done.set()
 
@@ -267,6 +289,9 @@ class Subscription:
         self._cond = threading.Condition(self._mutex)
         self._waiters = 0
         self._kicked = False
+        self._cb_sleeping = False
+        self._wake = threading.Lock()
+        self._wake.acquire()
         self._done = threading.Event()
         self._thread = None
         self._end(error, discard=True)
@@ -363,24 +388,22 @@ class Subscription:
         cb = self._cb
         assert cb is not None
         client = self._client
-        # This thread is the only consumer: while messages are queued it takes them
-        # without the lock; _next() (locked: "ended" and "take" in one step) when empty.
+        # This thread is the only consumer: it takes messages without the lock (deque's
+        # popleft is atomic on every build); when the queue is empty, _idle() (locked:
+        # "ended" and "empty" in one step) ends the loop or sleeps until the reader or
+        # the end wakes it.
         popleft = self._queue.popleft
+        idle = self._idle
         try:
             while True:
-                msg: Msg | None
                 try:
                     msg = popleft()
                 except IndexError:
-                    try:
-                        msg = self._next(None)
-                    except NatsError:
-                        break  # ended and nothing left
-                    if msg is None:  # pragma: no cover - no deadline given
-                        break
-                else:
-                    self._out_bytes += len(msg.data)
-                    self.delivered += 1
+                    if idle():
+                        continue
+                    break  # ended and nothing left
+                self._out_bytes += len(msg.data)
+                self.delivered += 1
                 if self._discard:  # discarded (closed) after it was taken
                     break
                 try:
@@ -392,6 +415,23 @@ class Subscription:
         finally:
             self._done.set()
             client._sub_finished(self)
+
+    def _idle(self) -> bool:
+        """The delivery thread found the queue empty: False when the subscription has
+        ended and nothing is queued; else True once there may be more (it slept until a
+        message or the end came)."""
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            if self._queue:
+                return True
+            if self._state == ENDED:
+                return False
+            self._cb_sleeping = True  # under _cond: the reader or _end sees it and wakes us
+        finally:
+            mutex.release()
+        self._wake.acquire()  # released once, by whoever cleared _cb_sleeping
+        return True
 
     # --- user operations -----------------------------------------------------------------
 
