@@ -13,9 +13,9 @@ the triplets (``len/3`` minus the others, ``sum(map(len, items[1::3]))``) instea
 every publish:
 
 * a message: ``(head, payload, CRLF)``, head being the ``PUB``/``HPUB`` line (and the
-  header block). On ``publish()``'s fast path that CRLF is the publishing thread's
-  own object (:func:`fresh_crlf`, made once per thread), by which a publisher finds
-  its own message again (see "the gate" below);
+  header block). On ``publish()``'s fast path that CRLF is a new object of that
+  call's own (:func:`fresh_crlf`), by which a publisher finds its own message again
+  (see "the gate" below);
 * anything else (``SUB``, ``UNSUB``, ``PING``, ``PONG``, a resend, an unsent rest):
   ``(data, b"", b"")``, counted in ``_ctl``.
 
@@ -45,8 +45,9 @@ and the writer's take, with no lock on its fast path:
    store by program order, and the append after the slice by the list's own atomicity;
    on free-threaded CPython the list's lock gives that happens-before edge).
 3. A publisher that read False takes the lock and looks for its own triplet in ``q``,
-   by the identity of its CRLF (:meth:`withdraw`; ``q`` then holds only triplets whose
-   publishers have not looked yet, at most one per thread). Found: it was never accepted; it
+   by the identity of its CRLF (:meth:`withdraw`; no other triplet ends with that object,
+   and ``q`` then holds only triplets whose publishers have not looked yet, at most
+   one per thread). Found: it was never accepted; it
    is removed, and the publish goes the locked way (buffered while reconnecting,
    refused when closed or draining). Not found: a gate closing moved it to ``front``
    (or the writer took it) before the publisher looked, so it is sent or counted
@@ -96,7 +97,15 @@ __all__ = ["CRLF", "Writer", "WriterOwner", "fresh_crlf"]
 
 CRLF: Final = b"\r\n"  # the third item of a message triplet queued under the lock
 _NONE: Final = b""  # the second and third items of any other triplet (one object)
-_JOIN_ITEMS: Final = 3 * 1024  # triplets joined into one buffer for one write
+# One write's buffer: about _JOIN_BYTES, the items joined into it counted from the
+# batch's payload bytes (known exactly) plus _HEAD_GUESS bytes per item for the PUB
+# lines, at most _JOIN_MAX items. Few writes per batch of small messages (after each
+# write the writer waits for the GIL, which a busy publisher holds for a switch
+# interval), and no buffer of many MiB for big ones (a cluster of big messages among
+# small ones makes one buffer larger, by at most those messages).
+_JOIN_BYTES: Final = 1024 * 1024
+_HEAD_GUESS: Final = 12
+_JOIN_MAX: Final = 3 * 32 * 1024
 
 
 def _check_fresh() -> bool:
@@ -104,10 +113,10 @@ def _check_fresh() -> bool:
     return a == CRLF and a is not b and a is not CRLF
 
 
-#: A new ``b"\r\n"`` object on every call: a thread's own third item of the message
-#: triplets its ``publish()`` appends without a lock (its identity is how the publisher
-#: finds its message again). ``bytes.upper()`` makes a new object on CPython; checked at
-#: import, with a fallback.
+#: A new ``b"\r\n"`` object on every call: the third item of the message triplet a
+#: ``publish()`` call appends without a lock (its identity is how the publisher finds
+#: its message again; a new 2-byte object costs less than a per-thread lookup).
+#: ``bytes.upper()`` makes a new object on CPython; checked at import, with a fallback.
 fresh_crlf: Callable[[], bytes] = CRLF.upper if _check_fresh() else (lambda: bytes(bytearray(CRLF)))
 
 
@@ -157,6 +166,7 @@ class Writer:
         # when close()'s final flush reached its deadline (changed under lock)
         self.dropped_msgs = 0
         self._batch_msgs = 0  # messages in the last batch taken (under lock)
+        self._batch_bytes = 0  # and their payload bytes (under lock)
         # a kick is pending: set (under lock) by whoever sets the event, cleared by the
         # writer (under lock) before it takes the queue; read by publishers without it
         self.kicked = False
@@ -250,6 +260,7 @@ class Writer:
         self.out_msgs += msgs
         self.out_bytes += nbytes
         self._batch_msgs = msgs
+        self._batch_bytes = nbytes
         return items
 
     def drop(self) -> int:
@@ -385,13 +396,17 @@ class Writer:
                         self.idle.notify_all()
                         return True
                     batch = self._batch_msgs
+                    n = len(items)
+                    per = _JOIN_BYTES * n // (self._batch_bytes + _HEAD_GUESS * n)
+                    per = min(_JOIN_MAX, max(3, per - per % 3))
                     self.busy = True
                     self.idle.notify_all()  # publishers waiting for room
                 try:
-                    # joined a piece at a time: small buffers are reused by the
-                    # allocator, a big one costs fresh pages on every batch
-                    for i in range(0, len(items), _JOIN_ITEMS):
-                        t.write(b"".join(items[i : i + _JOIN_ITEMS]), self.stall, deadline)
+                    if per >= n:  # joined a piece at a time (see _JOIN_BYTES)
+                        t.write(b"".join(items), self.stall, deadline)
+                    else:
+                        for i in range(0, n, per):
+                            t.write(b"".join(items[i : i + per]), self.stall, deadline)
                 except OSError as e:
                     with self._lock:
                         self.dropped_msgs += batch  # some may have been sent: at most once

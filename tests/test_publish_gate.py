@@ -144,3 +144,64 @@ def test_the_last_triplet_with_the_threads_crlf_is_the_current_calls(nats_server
 def test_fresh_crlf_makes_a_new_object_each_time() -> None:
     a, b = fresh_crlf(), fresh_crlf()
     assert a == b == b"\r\n" and a is not b
+
+
+# --- the writer's buffers ----------------------------------------------------------------
+
+
+class _RecordingTransport:
+    """Stands in for the socket (a sink): records the size of every buffer written."""
+
+    tls = False
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.data: list[bytes] = []
+
+    def write(self, data: bytes, stall: float, deadline: float | None = None) -> None:
+        self.sizes.append(len(data))
+        self.data.append(bytes(data))
+
+
+class _Owner:
+    def __init__(self, t: _RecordingTransport) -> None:
+        self.t = t
+
+    def _writable(self) -> _RecordingTransport:
+        return self.t
+
+    def _write_failed(self, transport: object, err: OSError) -> None:  # pragma: no cover
+        raise AssertionError(f"write failed: {err}")
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [16] * 30_000,  # small messages: few writes
+        [64 * 1024] * 100,  # big ones: no buffer of many MiB
+        [16] * 20_000 + [256 * 1024] * 12 + [16] * 20_000,  # small, big, small in one batch
+    ],
+    ids=["small", "big", "mixed"],
+)
+def test_the_writer_joins_about_a_mib_per_write_and_sends_everything_in_order(sizes: list[int]) -> None:
+    from natsync._writer import Writer
+
+    t = _RecordingTransport()
+    lock = threading.Lock()
+    w = Writer(_Owner(t), lock, 60.0, "test-writer")  # type: ignore[arg-type]
+    w.open = True
+    want = []
+    with lock:
+        for i, n in enumerate(sizes):
+            head = b"PUB s %d\r\n" % n
+            payload = bytes([65 + i % 26]) * n
+            w.put(head, payload)
+            want.append(head + payload + b"\r\n")
+    assert w.write_pending(None)
+    assert b"".join(t.data) == b"".join(want)
+    assert w.out_msgs == len(sizes)
+    # no write buffer of many MiB (a cluster of big messages makes one larger by those)
+    assert max(t.sizes) <= (4 if len(set(sizes)) > 1 else 1.2) * 1024 * 1024, t.sizes
+    total = sum(t.sizes)
+    # about 1 MiB per write
+    assert len(t.sizes) <= 2 + total // (1024 * 1024) + (12 if len(set(sizes)) > 1 else 0), t.sizes
