@@ -319,13 +319,37 @@ class Writer:
 
     def send_soon(self) -> None:
         """Send what is buffered from this thread if that cannot block; else kick."""
-        if not self._send_lock.acquire(blocking=False):
+        self._send_here(None, b"")
+
+    def send_one(self, head: bytes, payload: bytes) -> bool:
+        """Queue one message (a request or a reply: somebody waits for it) and send the
+        queue from this thread if that cannot block, as :meth:`send_soon`, in one hold
+        of the lock. False, with nothing queued, when the gate is closed (not
+        CONNECTED): the caller then publishes the locked way. Call without lock."""
+        return self._send_here(head, payload)
+
+    def _send_here(self, head: bytes | None, payload: bytes) -> bool:
+        lock = self._lock
+        if not self._send_lock.acquire(False):  # (positional: no keyword parsing)
+            if head is not None:
+                lock.acquire()
+                try:
+                    if not self.open:
+                        return False
+                    self.q += (head, payload, CRLF)
+                finally:
+                    lock.release()
             self.kick()  # the writer is at it; it looks at the buffer again when done
-            return
+            return True
         left = False
         batch = 0
         try:
-            with self._lock:
+            lock.acquire()  # (not ``with``: a third of the cost on CPython 3.11)
+            try:
+                if head is not None:
+                    if not self.open:
+                        return False
+                    self.q += (head, payload, CRLF)
                 t = self._owner._writable()
                 if t is None or t.tls or not self.has_data():
                     left = t is not None and self.has_data()
@@ -333,17 +357,19 @@ class Writer:
                 else:
                     data = self.take()
                     batch = self._batch_msgs
+            finally:
+                lock.release()
             if data is not None:
+                assert t is not None
                 try:
-                    n = t.try_send(data) if t is not None else 0
+                    n = t.try_send(data)
                 except OSError as e:
-                    with self._lock:
+                    with lock:
                         self.dropped_msgs += batch  # some may have been sent: at most once
-                    if t is not None:
-                        self._owner._write_failed(t, e)
-                    return
+                    self._owner._write_failed(t, e)
+                    return True
                 if n < len(data):
-                    with self._lock:
+                    with lock:
                         if self._owner._writable() is t:  # still the same connection
                             self.ctl_first(memoryview(data)[n:])
                             left = True
@@ -351,6 +377,7 @@ class Writer:
             self._send_lock.release()
         if left:
             self.kick()
+        return True
 
     # --- the writer thread ---------------------------------------------------------------
 

@@ -168,3 +168,45 @@ def test_try_send_on_a_blocking_socket_never_blocks() -> None:
     finally:
         a.close()
         b.close()
+
+
+# --- request() and respond(): their own PUB lines, one lock hold to queue and send ----------
+
+
+def test_request_and_respond_check_their_input_before_anything_is_sent(nats_server: NATSServer) -> None:
+    from natsync.errors import BadSubjectError, MaxPayloadError
+
+    seen: list[natsync.Msg] = []
+    with natsync.connect(nats_server.url) as watcher, natsync.connect(nats_server.url) as nc:
+        watcher.subscribe(">", cb=seen.append)
+        watcher.flush()
+        for bad in ("a b", "a\r\nPUB x 1", "", "a..b"):
+            with pytest.raises(BadSubjectError):
+                nc.request(bad, b"x", timeout=0.5)
+        with pytest.raises(MaxPayloadError):
+            nc.request("ok.subject", b"x" * (nc.max_payload + 1), timeout=0.5)
+        # a reply subject from a message (the server's, or one an application made)
+        m = natsync.Msg(nc, "s", 1, "bad reply\r\nPUB evil 1", None, b"")
+        with pytest.raises(BadSubjectError):
+            m.respond(b"x")
+        with pytest.raises(MaxPayloadError):
+            natsync.Msg(nc, "s", 1, "ok.reply", None, b"").respond(b"x" * (nc.max_payload + 1))
+        nc.flush()
+        watcher.flush()
+        assert seen == [], f"something went out: {seen}"
+        assert nc.stats.out_msgs == 0
+
+
+def test_request_and_respond_str_payloads_and_a_closed_client(nats_server: NATSServer) -> None:
+    from natsync.errors import ConnectionClosedError
+
+    with natsync.connect(nats_server.url) as nc:
+        nc.subscribe("echo.str", cb=lambda m: m.respond(m.data.decode().upper()))
+        nc.flush()
+        assert nc.request("echo.str", "hello", timeout=WAIT).data == b"HELLO"
+        assert nc.request("echo.str", bytearray(b"abc"), timeout=WAIT).data == b"ABC"
+        m = natsync.Msg(nc, "s", 1, "ok.reply", None, b"")
+    with pytest.raises(ConnectionClosedError):
+        m.respond(b"late")
+    with pytest.raises(ConnectionClosedError):
+        nc.request("echo.str", b"x", timeout=0.5)
