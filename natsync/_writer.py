@@ -13,9 +13,9 @@ the triplets (``len/3`` minus the others, ``sum(map(len, items[1::3]))``) instea
 every publish:
 
 * a message: ``(head, payload, CRLF)``, head being the ``PUB``/``HPUB`` line (and the
-  header block). On ``publish()``'s fast path that CRLF is a new object of that
-  call's own (:func:`fresh_crlf`), by which a publisher finds its own message again
-  (see "the gate" below);
+  header block). On ``publish()``'s fast path that CRLF is the publishing thread's
+  own object (:func:`fresh_crlf`, made once per thread), by which a publisher finds
+  its own message again (see "the gate" below);
 * anything else (``SUB``, ``UNSUB``, ``PING``, ``PONG``, a resend, an unsent rest):
   ``(data, b"", b"")``, counted in ``_ctl``.
 
@@ -45,9 +45,8 @@ and the writer's take, with no lock on its fast path:
    store by program order, and the append after the slice by the list's own atomicity;
    on free-threaded CPython the list's lock gives that happens-before edge).
 3. A publisher that read False takes the lock and looks for its own triplet in ``q``,
-   by the identity of its CRLF (:meth:`withdraw`; no other triplet ends with that object,
-   and ``q`` then holds only triplets whose publishers have not looked yet, at most
-   one per thread). Found: it was never accepted; it
+   by the identity of its CRLF (:meth:`withdraw`; ``q`` then holds only triplets whose
+   publishers have not looked yet, at most one per thread). Found: it was never accepted; it
    is removed, and the publish goes the locked way (buffered while reconnecting,
    refused when closed or draining). Not found: a gate closing moved it to ``front``
    (or the writer took it) before the publisher looked, so it is sent or counted
@@ -113,10 +112,10 @@ def _check_fresh() -> bool:
     return a == CRLF and a is not b and a is not CRLF
 
 
-#: A new ``b"\r\n"`` object on every call: the third item of the message triplet a
-#: ``publish()`` call appends without a lock (its identity is how the publisher finds
-#: its message again; a new 2-byte object costs less than a per-thread lookup).
-#: ``bytes.upper()`` makes a new object on CPython; checked at import, with a fallback.
+#: A new ``b"\r\n"`` object on every call: a thread's own third item of the message
+#: triplets its ``publish()`` appends without a lock (its identity is how the publisher
+#: finds its message again). ``bytes.upper()`` makes a new object on CPython; checked at
+#: import, with a fallback.
 fresh_crlf: Callable[[], bytes] = CRLF.upper if _check_fresh() else (lambda: bytes(bytearray(CRLF)))
 
 
