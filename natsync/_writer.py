@@ -9,7 +9,7 @@ whatever the peer does.
 
 What is queued is a flat list of triplets, so that the bytes to send are
 ``b"".join(items)`` and the messages and payload bytes among them can be counted from
-the triplets (``len/3`` minus the others, ``sum(map(len, items[1::3]))``) instead of on
+the triplets (``len/3`` minus the others, the sizes of ``items[1::3]``) instead of on
 every publish:
 
 * a message: ``(head, payload, CRLF)``, head being the ``PUB``/``HPUB`` line (and the
@@ -298,7 +298,13 @@ class Writer:
         """The messages and payload bytes in *items*: everything in front (and in q
         while open), in which every triplet that is not a message was queued under lock
         and counted in _ctl."""
-        return len(items) // 3 - self._ctl, sum(map(len, items[1::3]))
+        payloads = items[1::3]
+        if payloads and len(payloads[0]) + len(payloads[-1]) <= 512:
+            # small messages: joining their payloads (one pass that adds the sizes
+            # in C, then a copy of a few bytes each) takes less than half the time of
+            # sum(map(len, ...)), and the writer holds the GIL meanwhile
+            return len(items) // 3 - self._ctl, len(b"".join(payloads))
+        return len(items) // 3 - self._ctl, sum(map(len, payloads))
 
     # --- callers -------------------------------------------------------------------------
 

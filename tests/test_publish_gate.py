@@ -180,8 +180,10 @@ class _Owner:
         [16] * 30_000,  # small messages: few writes
         [64 * 1024] * 100,  # big ones: no buffer of many MiB
         [16] * 20_000 + [256 * 1024] * 12 + [16] * 20_000,  # small, big, small in one batch
+        [300] + [16] * 1000 + [300],  # counted the way for big ones
+        [0, 16, 1000, 0],
     ],
-    ids=["small", "big", "mixed"],
+    ids=["small", "big", "mixed", "ends-big", "empty-ends"],
 )
 def test_the_writer_joins_about_a_mib_per_write_and_sends_everything_in_order(sizes: list[int]) -> None:
     from natsync._writer import Writer
@@ -200,6 +202,7 @@ def test_the_writer_joins_about_a_mib_per_write_and_sends_everything_in_order(si
     assert w.write_pending(None)
     assert b"".join(t.data) == b"".join(want)
     assert w.out_msgs == len(sizes)
+    assert w.out_bytes == sum(sizes)  # payload bytes, counted exactly whatever their sizes
     # no write buffer of many MiB (a cluster of big messages makes one larger by those)
     assert max(t.sizes) <= (4 if len(set(sizes)) > 1 else 1.2) * 1024 * 1024, t.sizes
     total = sum(t.sizes)
