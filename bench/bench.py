@@ -433,6 +433,18 @@ def _summarise(sc: Scenario, client: str, stat: str) -> tuple[float | None, str,
     return med, text, failed
 
 
+def _paired_ratios(sc: Scenario) -> list[float]:
+    """natsync / nats-py of each round where both runs gave a figure."""
+    out = []
+    for a, b in zip(sc.results["natsync"], sc.results["nats-py"]):
+        x, y = a.get(sc.metric), b.get(sc.metric)
+        if sc.count is not None and (a.get("received") != sc.count or b.get("received") != sc.count):
+            continue
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)) and x and y:
+            out.append(x / y)
+    return out
+
+
 def build_table(scenarios: list[Scenario], repeat: int, stat: str = "median") -> str:
     lines = [
         f"| scenario ({stat} of {repeat}) | natsync | nats-py | ratio natsync/nats-py | target | met? |",
@@ -443,6 +455,11 @@ def build_table(scenarios: list[Scenario], repeat: int, stat: str = "median") ->
         py_v, py_txt, py_failed = _summarise(sc, "nats-py", stat)
         ratio = ns_v / py_v if ns_v and py_v else None
         ratio_txt = f"{ratio:.2f}×" if ratio is not None else "—"
+        paired = _paired_ratios(sc)
+        if ratio is not None and len(paired) > 1:
+            # the median of the rounds' own ratios (natsync and nats-py ran back to back
+            # in each): less moved by the machine's drift between rounds
+            ratio_txt += f" (paired {statistics.median(paired):.2f}×)"
         if sc.abs_target is not None:
             op = "≥" if sc.higher_better else "≤"
             target_txt = f"natsync {op} {_fmt(sc.abs_target, sc.unit)}"
