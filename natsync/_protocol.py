@@ -254,9 +254,18 @@ class Parser:
                     if known[4] == len(buf) and buf[-2:] == b"\r\n":
                         subject, sid, reply, size, _ = known
                         payload = buf[end + 2 : -2]
-                        if self._msg_type is None:
+                        mt = self._msg_type
+                        if mt is None:
                             return [self._make_msg(subject, sid, reply, None, payload)]
-                        return [self._new_msg(subject, sid, reply, None, payload)]
+                        one: Any = object.__new__(mt)  # as _new_msg(), without its call
+                        one._client = self._owner
+                        one.subject = subject
+                        one.sid = sid
+                        one.reply = reply
+                        one._hdr = None
+                        one._headers = None
+                        one.data = payload
+                        return [one]
             if len(buf) < self._need:
                 self._chunks.append(buf)
                 self._have = len(buf)

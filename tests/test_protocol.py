@@ -243,9 +243,10 @@ def test_msg_type_fills_every_slot_of_natsync_msg() -> None:
     p = Parser(msg_type=Msg)
     wire = b"MSG a 1 r 1\r\nx\r\nHMSG b 2 18 20\r\n" + HDR + b"yz\r\n"
     got = _flat(p.feed_runs(wire)) + _flat(p.feed_runs(b"MSG a 1 r 1\r\nx\r\n" * 2))
+    got += p.feed_runs(b"MSG a 1 r 1\r\nx\r\n")  # one message alone: its own path
     built = [Msg(None, "a", 1, "r", None, b"x"), Msg(None, "b", 2, None, HDR, b"yz")] + [
         Msg(None, "a", 1, "r", None, b"x")
-    ] * 2
+    ] * 3
     assert got == built
     assert [repr(m) for m in got] == [repr(m) for m in built]
     assert got[1].headers is not None and got[1].headers["A"] == "b"
