@@ -153,7 +153,7 @@ def run_publish(count: int) -> None:
     srv.thread.join(10)
 
 
-class _Echo:
+class _Echo(_Server):
     """Accepts one client; answers PINGs; ``mode="request"``: answers each ``PUB`` that
     has a reply subject with a ``MSG`` to it (the client's inbox subscription);
     ``mode="respond"``: after the first SUB's PING sends a request, and the next one
@@ -161,13 +161,7 @@ class _Echo:
 
     def __init__(self, mode: str, count: int) -> None:
         self.mode = mode
-        self.count = count
-        self.lsock = socket.socket()
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(1)
-        self.port = self.lsock.getsockname()[1]
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        super().__init__(count)  # the listener, and the thread that runs _run
 
     def _run(self) -> None:
         conn, _ = self.lsock.accept()
