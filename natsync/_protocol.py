@@ -243,29 +243,13 @@ class Parser:
                 # quiet subject): parsed without the run machinery below
                 end = buf.find(b"\r\n", 4, MAX_CONTROL_LINE + 1)
                 if end > 0:
-                    line = buf[:end]
-                    known = self._heads.get(line)
-                    if known is None:
-                        known = _msg_args(line)
-                        if known[2] is None:  # see below: lines with a reply are not kept
-                            if len(self._heads) >= 256:
-                                self._heads.clear()
-                            self._heads[line] = known
-                    if known[4] == len(buf) and buf[-2:] == b"\r\n":
-                        subject, sid, reply, size, _ = known
+                    args = self._msg_line(buf[:end])
+                    if args[4] == len(buf) and buf[-2:] == b"\r\n":
+                        subject, sid, reply, size, _ = args
                         payload = buf[end + 2 : -2]
-                        mt = self._msg_type
-                        if mt is None:
+                        if self._msg_type is None:
                             return [self._make_msg(subject, sid, reply, None, payload)]
-                        one: Any = object.__new__(mt)  # as _new_msg(), without its call
-                        one._client = self._owner
-                        one.subject = subject
-                        one.sid = sid
-                        one.reply = reply
-                        one._hdr = None
-                        one._headers = None
-                        one.data = payload
-                        return [one]
+                        return [self._new_msg(subject, sid, reply, None, payload)]
             if len(buf) < self._need:
                 self._chunks.append(buf)
                 self._have = len(buf)
@@ -355,14 +339,7 @@ class Parser:
                 raise ProtocolError(f"control line longer than {MAX_CONTROL_LINE} bytes")
             line = buf[pos:end]
             if line[:4] == b"MSG ":
-                known = heads_get(line)
-                if known is None:
-                    known = _msg_args(line)
-                    if known[2] is None:  # see above: lines with a reply are not kept
-                        if len(heads) >= 256:
-                            heads.clear()
-                        heads[line] = known
-                subject, sid, reply, size, step = known
+                subject, sid, reply, size, step = self._msg_line(line)
                 start = end + 2
                 stop = start + size
                 if stop + 2 > n:
@@ -438,6 +415,20 @@ class Parser:
             self._need = 1
             self._in_line = False
         return events
+
+    def _msg_line(self, line: bytes) -> tuple[str, int, str | None, int, int]:
+        """A ``MSG `` control line's values (see :func:`_msg_args`), from the cache of
+        lines seen before; a new line without a reply subject is kept (one with a reply,
+        such as a JetStream delivery or a reply to a request, is seen once)."""
+        heads = self._heads
+        known = heads.get(line)
+        if known is None:
+            known = _msg_args(line)
+            if known[2] is None:
+                if len(heads) >= 256:
+                    heads.clear()
+                heads[line] = known
+        return known
 
     def _new_msg(self, subject: str, sid: int, reply: str | None, hdr: bytes | None, data: bytes) -> Any:
         mt = self._msg_type

@@ -1081,23 +1081,29 @@ class Client:
     def _respond(self, reply: str, data: PayloadType, headers: HeadersInput | None) -> None:
         """Msg.respond(): a reply is on somebody's latency path: hand it to the socket
         from this thread when that cannot block, else to the writer."""
-        if headers is None and type(reply) is str:
-            # a reply subject is used once: checked, not cached
-            if type(data) is not bytes:
-                data = _as_bytes(data)
-            size = len(data)
-            protocol.validate_subject(reply)
-            if size > self._max_payload:
-                raise self._too_big(size, 0)
-            self._publish_now(b"PUB %s %d\r\n" % (reply.encode(), size), data)
+        if headers is None:
+            self._publish_now(reply, data, b"", keep=False)  # a reply subject is used once
             return
         self._publish_quiet(reply, data, None, headers, respond=True)
         self._w.send_soon()
 
-    def _publish_now(self, head: bytes, payload: bytes) -> None:
-        """request() and respond(): queue one message and hand it to the socket from
-        this thread (Writer.send_one); the locked way when not CONNECTED (buffered while
-        reconnecting, refused when closed)."""
+    def _publish_now(self, subject: str, payload: PayloadType, mid: bytes, keep: bool) -> None:
+        """request() and respond() without headers: their PUB line (*mid*: ``b" "`` and
+        a checked reply subject, or empty), queued and handed to the socket from this
+        thread (Writer.send_one); the locked way when not CONNECTED (buffered while
+        reconnecting, refused when closed). *subject* is checked unless it is a key of
+        the PUB line cache (checked ones), and kept there with *keep*."""
+        if type(payload) is not bytes:
+            payload = _as_bytes(payload)
+        size = len(payload)
+        cache = self._pub_cache
+        if type(subject) is not str or subject not in cache:
+            protocol.validate_subject(subject)
+            if keep and len(cache) < _SUBJECT_CACHE_MAX:
+                cache[subject] = {}
+        if size > self._max_payload:
+            raise self._too_big(size, 0)
+        head = b"PUB %s%s %d\r\n" % (subject.encode(), mid, size)
         w = self._w
         if not w.send_one(head, payload):
             self._publish_locked(head, payload, False)
@@ -1347,19 +1353,8 @@ class Client:
         reply, w = mux.register()
         try:
             if headers is None:
-                # the request's own line: the subject checked once (kept with the checked
-                # ones of publish()), the reply made here from the checked inbox prefix
-                if type(payload) is not bytes:
-                    payload = _as_bytes(payload)
-                size = len(payload)
-                cache = self._pub_cache
-                if type(subject) is not str or subject not in cache:
-                    protocol.validate_subject(subject)
-                    if len(cache) < _SUBJECT_CACHE_MAX:
-                        cache[subject] = {}
-                if size > self._max_payload:
-                    raise self._too_big(size, 0)
-                self._publish_now(b"PUB %s %s %d\r\n" % (subject.encode(), reply.encode(), size), payload)
+                # the reply was made here from the checked inbox prefix
+                self._publish_now(subject, payload, b" " + reply.encode(), keep=True)
             else:
                 self._publish_quiet(subject, payload, reply, headers, reply_checked=True)
                 self._w.send_soon()
