@@ -70,8 +70,14 @@ class EventDispatcher:
             if self._thread is None:
                 # started lazily: most clients never post an event; started under the
                 # lock so that stop() never sees a thread that was not started
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
+                t = threading.Thread(target=self._run, name=self._name, daemon=True)
+                try:
+                    t.start()
+                    self._thread = t
+                except RuntimeError:
+                    # interpreter shutdown (CPython >= 3.12 starts no thread in an
+                    # atexit handler): stop() runs what is queued on its own thread
+                    pass
             self._cond.notify()
 
     def _run(self) -> None:
@@ -104,6 +110,10 @@ class EventDispatcher:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+            inline = self._thread is None and bool(self._queue)
+        if inline:  # no thread could be started (interpreter shutdown): run them here
+            self._run()
+            return
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout)

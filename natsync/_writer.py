@@ -391,10 +391,16 @@ class Writer:
             if self._thread is not None or self._stopped:
                 return
             ev = threading.Event()
-            self.event = ev
             t = threading.Thread(target=self._run, args=(ev,), name=self._name, daemon=True)
+            try:
+                t.start()
+            except RuntimeError:
+                # interpreter shutdown (CPython >= 3.12 starts no thread in an atexit
+                # handler): no writer thread; what is queued goes out with the closing
+                # thread's final flush, and a thread never started is never joined
+                return
+            self.event = ev
             self._thread = t
-            t.start()
             ev.set()
 
     def _run(self, ev: threading.Event) -> None:

@@ -419,7 +419,12 @@ class Client:
                 return
             reader = threading.Thread(target=self._reader_main, name="natsync-reader", daemon=True)
             self._reader = reader
-            reader.start()
+            try:
+                reader.start()
+            except RuntimeError:
+                # interpreter shutdown (CPython >= 3.12 starts no thread in an atexit
+                # handler): no reader; a thread never started must not be joined
+                self._reader = None
 
     def _on_dial(self, transport: Transport | None) -> None:
         """The handshake's transport, registered so that close() can shut it down."""

@@ -325,3 +325,33 @@ def test_protocol_error_seen_by_a_flush_reading_inline_goes_to_the_reader(
             nc.flush(timeout=WAIT)
         finally:
             nc.close()
+
+
+def test_no_thread_can_start_at_interpreter_shutdown_and_close_still_sends_and_joins(
+    server: NATSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPython >= 3.12 starts no thread in an atexit handler (RuntimeError: can't create
+    new thread at interpreter shutdown). A client used there (a web worker's exit drain)
+    must still send what it was given and close without joining a thread never started
+    (before: "cannot join thread before it is started", and a 5 s stall)."""
+    got: list[bytes] = []
+    with natsync.connect(server.url) as col:
+        col.subscribe("exit.x", cb=lambda m: got.append(m.data))
+        col.flush()
+        closed = threading.Event()
+        nc = natsync.connect(server.url, closed_cb=closed.set)
+        real_start = threading.Thread.start
+
+        def no_start(self: threading.Thread) -> None:
+            if self.name.startswith("natsync"):
+                raise RuntimeError("can't create new thread at interpreter shutdown")
+            real_start(self)
+
+        monkeypatch.setattr(threading.Thread, "start", no_start)
+        nc.publish("exit.x", b"one")  # the writer thread cannot start
+        nc.publish("exit.x", b"two")
+        nc.close()  # the final flush sends them; no unstarted thread is joined
+        assert closed.is_set(), "closed_cb did not run (its thread could not start)"
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        assert nc._w.thread is None and nc._reader is None
+        assert wait_until(lambda: got == [b"one", b"two"], timeout=WAIT), got
